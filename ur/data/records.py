@@ -1,0 +1,234 @@
+"""Preference records: the one schema every source is mapped onto.
+
+A record says which task and form it belongs to, where it came from (source, id, and
+the file and row it was read from, so errors can point at it), the prompt (a caption
+for generation tasks, a question for understanding tasks), its media, the candidate
+answers for understanding tasks, and its label:
+
+==================  =========================  ===========================
+task                ``media``                  ``responses``
+==================  =========================  ===========================
+*_generation        the candidates (2 or 1)    empty
+*_understanding     the context (1 item)       the candidates (2 or 1)
+==================  =========================  ===========================
+
+Pairwise records carry ``label`` in {first, second, tie}; pointwise records carry
+``score`` and the ``scale`` it lives on. Sources that ship the judge's own
+conversation (LLaVA-Critic, the UnifiedReward SFT files) also carry ``instruction``
+(the user turn, verbatim) and ``target`` (the assistant turn, verbatim).
+
+Records validate themselves on construction and raise :class:`RecordError`, which
+names the file, the row and the field. Nothing downstream knows which source a record
+came from beyond the ``source`` string.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+TASKS: tuple[str, ...] = (
+    "image_generation",
+    "image_understanding",
+    "video_generation",
+    "video_understanding",
+)
+FORMS: tuple[str, ...] = ("pairwise", "pointwise")
+LABELS: tuple[str, ...] = ("first", "second", "tie")
+MEDIA_KINDS: tuple[str, ...] = ("image", "video", "frames")
+
+
+class RecordError(ValueError):
+    """A record (or a whole file) that cannot be used, located as precisely as known."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None,
+                 row: int | str | None = None, field: str | None = None):
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.row = row
+        self.field = field
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        return (": ".join([", ".join(where), self.message]) if where else self.message)
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "row": self.row, "field": self.field, "error": self.message}
+
+    def located(self, *, file=None, row=None, field=None) -> RecordError:
+        """The same error with missing location parts filled in."""
+        return RecordError(
+            self.message,
+            file=self.file if self.file is not None else file,
+            row=self.row if self.row is not None else row,
+            field=self.field if self.field is not None else field,
+        )
+
+
+def task_modality(task: str) -> str:
+    """``image`` or ``video``: what kind of media a task's records carry."""
+    return task.split("_", 1)[0]
+
+
+def is_generation(task: str) -> bool:
+    return task.endswith("_generation")
+
+
+@dataclass(frozen=True)
+class Media:
+    """A reference to one image or video; decoded lazily by :mod:`ur.data.media`.
+
+    ``kind`` is ``image``, ``video`` (a container file PyAV reads) or ``frames`` (a
+    folder of pre-extracted frames, or an explicit list of frame files in ``frames``).
+    Exactly one of ``path``, ``data`` or ``frames`` holds the content. ``field`` is
+    the source field the reference came from, so a decoding error can name it.
+    """
+
+    kind: str
+    path: str | None = None
+    data: bytes | None = None
+    frames: tuple[str, ...] | None = None
+    field: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in MEDIA_KINDS:
+            raise RecordError(f"media kind must be one of {MEDIA_KINDS}, got {self.kind!r}",
+                              field=self.field)
+        given = sum(x is not None for x in (self.path, self.data, self.frames))
+        if given != 1:
+            raise RecordError("a media reference needs exactly one of a path, bytes or a "
+                              "frame list", field=self.field)
+        if self.data is not None and self.kind != "image":
+            raise RecordError("inline bytes are supported for images only", field=self.field)
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return self.path
+        if self.frames is not None:
+            return f"{len(self.frames)} frames from {self.frames[0] if self.frames else '?'}"
+        return f"<{len(self.data)} bytes>"
+
+    def __repr__(self) -> str:  # keep bytes out of reprs and logs
+        return f"Media({self.kind}, {self.describe()!r}, field={self.field!r})"
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    task: str
+    form: str
+    source: str
+    id: str
+    prompt: str
+    media: tuple[Media, ...]
+    responses: tuple[str, ...] = ()
+    label: str | None = None
+    score: float | None = None
+    scale: tuple[float, float] | None = None
+    instruction: str | None = None
+    target: str | None = None
+    evidence: tuple[str, ...] | None = None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+    file: str | None = field(default=None, compare=False)
+    row: int | str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        fail = self._fail
+        if self.task not in TASKS:
+            fail("task", f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        if self.form not in FORMS:
+            fail("form", f"unknown form {self.form!r}; expected pairwise or pointwise")
+        if not isinstance(self.id, str) or not self.id:
+            fail("id", "a record needs a non-empty string id")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            fail("prompt", "the prompt (caption or question) is missing or empty")
+        object.__setattr__(self, "media", tuple(self.media))
+        object.__setattr__(self, "responses", tuple(self.responses))
+        n = 2 if self.form == "pairwise" else 1
+        modality = task_modality(self.task)
+        for m in self.media:
+            if not isinstance(m, Media):
+                fail("media", f"expected Media, got {type(m).__name__}")
+            want_video = modality == "video"
+            if want_video != (m.kind in ("video", "frames")):
+                fail(m.field or "media", f"a {self.task} record cannot hold {m.kind} media")
+        if is_generation(self.task):
+            if len(self.media) != n:
+                fail("media", f"{self.form} {self.task} needs {n} candidate "
+                     f"{modality}(s), got {len(self.media)}")
+            if self.responses:
+                fail("responses", "generation records have no text responses")
+        else:
+            if len(self.media) != 1:
+                fail("media", f"{self.task} needs one {modality} as context, got {len(self.media)}")
+            if self.instruction is None and len(self.responses) != n:
+                fail("responses", f"{self.form} {self.task} needs {n} response(s), "
+                     f"got {len(self.responses)}")
+            for r in self.responses:
+                if not isinstance(r, str) or not r.strip():
+                    fail("responses", "a response is missing or empty")
+        if self.form == "pairwise":
+            if self.label not in LABELS:
+                fail("label", f"pairwise label must be first, second or tie, got {self.label!r}")
+            if self.score is not None:
+                fail("score", "pairwise records carry a label, not a score")
+        else:
+            if self.label is not None:
+                fail("label", "pointwise records carry a score, not a label")
+            if self.scale is None or len(self.scale) != 2:
+                fail("scale", "a pointwise record needs its scale as (low, high)")
+            lo, hi = (float(v) for v in self.scale)
+            if not lo < hi:
+                fail("scale", f"scale low must be below high, got {self.scale}")
+            object.__setattr__(self, "scale", (lo, hi))
+            try:
+                score = float(self.score)
+            except (TypeError, ValueError):
+                fail("score", f"score must be a number, got {self.score!r}")
+            if math.isnan(score) or not lo <= score <= hi:
+                fail("score", f"score {score} is outside the scale [{lo:g}, {hi:g}]")
+            object.__setattr__(self, "score", score)
+        if (self.instruction is None) != (self.target is None) and self.instruction is not None:
+            fail("target", "a verbatim instruction needs its verbatim target answer")
+        if self.evidence is not None:
+            ev = tuple(self.evidence)
+            if len(ev) != len(self.media):
+                fail("evidence", f"evidence needs one entry per media item ({len(self.media)}), "
+                     f"got {len(ev)}")
+            object.__setattr__(self, "evidence", ev)
+
+    def _fail(self, field_name: str, message: str):
+        raise RecordError(message, file=self.file, row=self.row, field=field_name)
+
+    @property
+    def modality(self) -> str:
+        return task_modality(self.task)
+
+    @property
+    def candidates(self) -> tuple:
+        """What is being judged: media for generation tasks, responses for understanding."""
+        return self.media if is_generation(self.task) else self.responses
+
+    def swapped(self) -> PreferenceRecord:
+        """The same pairwise judgment with the two candidates in the other order."""
+        if self.form != "pairwise":
+            raise ValueError("only pairwise records can be swapped")
+        if self.instruction is not None:
+            raise ValueError("a record with a verbatim instruction cannot be reordered")
+        label = {"first": "second", "second": "first", "tie": "tie"}[self.label]
+        if is_generation(self.task):
+            ev = None if self.evidence is None else self.evidence[::-1]
+            return replace(self, media=self.media[::-1], label=label, evidence=ev)
+        return replace(self, responses=self.responses[::-1], label=label)
+
+    def normalized_score(self) -> float:
+        """A pointwise score mapped to [0, 1] on its scale."""
+        lo, hi = self.scale
+        return (self.score - lo) / (hi - lo)
