@@ -1,0 +1,132 @@
+import pytest
+
+from ur.data.answers import parse_pairwise, parse_score, pairwise_verdict, pointwise_verdict
+from ur.data.records import Media, PreferenceRecord, RecordError
+from ur.data.templates import PromptTemplates
+
+
+def img(name="a.png"):
+    return Media(kind="image", path=f"/data/{name}", field="image")
+
+
+def vid(name="a.mp4"):
+    return Media(kind="video", path=f"/data/{name}", field="video")
+
+
+def test_pairwise_generation_record_and_swap():
+    r = PreferenceRecord(task="image_generation", form="pairwise", source="s", id="1",
+                         prompt="a red circle", media=(img("a"), img("b")), label="first",
+                         evidence=("a red circle", "a blue circle"))
+    s = r.swapped()
+    assert s.label == "second"
+    assert [m.path for m in s.media] == ["/data/b", "/data/a"]
+    assert s.evidence == ("a blue circle", "a red circle")
+    assert s.swapped() == r
+    tie = PreferenceRecord(task="image_generation", form="pairwise", source="s", id="2",
+                           prompt="x", media=(img(), img()), label="tie")
+    assert tie.swapped().label == "tie"
+
+
+def test_understanding_swap_moves_responses_not_media():
+    r = PreferenceRecord(task="video_understanding", form="pairwise", source="s", id="1",
+                         prompt="Which way?", media=(vid(),), responses=("left", "right"),
+                         label="second")
+    s = r.swapped()
+    assert s.responses == ("right", "left") and s.label == "first" and s.media == r.media
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(task="image_gen"), "task"),
+    (dict(form="listwise"), "form"),
+    (dict(prompt="  "), "prompt"),
+    (dict(label="left"), "label"),
+    (dict(media=(img(),)), "media"),
+    (dict(media=(vid(), vid())), "video"),
+])
+def test_invalid_pairwise_records_name_the_field(kwargs, field):
+    base = dict(task="image_generation", form="pairwise", source="s", id="1", prompt="p",
+                media=(img(), img()), label="first", file="f.json", row=7)
+    base.update(kwargs)
+    with pytest.raises(RecordError) as e:
+        PreferenceRecord(**base)
+    assert e.value.field == field and e.value.file == "f.json" and e.value.row == 7
+    assert "f.json" in str(e.value) and "row 7" in str(e.value)
+
+
+@pytest.mark.parametrize("score, scale, ok", [
+    (3, (1, 5), True), ("4.5", (1, 5), True), (6, (1, 5), False), ("high", (1, 5), False),
+    (float("nan"), (1, 5), False), (3, (5, 1), False), (None, (1, 5), False)])
+def test_pointwise_score_validation(score, scale, ok):
+    kw = dict(task="image_understanding", form="pointwise", source="s", id="1", prompt="q?",
+              media=(img(),), responses=("an answer",), score=score, scale=scale)
+    if ok:
+        r = PreferenceRecord(**kw)
+        assert isinstance(r.score, float) and 0 <= r.normalized_score() <= 1
+    else:
+        with pytest.raises(RecordError) as e:
+            PreferenceRecord(**kw)
+        assert e.value.field in ("score", "scale")
+
+
+def test_media_needs_exactly_one_content():
+    with pytest.raises(RecordError):
+        Media(kind="image")
+    with pytest.raises(RecordError):
+        Media(kind="video", data=b"xx")
+    assert "bytes" in repr(Media(kind="image", data=b"\x00" * 10))
+
+
+@pytest.mark.parametrize("text, label", [
+    ("Image 1 shows a red circle. Image 2 shows a blue one. Image 2 is better", "second"),
+    ("Overall Judgment: Answer 1 is better.", "first"),
+    ("Both videos are equally good", "tie"),
+    ("Video 2 is better.\n", "second"),
+    ("I cannot decide.", None),
+    ("", None),
+])
+def test_parse_pairwise_takes_the_last_verdict(text, label):
+    assert parse_pairwise(text) == label
+
+
+def test_parse_score_is_numeric_not_lexicographic():
+    assert parse_score("blah Final Score: 10") == 10.0
+    assert parse_score("Final Score: 9") < parse_score("Final Score: 10")
+    assert parse_score("Final Score: 7.5") == 7.5
+    assert parse_score("score is high") is None
+
+
+@pytest.mark.parametrize("task, label", [
+    ("image_generation", "first"), ("video_generation", "second"),
+    ("image_understanding", "tie"), ("video_understanding", "first")])
+def test_verdicts_round_trip(task, label):
+    assert parse_pairwise(pairwise_verdict(task, label)) == label
+    assert parse_score(pointwise_verdict(85)) == 85
+
+
+def test_templates_state_evidence_before_verdict_and_bare_style():
+    r = PreferenceRecord(task="image_generation", form="pairwise", source="s", id="1",
+                         prompt="a red circle on the left", media=(img("a"), img("b")),
+                         label="second", evidence=("a blue circle on the left",
+                                                   "a red circle on the left"))
+    t = PromptTemplates()
+    assert "a red circle on the left" in t.instruction(r)
+    target = t.target(r)
+    assert target == ("Image 1 shows a blue circle on the left. Image 2 shows a red circle on "
+                      "the left. Image 2 is better")
+    assert parse_pairwise(target) == "second"
+    assert PromptTemplates(answer_style="bare").target(r) == "Image 2 is better"
+    p = PreferenceRecord(task="video_understanding", form="pointwise", source="s", id="1",
+                         prompt="Which way does it move?", media=(vid(),), responses=("Left.",),
+                         score=4, scale=(1, 5), evidence=("a red circle moving left",))
+    assert "Left." in t.instruction(p) and "from 1 to 5" in t.instruction(p)
+    assert t.target(p) == "The video shows a red circle moving left. Final Score: 4"
+
+
+def test_verbatim_conversation_is_used_as_is():
+    r = PreferenceRecord(task="image_understanding", form="pointwise", source="llava_critic",
+                         id="1", prompt="Rate it", media=(img(),), score=70, scale=(0, 100),
+                         instruction="Rate it", target="Good. Final Score: 70")
+    t = PromptTemplates()
+    assert t.instruction(r) == "Rate it" and t.target(r) == "Good. Final Score: 70"
+    with pytest.raises(ValueError):
+        PromptTemplates(answer_style="terse")

@@ -1,0 +1,334 @@
+"""The ``ur`` command: Lightning stages through LightningCLI, plus plain subcommands.
+
+``ur fit|validate|test|predict --config experiments/....yaml`` runs a LightningCLI whose
+model and data are chosen by ``class_path`` in YAML (later ``--config`` files override
+earlier ones). Every run gets its own folder (see :mod:`ur.runs`); its path is the last
+line printed. Plain subcommands (``ur corpus ...``) are ordinary argparse programs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+LIGHTNING_STAGES = ("fit", "validate", "test", "predict")
+
+_STAGE_HELP = {
+    "fit": "train a model (e.g. ur fit --config experiments/quickstart.yaml)",
+    "validate": "run the validation loop and its metrics on a checkpoint",
+    "test": "compute test metrics on the test splits and benchmark sources",
+    "predict": "run the model's predict step (judgments, candidates, pairs)",
+}
+
+
+# -- plain subcommands -------------------------------------------------------------------
+def _add_corpus(sub) -> None:
+    from ur.data.sources import SOURCE_NAMES
+
+    corpus = sub.add_parser("corpus", help="make or inspect preference corpora",
+                            description="Make the synthetic world, or check a source's files.")
+    csub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
+    synth = csub.add_parser(
+        "synth", help="write the synthetic world (all four tasks, both forms, three splits)",
+        description="Write the synthetic world to DIR in the public data sets' schemas, with "
+                    "train/val/test splits and a manifest.json naming what is where. Seeded and "
+                    "deterministic; rerunning with the same arguments is a no-op.")
+    synth.add_argument("--out", required=True, type=Path, help="output folder")
+    synth.add_argument("--size", type=int, default=2000,
+                       help="records per task and form, before splitting (default: 2000)")
+    synth.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    synth.add_argument("--difficulty", type=int, default=1,
+                       help="0 = gross errors only ... higher = subtler (default: 1)")
+    synth.add_argument("--image-size", type=int, default=84, help="pixels (default: 84)")
+    synth.add_argument("--num-frames", type=int, default=4, help="frames per clip (default: 4)")
+    synth.set_defaults(func=_corpus_synth)
+
+    check = csub.add_parser(
+        "check", help="load every record of a source and its media; report counts and problems",
+        description="Load every record of SOURCE at PATH and decode its media. Strict by "
+                    "default: lists every problem (file, row, field) and exits 1 if there is "
+                    "any. --skip-bad exits 0 and counts them.",
+        epilog="sources: " + ", ".join(SOURCE_NAMES) + "; or 'manifest' with PATH a synthetic "
+               "world folder (checks every entry of its manifest.json)")
+    check.add_argument("source", metavar="SOURCE", choices=(*SOURCE_NAMES, "manifest"),
+                       help="adapter name, or 'manifest'")
+    check.add_argument("path", metavar="PATH", help="file, folder, save_to_disk folder or hub id")
+    check.add_argument("--split", help="split within the source")
+    check.add_argument("--media-root", type=Path, help="resolve media paths against this folder")
+    check.add_argument("--skip-bad", action="store_true", help="count bad records, exit 0")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument("--num-frames", type=int, default=4, help="frames decoded per video")
+    check.add_argument("--no-media", action="store_true", help="check the tables only")
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="adapter option, e.g. --option dimension=Overall (repeatable)")
+    check.set_defaults(func=_corpus_check)
+
+
+def _corpus_synth(args) -> int:
+    from ur.data.synthetic import synthesize
+
+    manifest = synthesize(args.out, size=args.size, seed=args.seed, difficulty=args.difficulty,
+                          image_size=args.image_size, num_frames=args.num_frames)
+    rows = Counter()
+    for e in manifest["entries"]:
+        rows[(e["split"], e["task"], e["form"], e["source"])] += e["count"]
+    for (split, task, form, source), n in sorted(rows.items()):
+        print(f"{split:5s}  {task:20s} {form:9s} {source:22s} {n:6d}")
+    print(Path(args.out) / "manifest.json")
+    return 0
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"ur corpus check: --option takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def check_corpus(source: str, path, *, split=None, media_root=None, options=None,
+                 num_frames: int = 4, decode_media: bool = True, progress: bool = False) -> dict:
+    """Load every record (and by default decode its media); counts and problems."""
+    from ur.data.collate import load_record_media
+    from ur.data.records import RecordError
+    from ur.data.sources import read_source
+
+    if source == "manifest":
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        entries = [(e["source"], Path(path) / e["path"], e.get("options", {}))
+                   for e in manifest["entries"]]
+    else:
+        entries = [(source, path, options or {})]
+    by_task, by_form, by_label = Counter(), Counter(), Counter()
+    bad, good = [], 0
+    items = (item for name, p, opts in entries
+             for item in read_source(name, p, split=split, media_root=media_root, **opts))
+    if progress:
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        bar = Progress(SpinnerColumn(), TextColumn("{task.description} {task.completed}"),
+                       transient=True, console=_stderr_console())
+    for item in _with_progress(items, bar if progress else None):
+        if isinstance(item, RecordError):
+            bad.append(item.as_dict())
+            continue
+        if decode_media:
+            try:
+                load_record_media(item, num_frames)
+            except RecordError as e:
+                bad.append(e.as_dict())
+                continue
+        good += 1
+        by_task[item.task] += 1
+        by_form[item.form] += 1
+        if item.form == "pairwise":
+            by_label[item.label] += 1
+    return {"records": good, "by_task": dict(by_task), "by_form": dict(by_form),
+            "by_label": {k: by_label.get(k, 0) for k in ("first", "second", "tie")},
+            "bad": bad}
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _with_progress(items, bar):
+    if bar is None:
+        yield from items
+        return
+    with bar:
+        task = bar.add_task("records", total=None)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _corpus_check(args) -> int:
+    report = check_corpus(args.source, args.path, split=args.split, media_root=args.media_root,
+                          options=_parse_options(args.option), num_frames=args.num_frames,
+                          decode_media=not args.no_media,
+                          progress=not args.json and sys.stderr.isatty())
+    report["skipped" if args.skip_bad else "failed"] = len(report["bad"])
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for p in report["bad"]:
+            where = ", ".join(str(x) for x in (p["file"], p["row"] is not None and f"row {p['row']}",
+                                                p["field"] and f"field {p['field']!r}") if x)
+            print(f"BAD  {where}: {p['error']}")
+        print(f"records: {report['records']}  bad: {len(report['bad'])}")
+        for key in ("by_task", "by_form", "by_label"):
+            print(f"{key[3:]:6s}: " + ", ".join(f"{k}={v}" for k, v in report[key].items()))
+    if report["bad"] and not args.skip_bad:
+        print(f"ur corpus check: {len(report['bad'])} problem(s); fix them or pass --skip-bad",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+PLAIN_COMMANDS = {"corpus": _add_corpus}
+
+
+def _plain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ur",
+        description="ur: unified multimodal reward models and the alignment of vision models "
+                    "with them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Lightning stages (each takes --config FILE.yaml [...] and --help):\n"
+               + "\n".join(f"  ur {s:9s} {h}" for s, h in _STAGE_HELP.items())
+               + "\n\nEvery run writes into its own folder under checkpoints/ and prints its "
+                 "path last.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage, text in _STAGE_HELP.items():
+        sub.add_parser(stage, help=text, add_help=False)
+    for add in PLAIN_COMMANDS.values():
+        add(sub)
+    return parser
+
+
+# -- Lightning stages --------------------------------------------------------------------
+def _lightning_cli_class():
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+    from ur import runs
+
+    class SaveRunConfig(SaveConfigCallback):
+        """Saves the resolved config into the run folder and logs it to W&B once."""
+
+        def __init__(self, *args, run_dir: str = ".", **kwargs):
+            kwargs["save_to_log_dir"] = False
+            super().__init__(*args, **kwargs)
+            self.run_dir = Path(run_dir)
+
+        def save_config(self, trainer, pl_module, stage) -> None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(self.run_dir / "config.yaml"), skip_none=False,
+                             overwrite=True, multifile=False)
+            for logger in trainer.loggers:
+                logger.log_hyperparams(self.config.clone().as_dict())
+
+    class URCLI(LightningCLI):
+        def __init__(self, args):
+            super().__init__(
+                save_config_callback=SaveRunConfig,
+                parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+                subclass_mode_model=True, subclass_mode_data=True,
+                seed_everything_default=0, args=args)
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.add_argument("--run.name", type=str | None, default=None,
+                                help="experiment name: runs go to <run.root>/<run.name>/<id> "
+                                     "(default: the last --config file's name)")
+            parser.add_argument("--run.root", type=str, default="checkpoints",
+                                help="folder holding all run folders")
+            parser.add_argument("--run.dir", type=str | None, default=None,
+                                help="use this exact run folder (e.g. to resume a run)")
+            parser.add_argument("--run.project", type=str, default="ur",
+                                help="W&B project name")
+            parser.add_argument("--run.tags", type=list[str], default=[],
+                                help="W&B tags")
+            parser.add_argument("--run.meta", type=dict, default={},
+                                help="free-form facts to record with the run (e.g. sweep "
+                                     "parameters); saved in config.yaml and logged to W&B")
+            parser.link_arguments("model.checkpoint_path", "data.init_args.processor",
+                                  apply_on="instantiate")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand]
+            configs = cfg.get("config") or []
+            name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "run")
+            cfg.run.name = name
+            if cfg.run.dir:
+                run_dir = Path(cfg.run.dir)
+            elif cfg.get("ckpt_path") == "last":
+                run_dir = runs.latest_run_dir(cfg.run.root, name)
+                if run_dir is None:
+                    raise SystemExit(f"ur {self.subcommand}: --ckpt_path last, but no run of "
+                                     f"{name!r} under {cfg.run.root} has checkpoints/last.ckpt")
+            else:
+                run_dir = runs.new_run_dir(cfg.run.root, name)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.run.dir = str(run_dir)
+            self.run_dir = run_dir
+            runs.point_wandb_at(run_dir)
+            trainer = cfg.trainer
+            trainer.default_root_dir = str(run_dir)
+            if trainer.logger in (None, True):
+                from jsonargparse import Namespace
+
+                trainer.logger = Namespace(
+                    class_path="lightning.pytorch.loggers.WandbLogger",
+                    init_args=Namespace(save_dir=str(run_dir), project=cfg.run.project,
+                                        name=f"{name}/{run_dir.name}", group=name,
+                                        tags=list(cfg.run.tags) or None, job_type=self.subcommand))
+            if self.subcommand == "fit":
+                from jsonargparse import Namespace
+
+                callbacks = list(trainer.callbacks or [])
+                if not any("ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
+                    callbacks.append(Namespace(
+                        class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+                        init_args=Namespace(dirpath=str(run_dir / "checkpoints"), save_last=True,
+                                            save_top_k=0, every_n_train_steps=None)))
+                trainer.callbacks = callbacks
+            self.save_config_kwargs["run_dir"] = str(run_dir)
+
+        def _finish(self, stage: str) -> None:
+            if self.trainer.is_global_zero and stage != "predict":
+                runs.record_metrics(self.run_dir, stage, dict(self.trainer.callback_metrics))
+            for logger in self.trainer.loggers:
+                if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+                    import wandb
+
+                    if wandb.run is not None:
+                        wandb.finish()
+            if self.trainer.is_global_zero:
+                print(self.run_dir, flush=True)
+
+        def after_fit(self) -> None:
+            self._finish("fit")
+
+        def after_validate(self) -> None:
+            self._finish("validate")
+
+        def after_test(self) -> None:
+            self._finish("test")
+
+        def after_predict(self) -> None:
+            self._finish("predict")
+
+    return URCLI
+
+
+def run_lightning(argv: list[str]) -> None:
+    _lightning_cli_class()(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in LIGHTNING_STAGES:
+        run_lightning(argv)
+        return 0
+    parser = _plain_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

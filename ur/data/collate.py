@@ -1,0 +1,162 @@
+"""Turning records into model inputs through a prompt template and the model's processor.
+
+The user turn holds the media (images or video frames) followed by the instruction; the
+assistant turn holds the target. The prompt (everything up to and including the
+assistant header) is run through the processor, which expands the vision placeholders
+and prepares pixels; the target is tokenized on its own and appended. So the label
+mask is exact (loss on the assistant turn only, its end-of-turn token included), and
+the model is trained on the same token boundary that generation continues from. Works
+for any processor whose chat template takes ``{"type": "image"}`` / ``{"type":
+"video"}`` content items (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ur.data.media import load_image, load_video
+from ur.data.records import PreferenceRecord, RecordError
+from ur.data.templates import PromptTemplates
+
+IGNORE_INDEX = -100
+_SENTINEL = "\x00UR-TARGET\x00"
+
+
+def user_message(record: PreferenceRecord, templates: PromptTemplates) -> dict:
+    """The user turn: one content item per image or video, then the instruction."""
+    kind = "image" if record.modality == "image" else "video"
+    content = [{"type": kind} for _ in record.media]
+    content.append({"type": "text", "text": templates.instruction(record)})
+    return {"role": "user", "content": content}
+
+
+def prompt_text(processor, message: dict) -> str:
+    return processor.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
+
+
+def end_of_turn(processor) -> str:
+    """What the chat template writes after an assistant message (e.g. ``<|im_end|>``),
+    without trailing whitespace; the model must learn to emit it to stop."""
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "x"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL}]}]
+    full = processor.apply_chat_template(msgs, tokenize=False)
+    return full.split(_SENTINEL, 1)[1].rstrip()
+
+
+def load_record_media(record: PreferenceRecord, num_frames: int):
+    """(images, videos) lists for the processor, with errors located at the record."""
+    images, videos = [], []
+    for m in record.media:
+        try:
+            if m.kind == "image":
+                images.append(load_image(m))
+            else:
+                videos.append(load_video(m, num_frames))
+        except RecordError as e:
+            raise e.located(file=record.file, row=record.row, field=m.field) from None
+    return images, videos
+
+
+@dataclass
+class JudgeCollator:
+    """Callable collate: a list of records -> a padded batch for a causal VLM.
+
+    The batch holds the processor's tensors (``input_ids``, ``attention_mask``,
+    ``pixel_values``, ``image_grid_thw``, ...), ``labels`` with the prompt masked to
+    -100, and ``records`` (the records themselves, for judging and metrics). With
+    ``skip_bad`` a record whose media cannot be decoded is dropped from its batch and
+    counted in ``skipped``; otherwise its error stops the run.
+    """
+
+    processor: object
+    templates: PromptTemplates = field(default_factory=PromptTemplates)
+    num_frames: int = 4
+    max_length: int | None = None
+    skip_bad: bool = False
+    with_targets: bool = True
+    processor_kwargs: dict = field(default_factory=dict)
+    skipped: int = 0
+
+    def __post_init__(self):
+        self._eot = end_of_turn(self.processor) if self.with_targets else ""
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def __call__(self, records: list[PreferenceRecord]) -> dict:
+        kept, images, videos, prompts = [], [], [], []
+        for r in records:
+            try:
+                imgs, vids = load_record_media(r, self.num_frames)
+            except RecordError:
+                if not self.skip_bad:
+                    raise
+                self.skipped += 1
+                continue
+            kept.append(r)
+            images.extend(imgs)
+            videos.extend(vids)
+            prompts.append(prompt_text(self.processor, user_message(r, self.templates)))
+        if not kept:
+            return {"records": []}
+        kwargs = dict(self.processor_kwargs)
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+        enc = self.processor(text=prompts, padding=False, return_tensors=None, **kwargs)
+        prompt_ids = enc.pop("input_ids")
+        enc.pop("attention_mask", None)
+        token_types = enc.pop("mm_token_type_ids", None)
+        targets = [self.templates.target(r) + self._eot if self.with_targets else ""
+                   for r in kept]
+        target_ids = (self.tokenizer(targets, add_special_tokens=False)["input_ids"]
+                      if self.with_targets else [[] for _ in kept])
+        batch = self._pad(prompt_ids, target_ids, token_types)
+        for key, value in enc.items():
+            batch[key] = value if torch.is_tensor(value) else torch.as_tensor(value)
+        batch["records"] = kept
+        return batch
+
+    def _pad(self, prompt_ids, target_ids, token_types) -> dict:
+        """Right-pad prompt+target for training; left-pad prompts alone for generation."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        seqs, labels, types = [], [], []
+        for i, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
+            p, t = list(p), list(t)
+            ids = p + t
+            lab = [IGNORE_INDEX] * len(p) + t
+            tt = (list(token_types[i]) if token_types is not None else [0] * len(p)) + [0] * len(t)
+            if self.max_length is not None and len(ids) > self.max_length:
+                # Cutting the prompt could drop vision placeholder tokens and break the
+                # image/token correspondence, so only the target end may be cut.
+                if len(p) >= self.max_length:
+                    raise RecordError(f"the prompt alone is {len(p)} tokens, over max_length "
+                                      f"{self.max_length}", field="max_length")
+                ids, lab, tt = ids[:self.max_length], lab[:self.max_length], tt[:self.max_length]
+            seqs.append(ids)
+            labels.append(lab)
+            types.append(tt)
+        width = max(len(s) for s in seqs)
+        left = not self.with_targets  # generation continues from the right edge
+        def padded(rows, value):
+            out = torch.full((len(rows), width), value, dtype=torch.long)
+            for i, r in enumerate(rows):
+                if left:
+                    out[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
+                else:
+                    out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+            return out
+        batch = {"input_ids": padded(seqs, pad),
+                 "attention_mask": padded([[1] * len(s) for s in seqs], 0)}
+        if self.with_targets:
+            batch["labels"] = padded(labels, IGNORE_INDEX)
+        if token_types is not None:
+            batch["mm_token_type_ids"] = padded(types, 0)
+        return batch
+

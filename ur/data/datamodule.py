@@ -1,0 +1,328 @@
+"""``PreferenceDataModule``: a task mixture of preference sources, as Lightning data.
+
+Sources are listed per split (adapter name, path, optional split, weight, media root,
+adapter options); a synthetic ``world`` can stand in for them (generated on first use
+and read back through the same adapters, from its manifest). ``tasks`` and ``forms``
+filter what is used: the knob the task-synergy ablations turn.
+
+Mixing: each epoch a source contributes ``round(weight * n)`` of its ``n`` records
+(a weight of 1 means each once; 0.5 a seeded half; 2 each twice), and the whole epoch
+is shuffled with ``seed + epoch``. Pairwise records are put in a seeded random order
+(swapped with probability 1/2, keyed by seed and record id) so sources that always
+list the preferred candidate first (VideoDPO, ShareGPTVideo) do not teach position.
+
+Bad input: strict by default (any unusable record stops setup with every problem
+listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ur.data.collate import JudgeCollator
+from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError
+from ur.data.sources import read_source
+from ur.data.templates import PromptTemplates
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SourceSpec:
+    """One preference source."""
+
+    name: str
+    """Adapter name, e.g. ``pickapic_v2`` (see ``ur corpus check --help``)."""
+    path: str
+    """A file, a folder, a ``save_to_disk`` folder, or a hub id."""
+    split: str | None = None
+    """Split within the source (a DatasetDict split, or a file-name filter)."""
+    weight: float = 1.0
+    """Records drawn per epoch, as a multiple of the source's size."""
+    media_root: str | None = None
+    """Folder media paths are resolved against (default: the data set's folder)."""
+    options: dict = field(default_factory=dict)
+    """Adapter-specific keywords (e.g. ``dimension: Overall``)."""
+
+
+@dataclass
+class WorldSpec:
+    """The synthetic world, generated into ``out`` on first use."""
+
+    out: str = "data/world"
+    size: int = 2000
+    """Records per task and form, before the split."""
+    seed: int = 0
+    difficulty: int = 1
+    image_size: int = 84
+    num_frames: int = 4
+
+
+class CorpusError(RuntimeError):
+    """Setup found unusable records in strict mode (or more than ``max_bad``)."""
+
+    def __init__(self, problems: list[RecordError], total: int | None = None, limit: int = 20):
+        self.problems = problems
+        lines = [f"  {p.describe()}" for p in problems[:limit]]
+        more = len(problems) - limit
+        if more > 0:
+            lines.append(f"  ... and {more} more")
+        head = (f"{len(problems)} unusable record(s)" if total is None else
+                f"{len(problems)} unusable record(s), over the limit of {total}")
+        super().__init__(head + ":\n" + "\n".join(lines) +
+                         "\n(fix them, or set skip_bad: true to skip and count them)")
+
+
+def load_records(specs: Sequence[SourceSpec], *, tasks=None, forms=None, skip_bad=False,
+                 max_bad: int | None = None) -> tuple[list[list[PreferenceRecord]], list[RecordError]]:
+    """Read every source; records per source (filtered), and the problems found."""
+    per_source, problems = [], []
+    for spec in specs:
+        recs = []
+        for item in read_source(spec.name, spec.path, split=spec.split,
+                                media_root=spec.media_root, **spec.options):
+            if isinstance(item, RecordError):
+                problems.append(item)
+                continue
+            if (tasks is None or item.task in tasks) and (forms is None or item.form in forms):
+                recs.append(item)
+        per_source.append(recs)
+    if problems and (not skip_bad or (max_bad is not None and len(problems) > max_bad)):
+        raise CorpusError(problems, total=max_bad if skip_bad else None)
+    return per_source, problems
+
+
+def stable_coin(seed: int, key: str) -> bool:
+    """A fair coin that depends only on (seed, key): the same on every worker and run."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return digest[0] & 1 == 1
+
+
+def randomize_order(record: PreferenceRecord, seed: int) -> PreferenceRecord:
+    if record.form != "pairwise" or record.instruction is not None:
+        return record
+    return record.swapped() if stable_coin(seed, f"{record.source}/{record.id}") else record
+
+
+class RecordDataset(Dataset):
+    def __init__(self, records: list[PreferenceRecord]):
+        self.records = records
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+
+class MixtureSampler(Sampler[int]):
+    """Per-epoch draw of ``round(weight * n)`` indices from each source, then a shuffle."""
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int = 0,
+                 shuffle: bool = True):
+        self.offsets = np.cumsum([0, *sizes[:-1]])
+        self.sizes, self.weights = list(sizes), list(weights)
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        parts = []
+        for off, n, w in zip(self.offsets, self.sizes, self.weights, strict=True):
+            count = int(round(w * n))
+            if n == 0 or count == 0:
+                continue
+            reps = -(-count // n)
+            idx = np.concatenate([rng.permutation(n) if self.shuffle else np.arange(n)
+                                  for _ in range(reps)])[:count]
+            parts.append(idx + off)
+        out = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+        return rng.permutation(out) if self.shuffle else out
+
+    def __iter__(self):
+        idx = self._indices()
+        self.epoch += 1  # a new draw next time even when nobody calls set_epoch
+        return iter(idx.tolist())
+
+    def __len__(self):
+        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights, strict=True))
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Preference records from public sources or the synthetic world, as judge batches.
+
+    Args:
+        train: Sources for training.
+        val: Sources for validation (metrics are computed on them).
+        test: Sources for ``ur test``.
+        world: Generate the synthetic world and use its splits for every split whose
+            source list is empty.
+        tasks: Only these tasks (default: all four).
+        forms: Only these forms (default: pairwise and pointwise).
+        processor: Path or hub id of the model whose processor prepares the inputs;
+            linked from the model's checkpoint by ``ur fit``.
+        templates: Prompt templates and the answer style.
+        batch_size: Records per batch.
+        eval_batch_size: Records per validation/test batch (default: batch_size).
+        num_workers: DataLoader workers.
+        num_frames: Frames sampled uniformly from each video.
+        max_length: Cut training sequences to this many tokens (the target end only).
+        max_eval_records: Cap on records per validation/test source (seeded choice).
+        seed: Seed of mixing, shuffling and order randomization.
+        skip_bad: Skip unusable records and count them instead of stopping.
+        max_bad: With skip_bad, stop anyway past this many.
+        processor_kwargs: Extra keywords for the processor call (e.g. max_pixels).
+    """
+
+    def __init__(
+        self,
+        train: list[SourceSpec] | None = None,
+        val: list[SourceSpec] | None = None,
+        test: list[SourceSpec] | None = None,
+        world: WorldSpec | None = None,
+        tasks: list[str] | None = None,
+        forms: list[str] | None = None,
+        processor: str | None = None,
+        templates: PromptTemplates | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_frames: int = 4,
+        max_length: int | None = None,
+        max_eval_records: int | None = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+        max_bad: int = 1000,
+        processor_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        for name, values, allowed in (("tasks", tasks, TASKS), ("forms", forms, FORMS)):
+            unknown = set(values or ()) - set(allowed)
+            if unknown:
+                raise ValueError(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}")
+        self.sources = {"train": list(train or []), "val": list(val or []),
+                        "test": list(test or [])}
+        self.world = world
+        self.tasks, self.forms = (list(tasks) if tasks else None), (list(forms) if forms else None)
+        self.processor_path = processor
+        self.templates = templates or PromptTemplates()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.num_frames, self.max_length = num_workers, num_frames, max_length
+        self.max_eval_records = max_eval_records
+        self.seed, self.skip_bad, self.max_bad = seed, skip_bad, max_bad
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self.datasets: dict[str, RecordDataset] = {}
+        self.sizes: dict[str, list[int]] = {}
+        self.skipped: dict[str, int] = {}
+        self._processor = None
+
+    # -- sources -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.world is not None:
+            self._world_manifest()
+
+    def _world_manifest(self) -> dict:
+        from ur.data.synthetic import synthesize
+
+        w = self.world
+        return synthesize(w.out, size=w.size, seed=w.seed, difficulty=w.difficulty,
+                          image_size=w.image_size, num_frames=w.num_frames)
+
+    def specs(self, split: str) -> list[SourceSpec]:
+        """The sources of a split: as configured, else the synthetic world's."""
+        if self.sources[split] or self.world is None:
+            return self.sources[split]
+        manifest = self._world_manifest()
+        root = Path(self.world.out)
+        return [SourceSpec(name=e["source"], path=str(root / e["path"]), options=e.get("options", {}))
+                for e in manifest["entries"] if e["split"] == split and e.get("primary", True)]
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  "predict": ("test",), None: SPLITS}[stage]
+        for split in wanted:
+            if split in self.datasets:
+                continue
+            per_source, problems = load_records(self.specs(split), tasks=self.tasks,
+                                                forms=self.forms, skip_bad=self.skip_bad,
+                                                max_bad=self.max_bad)
+            if problems:
+                log.warning("%s: skipped %d unusable record(s)", split, len(problems))
+            self.skipped[split] = len(problems)
+            if split != "train" and self.max_eval_records is not None:
+                rng = np.random.default_rng(self.seed)
+                per_source = [[recs[i] for i in sorted(rng.choice(len(recs), self.max_eval_records,
+                                                                  replace=False))]
+                              if len(recs) > self.max_eval_records else recs
+                              for recs in per_source]
+            records = [randomize_order(r, self.seed) for recs in per_source for r in recs]
+            self.sizes[split] = [len(r) for r in per_source]
+            self.datasets[split] = RecordDataset(records)
+
+    def summary(self, split: str) -> dict:
+        """Counts by task and form of a split that has been set up."""
+        recs = self.datasets[split].records
+        return {"records": len(recs), "skipped": self.skipped.get(split, 0),
+                "by_task": dict(Counter(r.task for r in recs)),
+                "by_form": dict(Counter(r.form for r in recs))}
+
+    # -- batches -----------------------------------------------------------------------
+    @property
+    def processor(self):
+        if self._processor is None:
+            if self.processor_path is None:
+                raise ValueError("PreferenceDataModule needs `processor` (a model path or id); "
+                                 "`ur fit` links it from the model's checkpoint")
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.processor_path)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value) -> None:
+        self._processor = value
+
+    def collator(self, *, with_targets: bool = True) -> JudgeCollator:
+        return JudgeCollator(self.processor, templates=self.templates, num_frames=self.num_frames,
+                             max_length=self.max_length, skip_bad=self.skip_bad,
+                             with_targets=with_targets, processor_kwargs=self.processor_kwargs)
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        ds = self.datasets[split]
+        if not len(ds):
+            raise ValueError(f"the {split} split has no records after filtering by tasks="
+                             f"{self.tasks} forms={self.forms}")
+        weights = ([s.weight for s in self.specs(split)] if self.sources[split]
+                   else [1.0] * len(self.sizes[split]))
+        sampler = MixtureSampler(self.sizes[split], weights, seed=self.seed, shuffle=shuffle)
+        return DataLoader(ds, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=sampler, collate_fn=self.collator(), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self):
+        return self._loader("test", shuffle=False)

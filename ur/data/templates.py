@@ -1,0 +1,128 @@
+"""Prompt templates: how a record becomes the judge's user turn and its target answer.
+
+Each task and form has an instruction template (a format string over ``{prompt}``,
+``{response_1}``, ``{response_2}``, ``{response}``, ``{low}``, ``{high}``) that ends by
+naming the answer convention of the released judges (FACTS.md section 1), so a
+released UnifiedReward checkpoint understands our prompts and its answers parse.
+
+Targets state the visual evidence before the verdict when a record carries evidence
+(``answer_style="evidence"``): "Image 1 shows ... Image 2 shows ... Image 1 is
+better". A tiny judge learns that form where a bare verdict stays at chance
+(MEASURED.md, Learnability); ``answer_style="bare"`` gives the verdict alone, for the
+ablation. Records that ship a verbatim conversation (``instruction``/``target``) are
+used as they are.
+
+Every template is a plain dataclass field, so an experiment YAML can override any of
+them (``data.init_args.templates.image_generation_pairwise: ...``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
+from ur.data.records import PreferenceRecord, is_generation
+
+_PAIR_END = ('Describe what each {kind} shows, then give your verdict as the last sentence: '
+             '"{noun} 1 is better", "{noun} 2 is better" or "Both {plural} are equally good".')
+_POINT_END = ('Describe what the {kind} shows, then end with "Final Score: X", where X is a '
+              'number from {low} to {high}.')
+
+
+@dataclass
+class PromptTemplates:
+    """The judge's prompts, one per task and form; every field can be set from YAML."""
+
+    image_generation_pairwise: str = (
+        'Two images were generated for the caption "{prompt}". Judge which one matches the '
+        'caption more faithfully and has better visual quality. '
+        + _PAIR_END.format(kind="image", noun="Image", plural="images"))
+    """Caption + two images. Placeholders: {prompt}."""
+    image_generation_pointwise: str = (
+        'An image was generated for the caption "{prompt}". Rate how faithfully it matches '
+        'the caption and how good it looks. '
+        + _POINT_END.format(kind="image", low="{low}", high="{high}"))
+    """Caption + one image. Placeholders: {prompt}, {low}, {high}."""
+    video_generation_pairwise: str = (
+        'Two videos were generated for the caption "{prompt}". Judge which one matches the '
+        'caption more faithfully, including its motion, and has better visual quality. '
+        + _PAIR_END.format(kind="video", noun="Video", plural="videos"))
+    """Caption + two videos. Placeholders: {prompt}."""
+    video_generation_pointwise: str = (
+        'A video was generated for the caption "{prompt}". Rate how faithfully it matches '
+        'the caption, including its motion, and how good it looks. '
+        + _POINT_END.format(kind="video", low="{low}", high="{high}"))
+    """Caption + one video. Placeholders: {prompt}, {low}, {high}."""
+    image_understanding_pairwise: str = (
+        'Question about the image: {prompt}\nAnswer 1: {response_1}\nAnswer 2: {response_2}\n'
+        'Judge which answer is more correct and helpful given the image. '
+        'Describe what the image shows, then give your verdict as the last sentence: '
+        '"Answer 1 is better", "Answer 2 is better" or "Both answers are equally good".')
+    """Image + question + two answers. Placeholders: {prompt}, {response_1}, {response_2}."""
+    image_understanding_pointwise: str = (
+        'Question about the image: {prompt}\nAnswer: {response}\n'
+        'Rate how correct and helpful the answer is given the image. '
+        + _POINT_END.format(kind="image", low="{low}", high="{high}"))
+    """Image + question + one answer. Placeholders: {prompt}, {response}, {low}, {high}."""
+    video_understanding_pairwise: str = (
+        'Question about the video: {prompt}\nAnswer 1: {response_1}\nAnswer 2: {response_2}\n'
+        'Judge which answer is more correct and helpful given the video. '
+        'Describe what the video shows, then give your verdict as the last sentence: '
+        '"Answer 1 is better", "Answer 2 is better" or "Both answers are equally good".')
+    """Video + question + two answers. Placeholders: {prompt}, {response_1}, {response_2}."""
+    video_understanding_pointwise: str = (
+        'Question about the video: {prompt}\nAnswer: {response}\n'
+        'Rate how correct and helpful the answer is given the video. '
+        + _POINT_END.format(kind="video", low="{low}", high="{high}"))
+    """Video + question + one answer. Placeholders: {prompt}, {response}, {low}, {high}."""
+    answer_style: str = "evidence"
+    """``evidence``: state what each image/clip shows, then the verdict; ``bare``: verdict only."""
+
+    def __post_init__(self):
+        if self.answer_style not in ("evidence", "bare"):
+            raise ValueError(f"answer_style must be 'evidence' or 'bare', got {self.answer_style!r}")
+
+    def template(self, task: str, form: str) -> str:
+        return getattr(self, f"{task}_{form}")
+
+    def instruction(self, record: PreferenceRecord) -> str:
+        """The user turn's text (the media themselves are placed by the collate)."""
+        if record.instruction is not None:
+            return record.instruction
+        return self.render(record.task, record.form, record.prompt, record.responses,
+                           record.scale)
+
+    def render(self, task: str, form: str, prompt: str, responses=(), scale=None) -> str:
+        """An instruction from its parts: what the judge is asked at inference time."""
+        fields = {"prompt": prompt}
+        if form == "pointwise":
+            lo, hi = scale
+            fields.update(low=format_score(lo), high=format_score(hi))
+        if not is_generation(task):
+            if form == "pairwise":
+                fields.update(response_1=responses[0], response_2=responses[1])
+            else:
+                fields.update(response=responses[0])
+        return self.template(task, form).format(**fields)
+
+    def evidence_text(self, record: PreferenceRecord) -> str:
+        """The sentences stating what each image or clip shows, or "" without evidence."""
+        if self.answer_style == "bare" or not record.evidence:
+            return ""
+        if is_generation(record.task):
+            noun = candidate_noun(record.task)
+            if len(record.evidence) == 1:
+                return f"The {noun.lower()} shows {record.evidence[0]}. "
+            return " ".join(f"{noun} {i} shows {ev}." for i, ev in
+                            enumerate(record.evidence, start=1)) + " "
+        return f"The {record.modality} shows {record.evidence[0]}. "
+
+    def target(self, record: PreferenceRecord) -> str:
+        """The assistant turn the judge is trained to produce for this record."""
+        if record.target is not None:
+            return record.target
+        if record.form == "pairwise":
+            verdict = pairwise_verdict(record.task, record.label)
+        else:
+            verdict = pointwise_verdict(record.score)
+        return self.evidence_text(record) + verdict
