@@ -12,9 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
+from ur.data.answers import parse_pairwise, parse_score
 from ur.data.records import Media, PreferenceRecord, RecordError
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
@@ -162,12 +165,29 @@ def resolve_path(value: str, root: Path, field: str) -> str:
     return str(full)
 
 
+_URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def _local_copy(url: str, root: Path, field: str) -> str:
+    """The file name of a remote media URL, when a file of that name is in ``root``.
+
+    Some data sets (GenAI-Bench video) store URLs. Nothing is downloaded here: a user
+    fetches the files into the media root, keeping their names, and the URL is read as
+    that local file; otherwise the row is refused, naming the field."""
+    name = PurePosixPath(urlparse(url).path).name
+    if not name or not (root / name).exists():
+        raise RecordError(f"remote media {url!r} is not fetched; download it into the media "
+                          f"root {str(root)!r} under its file name", field=field)
+    return name
+
+
 def media_ref(value, *, kind: str, root: Path, field: str) -> Media:
     """Turn what a data set stores for one image or video into a :class:`Media`.
 
     Accepts a path string, raw bytes, the ``datasets`` Image feature's
     ``{"bytes": ..., "path": ...}`` struct, a PIL image (from a hub data set), or for
-    videos a list of frame paths.
+    videos a list of frame paths. A URL is read as the file of the same name in the
+    root (never downloaded).
     """
     if value is None:
         raise RecordError("media reference is missing", field=field)
@@ -193,6 +213,8 @@ def media_ref(value, *, kind: str, root: Path, field: str) -> Media:
         value.save(buf, format="PNG")
         return Media(kind="image", data=buf.getvalue(), field=field)
     if isinstance(value, str):
+        if _URL_RE.match(value):
+            value = _local_copy(value, root, field)
         full = resolve_path(value, root, field)
         if kind == "image":
             return Media(kind="image", path=full, field=field)
@@ -228,10 +250,18 @@ def evidence_of(row: dict) -> tuple[str, ...] | None:
     """The synthetic world's element-level evidence, stored in an extra ``ur_evidence``
     column next to a public schema's own fields (absent from real data sets)."""
     ev = row.get("ur_evidence")
-    if ev is None:
+    if ev is None or (isinstance(ev, str) and not ev.strip()):  # an empty CSV cell
         return None
     if isinstance(ev, str):
-        ev = json.loads(ev)
+        try:
+            ev = json.loads(ev)
+        except json.JSONDecodeError:
+            raise RecordError("evidence is not a JSON list", field="ur_evidence") from None
+    if hasattr(ev, "tolist") and not isinstance(ev, str | bytes):
+        ev = ev.tolist()
+    if not isinstance(ev, list | tuple):
+        raise RecordError(f"evidence must be a list, got {type(ev).__name__}",
+                          field="ur_evidence")
     return tuple(ev)
 
 
@@ -257,3 +287,126 @@ def map_rows(rows: Iterable[tuple[str, int, dict | RecordError]],
                 yield from out
             except RecordError as e:
                 yield e.located(file=file, row=i)
+
+
+def row_id(row: dict, file: str, index: int, *keys: str) -> str:
+    """The row's own id from the first of ``keys`` (default ``id``) it holds, else
+    ``<file stem>-<row>``."""
+    for key in keys or ("id",):
+        value = row.get(key)
+        if value is not None and str(value).strip():
+            return str(value)
+    return f"{Path(file).stem}-{index}"
+
+
+def first_present(row: dict, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that the row holds with a non-null value."""
+    for name in names:
+        if row.get(name) is not None:
+            return name
+    return None
+
+
+def as_list(value, field: str, length: int | None = None) -> list:
+    """A list from a list/tuple, or from a JSON-encoded list (how CSV cells hold
+    lists); a RecordError naming the field otherwise, or when the length is wrong."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RecordError(f"expected a list, got {value!r}", field=field) from None
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy arrays
+        value = value.tolist()
+    if not isinstance(value, list | tuple):
+        raise RecordError(f"expected a list, got {type(value).__name__}", field=field)
+    if length is not None and len(value) != length:
+        raise RecordError(f"expected {length} entries, got {len(value)}", field=field)
+    return list(value)
+
+
+def scale_option(value, field: str = "scale") -> tuple[float, float]:
+    """A ``(low, high)`` scale given as an adapter option, checked."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise RecordError(f"a scale is (low, high), got {value!r}", field=field) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise RecordError(f"a scale needs finite low < high, got {value!r}", field=field)
+    return lo, hi
+
+
+def within(score: float, scale: tuple[float, float], field: str) -> float:
+    """``score`` if it lies on ``scale``, else a RecordError naming the source field
+    (the record itself would only name ``score``)."""
+    lo, hi = scale
+    if not lo <= score <= hi:
+        raise RecordError(f"score {score:g} is outside the scale [{lo:g}, {hi:g}]", field=field)
+    return score
+
+
+_PLACEHOLDER_RE = re.compile(r"<(?:image|video)>\n?")
+
+
+def strip_placeholders(text: str) -> str:
+    """``text`` without the ``<image>``/``<video>`` placeholders of LLaVA-style
+    conversations (each with the newline that follows it); verbatim otherwise."""
+    return _PLACEHOLDER_RE.sub("", text)
+
+
+def judge_turns(row: dict, field: str = "conversations") -> tuple[str, str]:
+    """The (human, gpt) turns of a single-turn LLaVA-style conversation, verbatim.
+
+    Turns are ``{"from": "human"|"gpt", "value": ...}`` (``role``/``content`` with
+    ``user``/``assistant`` also accepted); a JSON-encoded list is decoded. Anything but
+    exactly one human turn followed by one gpt turn is a RecordError on ``field``."""
+    conv = require(row, field)
+    if isinstance(conv, str):
+        try:
+            conv = json.loads(conv)
+        except json.JSONDecodeError:
+            raise RecordError("conversation is not a list of turns", field=field) from None
+    if hasattr(conv, "tolist") and not isinstance(conv, str | bytes):
+        conv = conv.tolist()
+    if not isinstance(conv, list | tuple):
+        raise RecordError(f"expected a list of turns, got {type(conv).__name__}", field=field)
+    turns = []
+    for turn in conv:
+        if not isinstance(turn, dict):
+            raise RecordError("a turn is not an object with from/value", field=field)
+        who = turn.get("from", turn.get("role"))
+        value = turn.get("value", turn.get("content"))
+        who = {"user": "human", "assistant": "gpt"}.get(who, who)
+        if who not in ("human", "gpt"):
+            raise RecordError(f"unknown speaker {who!r} in a turn", field=field)
+        if not isinstance(value, str) or not value.strip():
+            raise RecordError(f"the {who} turn is missing or empty", field=field)
+        turns.append((who, value))
+    if [w for w, _ in turns] != ["human", "gpt"]:
+        raise RecordError("expected one human turn followed by one gpt turn, got "
+                          f"{[w for w, _ in turns]}", field=field)
+    return turns[0][1], turns[1][1]
+
+
+def judgment(target: str, form: str | None, scale: tuple[float, float] | None,
+             field: str = "conversations") -> tuple[str, str | None, float | None]:
+    """``(form, label, score)`` from a judge's verbatim answer.
+
+    With ``form`` None it is detected: a "Final Score: X" makes it pointwise (checked
+    first: the marker is specific, while a critique may use a word like "tie"), else a
+    pairwise verdict makes it pairwise. No verdict, or a score off ``scale``, is a
+    RecordError on ``field``; nothing is ever defaulted to candidate 1."""
+    if form not in (None, "pairwise", "pointwise"):
+        raise RecordError(f"form must be pairwise or pointwise, got {form!r}", field="form")
+    if form in (None, "pointwise"):
+        score = parse_score(target)
+        if score is not None:
+            if scale is not None:
+                within(score, scale, field)
+            return "pointwise", None, score
+        if form == "pointwise":
+            raise RecordError("the answer holds no \"Final Score: X\"", field=field)
+    label = parse_pairwise(target)
+    if label is None:
+        raise RecordError("the answer holds no verdict (\"... 1 is better\", \"... 2 is "
+                          "better\", a tie, or \"Final Score: X\")", field=field)
+    return "pairwise", label, None

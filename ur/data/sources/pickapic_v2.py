@@ -10,8 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ur.data.records import PreferenceRecord, RecordError
-from ur.data.sources.common import (evidence_of, load_rows, map_rows, media_ref, number,
-                                    require, source_root)
+from ur.data.sources.common import (
+    evidence_of,
+    load_rows,
+    map_rows,
+    media_ref,
+    number,
+    require,
+    source_root,
+)
 
 NAME = "pickapic_v2"
 TASKS = ("image_generation",)
