@@ -17,18 +17,34 @@ from dataclasses import dataclass, field
 import torch
 
 from ur.data.media import load_image, load_video
-from ur.data.records import PreferenceRecord, RecordError
+from ur.data.records import Media, PreferenceRecord, RecordError
 from ur.data.templates import PromptTemplates
 
 IGNORE_INDEX = -100
 _SENTINEL = "\x00UR-TARGET\x00"
 
 
-def user_message(record: PreferenceRecord, templates: PromptTemplates) -> dict:
+@dataclass(frozen=True)
+class Conversation:
+    """One user turn (media, then the instruction) and the assistant's target answer.
+
+    Judge records become conversations through the prompt templates; other supervision
+    (the tiny base's scene descriptions) is written as conversations directly."""
+
+    media: tuple[Media, ...]
+    instruction: str
+    target: str = ""
+    record: PreferenceRecord | None = None
+
+    @classmethod
+    def of(cls, record: PreferenceRecord, templates: PromptTemplates) -> Conversation:
+        return cls(record.media, templates.instruction(record), templates.target(record), record)
+
+
+def user_message(media: tuple[Media, ...], instruction: str) -> dict:
     """The user turn: one content item per image or video, then the instruction."""
-    kind = "image" if record.modality == "image" else "video"
-    content = [{"type": kind} for _ in record.media]
-    content.append({"type": "text", "text": templates.instruction(record)})
+    content = [{"type": "image" if m.kind == "image" else "video"} for m in media]
+    content.append({"type": "text", "text": instruction})
     return {"role": "user", "content": content}
 
 
@@ -45,9 +61,10 @@ def end_of_turn(processor) -> str:
     return full.split(_SENTINEL, 1)[1].rstrip()
 
 
-def load_record_media(record: PreferenceRecord, num_frames: int):
+def load_record_media(record: PreferenceRecord | Conversation, num_frames: int):
     """(images, videos) lists for the processor, with errors located at the record."""
     images, videos = [], []
+    origin = record.record if isinstance(record, Conversation) else record
     for m in record.media:
         try:
             if m.kind == "image":
@@ -55,23 +72,25 @@ def load_record_media(record: PreferenceRecord, num_frames: int):
             else:
                 videos.append(load_video(m, num_frames))
         except RecordError as e:
-            raise e.located(file=record.file, row=record.row, field=m.field) from None
+            if origin is None:
+                raise
+            raise e.located(file=origin.file, row=origin.row, field=m.field) from None
     return images, videos
 
 
 @dataclass
-class JudgeCollator:
-    """Callable collate: a list of records -> a padded batch for a causal VLM.
+class ConversationCollator:
+    """Callable collate: a list of conversations -> a padded batch for a causal VLM.
 
     The batch holds the processor's tensors (``input_ids``, ``attention_mask``,
     ``pixel_values``, ``image_grid_thw``, ...), ``labels`` with the prompt masked to
-    -100, and ``records`` (the records themselves, for judging and metrics). With
-    ``skip_bad`` a record whose media cannot be decoded is dropped from its batch and
-    counted in ``skipped``; otherwise its error stops the run.
+    -100 (training), and ``records`` (the records behind the conversations, for judging
+    and metrics). With ``with_targets=False`` prompts are left-padded for generation.
+    With ``skip_bad`` a conversation whose media cannot be decoded is dropped from its
+    batch and counted in ``skipped``; otherwise its error stops the run.
     """
 
     processor: object
-    templates: PromptTemplates = field(default_factory=PromptTemplates)
     num_frames: int = 4
     max_length: int | None = None
     skip_bad: bool = False
@@ -86,39 +105,40 @@ class JudgeCollator:
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
-    def __call__(self, records: list[PreferenceRecord]) -> dict:
+    def __call__(self, conversations: list[Conversation]) -> dict:
         kept, images, videos, prompts = [], [], [], []
-        for r in records:
+        for c in conversations:
             try:
-                imgs, vids = load_record_media(r, self.num_frames)
+                imgs, vids = load_record_media(c, self.num_frames)
             except RecordError:
                 if not self.skip_bad:
                     raise
                 self.skipped += 1
                 continue
-            kept.append(r)
-            images.extend(imgs)
+            kept.append(c)
+            images.append(imgs)
             videos.extend(vids)
-            prompts.append(prompt_text(self.processor, user_message(r, self.templates)))
+            prompts.append(prompt_text(self.processor, user_message(c.media, c.instruction)))
         if not kept:
             return {"records": []}
         kwargs = dict(self.processor_kwargs)
-        if images:
-            kwargs["images"] = images
+        if any(images):
+            # LLaVA-OneVision needs to know which prompt holds which images.
+            nested = type(self.processor).__name__.startswith("LlavaOnevision")
+            kwargs["images"] = images if nested else [i for imgs in images for i in imgs]
         if videos:
             kwargs["videos"] = videos
         enc = self.processor(text=prompts, padding=False, return_tensors=None, **kwargs)
         prompt_ids = enc.pop("input_ids")
         enc.pop("attention_mask", None)
         token_types = enc.pop("mm_token_type_ids", None)
-        targets = [self.templates.target(r) + self._eot if self.with_targets else ""
-                   for r in kept]
+        targets = [c.target + self._eot if self.with_targets else "" for c in kept]
         target_ids = (self.tokenizer(targets, add_special_tokens=False)["input_ids"]
                       if self.with_targets else [[] for _ in kept])
         batch = self._pad(prompt_ids, target_ids, token_types)
         for key, value in enc.items():
             batch[key] = value if torch.is_tensor(value) else torch.as_tensor(value)
-        batch["records"] = kept
+        batch["records"] = [c.record for c in kept]
         return batch
 
     def _pad(self, prompt_ids, target_ids, token_types) -> dict:
@@ -160,3 +180,13 @@ class JudgeCollator:
             batch["mm_token_type_ids"] = padded(types, 0)
         return batch
 
+
+
+@dataclass
+class JudgeCollator(ConversationCollator):
+    """Records -> conversations through the prompt templates -> a batch."""
+
+    templates: PromptTemplates = field(default_factory=PromptTemplates)
+
+    def __call__(self, records: list[PreferenceRecord]) -> dict:
+        return super().__call__([Conversation.of(r, self.templates) for r in records])

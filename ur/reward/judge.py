@@ -1,0 +1,376 @@
+"""The judge: pairwise ranking and pointwise scoring with a generative reward model.
+
+Two modes, both batched:
+
+``generate``
+    Greedy decoding of the whole answer, then parsing of the answer conventions
+    (:mod:`ur.data.answers`). An answer that does not parse is reported as unparsed
+    (``label``/``score`` = None), never handed to candidate 1.
+
+``fast``
+    No free decoding of the verdict. Where the answer style states evidence first,
+    the evidence is decoded greedily up to its last sentence (one sentence per image
+    or clip judged, or one for the context of an understanding task). Then one forward
+    pass over ``prompt + evidence + verdict prefix`` reads the decision off the logits:
+    pairwise, p(tie) from the first verdict token ("Both" against the candidate noun)
+    and p(1) / p(2) from the token after the noun; pointwise, the expected value of the
+    scale's values under the next-token distribution after "Final Score:". It always
+    decides (no parse failures) and gives probabilities. A scale whose values do not each
+    start with their own token (a tokenizer that splits digits one by one makes 1 and 10
+    share "1") is scored the generate way for those records. It relies on the verdict
+    tokenizing the same after the prefix as inside a whole answer (true for byte-level
+    BPE that splits at spaces, checked at start-up).
+
+``both_orders=True`` judges each pairwise record a second time with the candidates
+swapped. Fast mode averages the two probability vectors (position bias cancels);
+generate mode keeps the verdict when the two agree and calls it a tie when they do not.
+Either way each judgment also reports the swapped verdict (mapped back to the original
+order) for the position-consistency metric.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ur.data.answers import (
+    candidate_noun,
+    format_score,
+    pairwise_verdict,
+    parse_pairwise,
+    parse_score,
+)
+from ur.data.collate import JudgeCollator
+from ur.data.records import Media, PreferenceRecord, is_generation
+from ur.data.templates import PromptTemplates
+
+_FLIP = {"first": "second", "second": "first", "tie": "tie", None: None}
+
+
+@dataclass
+class Judgment:
+    """One judgment. ``label`` (pairwise) or ``score`` (pointwise, on the record's scale)
+    is None when a generated answer did not parse."""
+
+    task: str
+    form: str
+    label: str | None = None
+    score: float | None = None
+    text: str = ""
+    probs: dict[str, float] | None = None
+    label_swapped: str | None = None
+
+    @property
+    def parsed(self) -> bool:
+        return (self.label if self.form == "pairwise" else self.score) is not None
+
+
+@dataclass
+class Judge:
+    """A reward model as a judge. ``judge(records)`` is the batched entry point."""
+
+    model: object
+    processor: object
+    templates: PromptTemplates = field(default_factory=PromptTemplates)
+    mode: str = "fast"
+    num_frames: int = 4
+    batch_size: int = 16
+    max_new_tokens: int = 96
+    both_orders: bool = False
+    score_steps: int = 10
+    processor_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in ("fast", "generate"):
+            raise ValueError(f"judge mode must be 'fast' or 'generate', got {self.mode!r}")
+        self.collator = JudgeCollator(self.processor, templates=self.templates,
+                                      num_frames=self.num_frames, with_targets=False,
+                                      processor_kwargs=self.processor_kwargs)
+        self.tokenizer = self.collator.tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype=None, trust_remote_code: bool = False,
+                        **kwargs) -> Judge:
+        from ur.models.loading import load_vlm
+
+        model, processor = load_vlm(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+        model.eval()
+        return cls(model=model, processor=processor, **kwargs)
+
+    # -- one-off calls ---------------------------------------------------------------------
+    def rank(self, task: str, prompt: str, a, b, *, media=None) -> Judgment:
+        """Which of two candidates is better: images/videos for generation tasks (paths,
+        PIL images or Media), answer strings for understanding tasks (with ``media``,
+        the image or video they answer about)."""
+        if is_generation(task):
+            rec = PreferenceRecord(task=task, form="pairwise", source="query", id="0",
+                                   prompt=prompt, media=(_as_media(a, task), _as_media(b, task)),
+                                   label="tie")
+        else:
+            rec = PreferenceRecord(task=task, form="pairwise", source="query", id="0",
+                                   prompt=prompt, media=(_as_media(media, task),),
+                                   responses=(a, b), label="tie")
+        return self.judge([rec])[0]
+
+    def score(self, task: str, prompt: str, x, *, media=None, scale=(1, 5)) -> Judgment:
+        """A score on ``scale`` for one image/video (generation) or answer (understanding)."""
+        lo = scale[0]
+        if is_generation(task):
+            rec = PreferenceRecord(task=task, form="pointwise", source="query", id="0",
+                                   prompt=prompt, media=(_as_media(x, task),), score=lo, scale=scale)
+        else:
+            rec = PreferenceRecord(task=task, form="pointwise", source="query", id="0",
+                                   prompt=prompt, media=(_as_media(media, task),), responses=(x,),
+                                   score=lo, scale=scale)
+        return self.judge([rec])[0]
+
+    # -- batched judging -------------------------------------------------------------------
+    @torch.no_grad()
+    def judge(self, records: list[PreferenceRecord]) -> list[Judgment]:
+        """Judge records (their labels and scores are not read)."""
+        work = list(records)
+        swapped_at = {}
+        if self.both_orders:
+            for i, r in enumerate(records):
+                if r.form == "pairwise" and r.instruction is None:
+                    swapped_at[i] = len(work)
+                    work.append(r.swapped())
+        out: list[Judgment] = []
+        for start in range(0, len(work), self.batch_size):
+            chunk = work[start:start + self.batch_size]
+            out.extend(self._fast(chunk) if self.mode == "fast" else self._generate(chunk))
+        results = out[:len(records)]
+        for i, j in swapped_at.items():
+            results[i] = self._combine(results[i], out[j])
+        return results
+
+    def _combine(self, a: Judgment, b: Judgment) -> Judgment:
+        back = _FLIP[b.label]
+        if a.probs is not None and b.probs is not None:
+            probs = {"first": (a.probs["first"] + b.probs["second"]) / 2,
+                     "second": (a.probs["second"] + b.probs["first"]) / 2,
+                     "tie": (a.probs["tie"] + b.probs["tie"]) / 2}
+            label = max(probs, key=probs.get)
+        else:
+            probs = None
+            if a.label is None or back is None:
+                label = a.label or back
+            else:
+                label = a.label if a.label == back else "tie"
+        return replace(a, label=label, probs=probs, label_swapped=back,
+                       text=a.text + "\n---\n" + b.text)
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def _inputs(self, records):
+        batch = self.collator(records)
+        batch.pop("records")
+        return {k: v.to(self._device()) for k, v in batch.items()}
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate(self, records) -> list[Judgment]:
+        inputs = self._inputs(records)
+        width = inputs["input_ids"].shape[1]
+        seqs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                   pad_token_id=self._pad_id())
+        out = []
+        for r, seq in zip(records, seqs, strict=True):
+            text = self._decode(seq[width:])
+            if r.form == "pairwise":
+                out.append(Judgment(r.task, r.form, label=parse_pairwise(text), text=text))
+            else:
+                out.append(Judgment(r.task, r.form, score=_clip(parse_score(text), r.scale),
+                                    text=text))
+        return out
+
+    def _pad_id(self):
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    # -- fast mode -------------------------------------------------------------------------
+    def _sentences(self, record) -> int:
+        if self.templates.answer_style == "bare":
+            return 0
+        return len(record.media) if is_generation(record.task) else 1
+
+    def _fast(self, records) -> list[Judgment]:
+        # Pointwise scales whose values do not start with distinct tokens (with a
+        # digit-by-digit tokenizer, 1 and 10 both start with "1") are decoded and parsed.
+        slow = [i for i, r in enumerate(records)
+                if r.form == "pointwise" and (self._score_tokens(r.scale, " ") is None
+                                              or self._score_tokens(r.scale, "") is None)]
+        fast = [i for i in range(len(records)) if i not in set(slow)]
+        out: list[Judgment | None] = [None] * len(records)
+        if slow:
+            for i, j in zip(slow, self._generate([records[i] for i in slow]), strict=True):
+                out[i] = j
+        if fast:
+            for i, j in zip(fast, self._fast_decide([records[i] for i in fast]), strict=True):
+                out[i] = j
+        return out
+
+    def _fast_decide(self, records) -> list[Judgment]:
+        inputs = self._inputs(records)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+        evidence = self._evidence(inputs, records)
+        seqs, reads = [], []
+        for r, p, ev in zip(records, prompts, evidence, strict=True):
+            sep = " " if ev else ""
+            if r.form == "pairwise":
+                seqs.append(p + ev + self._ids(sep + candidate_noun(r.task)))
+            else:
+                seqs.append(p + ev + self._score_tokens(r.scale, sep)[0])
+            reads.append(len(p) + len(ev))
+        width = max(len(s) for s in seqs)
+        pad = self._pad_id()
+        new_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        new_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            new_ids[i, width - len(s):] = torch.tensor(s)
+            new_mask[i, width - len(s):] = 1
+        fwd = dict(inputs, input_ids=new_ids.to(ids.device), attention_mask=new_mask.to(ids.device))
+        if "mm_token_type_ids" in inputs:
+            types = torch.zeros_like(new_ids)
+            for i, (row, m) in enumerate(zip(inputs["mm_token_type_ids"], mask, strict=True)):
+                t = row[m.bool()].cpu()
+                types[i, width - len(seqs[i]):width - len(seqs[i]) + len(t)] = t
+            fwd["mm_token_type_ids"] = types.to(ids.device)
+        logprobs = torch.log_softmax(self.model(**fwd).logits.float(), dim=-1)
+        out = []
+        for i, (r, s, ev) in enumerate(zip(records, seqs, evidence, strict=True)):
+            text = self._decode(ev)
+            if r.form == "pairwise":
+                at_verdict = logprobs[i, width - len(s) + reads[i] - 1]
+                probs = self._pair_probs(r.task, bool(ev), at_verdict, logprobs[i, -1])
+                out.append(Judgment(r.task, r.form, label=max(probs, key=probs.get),
+                                    probs=probs, text=text))
+            else:
+                _, values, toks = self._score_tokens(r.scale, " " if ev else "")
+                p = torch.softmax(logprobs[i, -1, toks], dim=0)
+                score = float((p * torch.tensor(values, dtype=p.dtype, device=p.device)).sum())
+                out.append(Judgment(r.task, r.form, score=score, text=text,
+                                    probs={f"{v:g}": float(q) for v, q in zip(values, p, strict=True)}))
+        return out
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _first_token(self, text: str, after: str = "") -> int:
+        """The first token of ``text`` when it follows ``after``, checking that the split
+        is the same as inside the whole string."""
+        whole, head = self._ids(after + text), self._ids(after)
+        if whole[:len(head)] != head or len(whole) == len(head):
+            raise ValueError(f"fast judging needs {after + text!r} to tokenize as {after!r} + "
+                             f"{text!r}; use mode: generate with this tokenizer")
+        return whole[len(head)]
+
+    def _pair_probs(self, task, has_evidence, at_verdict, at_number) -> dict[str, float]:
+        sep = " " if has_evidence else ""
+        noun = candidate_noun(task)
+        key = (task, has_evidence)
+        cache = self.__dict__.setdefault("_pair_tok", {})
+        if key not in cache:
+            tie = pairwise_verdict(task, "tie")
+            cache[key] = (self._first_token(sep + noun), self._first_token(sep + tie),
+                          self._first_token(" 1", after=sep + noun),
+                          self._first_token(" 2", after=sep + noun))
+        t_noun, t_tie, t_one, t_two = cache[key]
+        first_tok = torch.softmax(at_verdict[[t_noun, t_tie]], dim=0)
+        which = torch.softmax(at_number[[t_one, t_two]], dim=0)
+        return {"first": float(first_tok[0] * which[0]), "second": float(first_tok[0] * which[1]),
+                "tie": float(first_tok[1])}
+
+    def _score_tokens(self, scale, sep: str):
+        """``(prefix ids, values, first value tokens)`` for reading a score after
+        "Final Score:", or None when the values do not start with distinct tokens.
+
+        The values are the scale's integers, or ``score_steps`` even steps for a wide
+        scale. Tokens all values share after "Final Score:" (a lone space, say) go into
+        the prefix."""
+        cache = self.__dict__.setdefault("_score_tok", {})
+        key = (tuple(scale), sep)
+        if key not in cache:
+            lo, hi = scale
+            step = 1 if hi - lo <= self.score_steps else (hi - lo) / self.score_steps
+            values = [lo + k * step for k in range(int(round((hi - lo) / step)) + 1)]
+            seqs = [self._ids(f"{sep}Final Score: {format_score(v)}") for v in values]
+            common = 0
+            while all(len(q) > common + 1 for q in seqs) and len({q[common] for q in seqs}) == 1:
+                common += 1
+            firsts = [q[common] for q in seqs]
+            distinct = len(set(firsts)) == len(firsts) and all(len(q) == common + 1 for q in seqs)
+            cache[key] = (seqs[0][:common], values, firsts) if distinct else None
+        return cache[key]
+
+    def _evidence(self, inputs, records) -> list[list[int]]:
+        """Greedy evidence, cut after its last sentence; [] for bare-verdict answers."""
+        need = [self._sentences(r) for r in records]
+        if not any(need):
+            return [[] for _ in records]
+        width = inputs["input_ids"].shape[1]
+        seqs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                   pad_token_id=self._pad_id(),
+                                   stopping_criteria=[_SentenceStop(self.tokenizer, need, width)])
+        out = []
+        for n, seq in zip(need, seqs[:, width:].tolist(), strict=True):
+            out.append(_cut_after_sentences(self.tokenizer, seq, n))
+        return out
+
+
+class _SentenceStop:
+    """Stops each row once it has produced its number of sentences."""
+
+    def __init__(self, tokenizer, need, width):
+        self.tokenizer, self.need, self.width = tokenizer, need, width
+        self.special = set(tokenizer.all_special_ids)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = []
+        for n, row in zip(self.need, input_ids[:, self.width:].tolist(), strict=True):
+            ended = any(t in self.special for t in row)
+            done.append(ended or self.tokenizer.decode(row).count(".") >= n)
+        return torch.tensor(done, device=input_ids.device)
+
+
+def _cut_after_sentences(tokenizer, ids: list[int], n: int) -> list[int]:
+    if n == 0:
+        return []
+    count = 0
+    special = set(tokenizer.all_special_ids)
+    for k, t in enumerate(ids):
+        if t in special:
+            return ids[:k]
+        count += tokenizer.decode([t]).count(".")
+        if count >= n:
+            return ids[:k + 1]
+    return ids
+
+
+def _clip(score, scale):
+    if score is None:
+        return None
+    lo, hi = scale
+    return min(max(score, lo), hi)
+
+
+def _as_media(x, task) -> Media:
+    if isinstance(x, Media):
+        return x
+    kind = "image" if task.startswith("image") else "video"
+    if hasattr(x, "save"):  # PIL image
+        buf = io.BytesIO()
+        x.save(buf, format="PNG")
+        return Media(kind="image", data=buf.getvalue(), field="query")
+    if x is None:
+        raise ValueError(f"{task} needs an {kind}")
+    p = Path(x)
+    if kind == "video" and p.is_dir():
+        return Media(kind="frames", path=str(p.resolve()), field="query")
+    return Media(kind=kind, path=str(p.resolve()), field="query")

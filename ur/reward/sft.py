@@ -1,0 +1,271 @@
+"""``RewardSFTModule``: train a generative judge with next-token SFT on the assistant turn.
+
+The judge is a vision-language model trained, as UnifiedReward is, with plain
+next-token cross-entropy on its answers (no Bradley-Terry head); the prompt and the
+media tokens are masked out by the collate. Full fine-tuning or LoRA, and which parts
+train (vision tower, projector, language model), are chosen in YAML. AdamW with linear
+warmup then cosine decay over the run's optimizer steps.
+
+Validation and test run the judge (:mod:`ur.reward.judge`) on the split's records and log
+the metrics of :mod:`ur.reward.metrics` as ``val/<task>/<metric>`` (``test/...``), plus
+the teacher-forced ``val/loss``. At the end of fit the model is exported as a Hugging
+Face folder (``<run>/export``) that transformers alone can load.
+
+Assumes: the model loads with :func:`ur.models.loading.load_vlm`; the DataModule is a
+:class:`ur.data.datamodule.PreferenceDataModule` (its templates and frame count are the
+judge's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from lightning import LightningModule
+
+from ur.reward.judge import Judge
+from ur.reward.metrics import JudgeMetrics
+
+
+@dataclass
+class OptimizerSpec:
+    """AdamW with linear warmup and cosine decay."""
+
+    lr: float = 2.5e-6
+    """Peak learning rate (UnifiedReward: 2.5e-6 for a 7B full fine-tune)."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    """Fraction of the optimizer steps spent warming up linearly from 0."""
+    min_lr_ratio: float = 0.0
+    """The cosine ends at lr * min_lr_ratio."""
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (peft); used when ``finetune: lora``."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class JudgeSpec:
+    """How validation/test judge the records."""
+
+    mode: str = "fast"
+    """``fast`` (decision from the answer tokens' logits) or ``generate`` (decode, parse)."""
+    both_orders: bool = True
+    """Judge pairs in both orders: combines them and measures position consistency."""
+    max_new_tokens: int = 96
+    batch_size: int = 16
+
+
+@dataclass
+class TinyBaseSpec:
+    """Build (and pretrain) a tiny base checkpoint at ``checkpoint`` when it is missing."""
+
+    family: str = "qwen2_vl"
+    hidden_size: int = 128
+    num_layers: int = 4
+    pretrain_steps: int = 600
+    """Steps of dense supervision on the synthetic world (scene descriptions, Q&A)."""
+    pretrain_lr: float = 1e-3
+    batch_size: int = 32
+    world: dict = field(default_factory=dict)
+    """Keywords of :class:`ur.data.datamodule.WorldSpec` for the pretraining world."""
+    seed: int = 0
+
+
+class RewardSFTModule(LightningModule):
+    """A generative reward model (judge) trained by SFT.
+
+    Args:
+        checkpoint: Base model: a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``), a local
+            folder, or where a tiny base is built when ``tiny`` is set.
+        tiny: Build and pretrain a tiny base at ``checkpoint`` if it is not there yet.
+        finetune: ``full`` or ``lora``.
+        train_vision: Train the vision tower (full) / put LoRA on it (lora).
+        train_projector: Train the vision-language projector.
+        train_language: Train the language model (full) / put LoRA on it (lora).
+        lora: LoRA settings.
+        optimizer: Learning rate and schedule.
+        judge: How validation and test judge.
+        gradient_checkpointing: Trade compute for memory (large models on GPUs).
+        dtype: Weights dtype (``bfloat16`` on GPUs; None keeps float32 on CPU).
+        trust_remote_code: Run code shipped with the checkpoint (off unless you opt in).
+        export: Save a Hugging Face folder of the trained model at the end of fit.
+        merge_lora: Merge LoRA adapters into the exported weights.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str = "checkpoints/tiny/qwen2_vl",
+        tiny: TinyBaseSpec | None = None,
+        finetune: str = "full",
+        train_vision: bool = True,
+        train_projector: bool = True,
+        train_language: bool = True,
+        lora: LoraSpec | None = None,
+        optimizer: OptimizerSpec | None = None,
+        judge: JudgeSpec | None = None,
+        gradient_checkpointing: bool = False,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        export: bool = True,
+        merge_lora: bool = True,
+    ):
+        super().__init__()
+        if finetune not in ("full", "lora"):
+            raise ValueError(f"finetune must be 'full' or 'lora', got {finetune!r}")
+        self.save_hyperparameters(logger=False)
+        self.lora_spec = lora or LoraSpec()
+        self.optim = optimizer or OptimizerSpec()
+        self.judge_spec = judge or JudgeSpec()
+        if tiny is not None:
+            from ur.reward.tiny_base import ensure_tiny_base
+
+            ensure_tiny_base(checkpoint, tiny)
+        self.checkpoint_path = str(checkpoint)
+        from ur.models.loading import load_vlm, lora_wrap, trainable_parts
+
+        model, self.processor = load_vlm(checkpoint, dtype=dtype,
+                                         trust_remote_code=trust_remote_code)
+        if finetune == "lora":
+            model = lora_wrap(model, r=self.lora_spec.r, alpha=self.lora_spec.alpha,
+                              dropout=self.lora_spec.dropout,
+                              target_modules=self.lora_spec.target_modules,
+                              train_vision=train_vision, train_projector=train_projector,
+                              train_language=train_language)
+        else:
+            trainable_parts(model, vision=train_vision, projector=train_projector,
+                            language=train_language)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model
+        self.metrics = torch.nn.ModuleDict({"val": JudgeMetrics("val"), "test": JudgeMetrics("test")})
+        self._judge = None
+
+    # -- training --------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k != "records"}
+
+    def forward(self, batch: dict):
+        return self.model(**self.model_inputs(batch))
+
+    def training_step(self, batch, batch_idx):
+        if not batch.get("records"):  # every record of the batch was skipped as bad
+            return None
+        loss = self(batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas),
+                                weight_decay=self.optim.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.optim.warmup_ratio * total)
+        floor = self.optim.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- judging ---------------------------------------------------------------------------
+    @property
+    def judge(self) -> Judge:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self._judge is None:
+            kwargs = {}
+            if dm is not None:
+                kwargs = dict(templates=dm.templates, num_frames=dm.num_frames,
+                              processor_kwargs=dm.processor_kwargs)
+            spec = self.judge_spec
+            self._judge = Judge(self.model, self.processor, mode=spec.mode,
+                                both_orders=spec.both_orders, max_new_tokens=spec.max_new_tokens,
+                                batch_size=spec.batch_size, **kwargs)
+        return self._judge
+
+    def _eval_step(self, batch, stage: str):
+        records = batch.get("records") or []
+        if not records:
+            return
+        self.log(f"{stage}/loss", self(batch).loss, batch_size=len(records), sync_dist=True)
+        judgments = self.judge.judge(records)
+        metrics = self.metrics[stage]
+        for task in {r.task for r in records}:
+            pairs = [(r, j) for r, j in zip(records, judgments, strict=True)
+                     if r.task == task and r.form == "pairwise"]
+            if pairs:
+                metrics.pairwise[task].update([r.label for r, _ in pairs],
+                                              [j.label for _, j in pairs],
+                                              [j.label_swapped for _, j in pairs]
+                                              if self.judge_spec.both_orders else None)
+            points = [(r, j) for r, j in zip(records, judgments, strict=True)
+                      if r.task == task and r.form == "pointwise"]
+            if points:
+                metrics.pointwise[task].update(
+                    [r.normalized_score() for r, _ in points],
+                    [None if j.score is None else (j.score - r.scale[0]) / (r.scale[1] - r.scale[0])
+                     for r, j in points])
+
+    def _eval_end(self, stage: str):
+        values = self.metrics[stage].compute()
+        if values:
+            self.log_dict(values, sync_dist=False)
+            summary = _task_means(values, stage)
+            self.log_dict(summary, prog_bar=stage == "val")
+        self.metrics[stage].reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def predict_step(self, batch, batch_idx):
+        records = batch.get("records") or []
+        return [{"id": r.id, "task": r.task, "form": r.form, **asdict(j)}
+                for r, j in zip(records, self.judge.judge(records), strict=True)]
+
+    # -- export ----------------------------------------------------------------------------
+    def on_fit_end(self):
+        if self.hparams.export and self.trainer.is_global_zero:
+            self.export(Path(self.trainer.default_root_dir) / "export")
+
+    def export(self, out: str | Path, *, merge_lora: bool | None = None) -> Path:
+        """Save model + processor as a Hugging Face folder (LoRA merged on request)."""
+        from ur.models.export import save_hf
+
+        merge = self.hparams.merge_lora if merge_lora is None else merge_lora
+        return save_hf(self.model, self.processor, out, merge_lora=merge)
+
+
+def _task_means(values: dict, stage: str) -> dict:
+    """Mean pairwise accuracy and mean Spearman over the tasks present (one number to
+    watch in the progress bar and to sweep on)."""
+    acc = [v for k, v in values.items() if k.endswith("/pair_acc_diff")]
+    rho = [v for k, v in values.items() if k.endswith("/point_spearman") and not math.isnan(v)]
+    out = {}
+    if acc:
+        out[f"{stage}/pair_acc_diff_mean"] = sum(acc) / len(acc)
+    if rho:
+        out[f"{stage}/point_spearman_mean"] = sum(rho) / len(rho)
+    return out

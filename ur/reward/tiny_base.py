@@ -1,0 +1,142 @@
+"""The tiny base: a tiny real VLM pretrained on the synthetic world before it judges.
+
+A judge starts from a pretrained VLM, and so does a tiny one. :func:`ensure_tiny_base`
+builds a tiny checkpoint (:mod:`ur.models.tiny`; its tokenizer trained on the world's
+text and our prompt templates), then pretrains it with dense supervision drawn from the
+world's training records: a description of every image and clip ("The image shows a red
+circle on the left.") and the correct answer to every question. It is saved as a plain
+Hugging Face folder at the requested path, cached (rebuilt only when its spec changes),
+and recorded as a run of its own (``<checkpoint>/pretrain_run/``: config, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ur.data.collate import Conversation, ConversationCollator
+from ur.data.records import PreferenceRecord
+from ur.data.templates import PromptTemplates
+
+SPEC_FILE = "ur_pretrain.json"
+
+
+def describe_instruction(kind: str) -> str:
+    return f"Describe the {kind}."
+
+
+def dense_conversations(records: list[PreferenceRecord]) -> list[Conversation]:
+    """Descriptions of every distinct image/clip with evidence, and correct answers."""
+    seen, out = set(), []
+    for r in records:
+        for m, ev in zip(r.media, r.evidence or (), strict=False):
+            key = m.path or m.frames or hash(m.data)
+            if key in seen:
+                continue
+            seen.add(key)
+            kind = "image" if m.kind == "image" else "video"
+            out.append(Conversation((m,), describe_instruction(kind), f"The {kind} shows {ev}.", r))
+        if r.task.endswith("understanding") and r.form == "pairwise" and r.label != "tie":
+            best = r.responses[0 if r.label == "first" else 1]
+            out.append(Conversation(r.media, r.prompt, best, r))
+    return out
+
+
+def tokenizer_texts(records: list[PreferenceRecord], templates: PromptTemplates) -> list[str]:
+    """Everything the judge will read or write: prompts, answers, verdicts, descriptions."""
+    from ur.data.answers import format_score
+
+    texts = []
+    for r in records:
+        texts.append(templates.instruction(r))
+        texts.append(templates.target(r))
+        texts.extend(r.responses)
+        texts.extend(f"The {k} shows {ev}." for ev in r.evidence or () for k in ("image", "video"))
+    for scale in {r.scale for r in records if r.scale}:
+        lo, hi = scale
+        texts.extend(f"Final Score: {format_score(v)}" for v in range(int(lo), int(hi) + 1))
+    texts += [describe_instruction("image"), describe_instruction("video")]
+    return texts
+
+
+def _spec_dict(spec) -> dict:
+    return asdict(spec) if hasattr(spec, "__dataclass_fields__") else dict(spec)
+
+
+def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
+    """Return ``checkpoint``, building and pretraining it first if it is missing or was
+    built from another spec."""
+    checkpoint = Path(checkpoint)
+    wanted = _spec_dict(spec)
+    marker = checkpoint / SPEC_FILE
+    if marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
+        return checkpoint
+    from ur.data.datamodule import SourceSpec, WorldSpec, load_records
+    from ur.data.synthetic import synthesize
+    from ur.models.tiny import build_tiny_vlm
+
+    world = WorldSpec(**spec.world)
+    manifest = synthesize(world.out, size=world.size, seed=world.seed,
+                          difficulty=world.difficulty, image_size=world.image_size,
+                          num_frames=world.num_frames)
+    specs = [SourceSpec(name=e["source"], path=str(Path(world.out) / e["path"]),
+                        options=e.get("options", {}))
+             for e in manifest["entries"] if e["split"] == "train" and e.get("primary", True)]
+    records = [r for recs in load_records(specs)[0] for r in recs]
+    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    raw = build_tiny_vlm(tmp / "init", family=spec.family,
+                         texts=tokenizer_texts(records, PromptTemplates()),
+                         hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed,
+                         image_size=world.image_size)
+    metrics = _pretrain(raw, dense_conversations(records), spec, world, tmp / "pretrain_run")
+    from ur.models.export import save_hf
+
+    model, processor = metrics.pop("model"), metrics.pop("processor")
+    save_hf(model, processor, tmp / "model", merge_lora=False)
+    for f in (tmp / "model").iterdir():
+        os.replace(f, tmp / f.name)
+    (tmp / "model").rmdir()
+    shutil.copy(raw / "ur_tiny.json", tmp / "ur_tiny.json")
+    shutil.rmtree(raw)
+    (tmp / SPEC_FILE).write_text(json.dumps({"spec": wanted, "metrics": metrics}, indent=2))
+    if checkpoint.exists():
+        shutil.rmtree(checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, checkpoint)
+    return checkpoint
+
+
+def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_dir: Path) -> dict:
+    """Dense supervised pretraining with Lightning; logs into ``run_dir`` (CSV)."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ur.reward.sft import OptimizerSpec, RewardSFTModule
+
+    L.seed_everything(spec.seed, workers=True)
+    module = RewardSFTModule(checkpoint=str(path), finetune="full", export=False,
+                             optimizer=OptimizerSpec(lr=spec.pretrain_lr, warmup_ratio=0.05,
+                                                     weight_decay=0.0, min_lr_ratio=0.1))
+    collate = ConversationCollator(module.processor, num_frames=world.num_frames)
+    loader = torch.utils.data.DataLoader(conversations, batch_size=spec.batch_size, shuffle=True,
+                                         collate_fn=collate, drop_last=True,
+                                         generator=torch.Generator().manual_seed(spec.seed))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = L.Trainer(max_steps=spec.pretrain_steps, accelerator="cpu", devices=1,
+                        logger=CSVLogger(str(run_dir), name="", version=""),
+                        enable_checkpointing=False, enable_model_summary=False,
+                        log_every_n_steps=10, default_root_dir=str(run_dir))
+    trainer.fit(module, train_dataloaders=loader)
+    loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    (run_dir / "metrics.json").write_text(json.dumps({"pretrain": {"train/loss": loss,
+                                                                    "steps": trainer.global_step,
+                                                                    "conversations": len(conversations)}},
+                                                     indent=2))
+    return {"train/loss": loss, "steps": trainer.global_step, "conversations": len(conversations),
+            "model": module.model, "processor": module.processor}
