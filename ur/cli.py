@@ -242,6 +242,8 @@ def _lightning_cli_class():
             parser.add_argument("--run.meta", type=dict, default={},
                                 help="free-form facts to record with the run (e.g. sweep "
                                      "parameters); saved in config.yaml and logged to W&B")
+            parser.add_argument("--run.test_after_fit", type=bool, default=False,
+                                help="after fit, run the test loop on the trained model")
             parser.link_arguments("model.checkpoint_path", "data.init_args.processor",
                                   apply_on="instantiate")
 
@@ -298,7 +300,13 @@ def _lightning_cli_class():
                 print(self.run_dir, flush=True)
 
         def after_fit(self) -> None:
-            self._finish("fit")
+            if self.config[self.subcommand].run.test_after_fit:
+                if self.trainer.is_global_zero:
+                    runs.record_metrics(self.run_dir, "fit", dict(self.trainer.callback_metrics))
+                self.trainer.test(self.model, datamodule=self.datamodule)
+                self._finish("test")
+            else:
+                self._finish("fit")
 
         def after_validate(self) -> None:
             self._finish("validate")
