@@ -80,7 +80,7 @@ class Judge:
     batch_size: int = 16
     max_new_tokens: int = 96
     both_orders: bool = False
-    score_steps: int = 10
+    score_steps: int = 4
     processor_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -291,21 +291,21 @@ class Judge:
         """``(prefix ids, values, first value tokens)`` for reading a score after
         "Final Score:", or None when the values do not start with distinct tokens.
 
-        The values are the scale's integers, or ``score_steps`` even steps for a wide
-        scale. Tokens all values share after "Final Score:" (a lone space, say) go into
+        The values are the scale's integers when it spans at most 10, else ``score_steps``
+        even steps (0-100 -> 0, 25, 50, 75, 100). Tokens all values share after "Final Score:" (a lone space, say) go into
         the prefix."""
         cache = self.__dict__.setdefault("_score_tok", {})
         key = (tuple(scale), sep)
         if key not in cache:
             lo, hi = scale
-            step = 1 if hi - lo <= self.score_steps else (hi - lo) / self.score_steps
+            step = 1 if hi - lo <= 10 else (hi - lo) / self.score_steps
             values = [lo + k * step for k in range(int(round((hi - lo) / step)) + 1)]
             seqs = [self._ids(f"{sep}Final Score: {format_score(v)}") for v in values]
             common = 0
             while all(len(q) > common + 1 for q in seqs) and len({q[common] for q in seqs}) == 1:
                 common += 1
             firsts = [q[common] for q in seqs]
-            distinct = len(set(firsts)) == len(firsts) and all(len(q) == common + 1 for q in seqs)
+            distinct = len(set(firsts)) == len(firsts)  # the first token decides the value
             cache[key] = (seqs[0][:common], values, firsts) if distinct else None
         return cache[key]
 
