@@ -25,14 +25,13 @@ import numpy as np
 import torch
 
 
-def datamodule_rate(world: Path, processor_path: str, tasks, workers: int, batches: int,
-                    num_frames: int) -> float:
+def datamodule_rate(world: Path, size: int, processor_path: str, tasks, workers: int,
+                    batches: int, num_frames: int) -> float:
     from ur.data.datamodule import PreferenceDataModule, WorldSpec
 
-    dm = PreferenceDataModule(world=WorldSpec(out=str(world), size=0), tasks=tasks,
-                              processor=processor_path, batch_size=8, num_workers=workers,
-                              num_frames=num_frames)
-    dm.specs = lambda split, _dm=dm: _world_specs(world, split)  # the world already exists
+    spec = WorldSpec(out=str(world), size=size, num_frames=num_frames)
+    dm = PreferenceDataModule(world=spec, tasks=tasks, processor=processor_path, batch_size=8,
+                              num_workers=workers, num_frames=num_frames)
     dm.setup("fit")
     loader = dm.train_dataloader()
     it = iter(loader)
@@ -46,14 +45,6 @@ def datamodule_rate(world: Path, processor_path: str, tasks, workers: int, batch
             batch = next(it)
         n += len(batch["records"])
     return n / (time.perf_counter() - t0)
-
-
-def _world_specs(world: Path, split: str):
-    from ur.data.datamodule import SourceSpec
-
-    manifest = json.loads((world / "manifest.json").read_text())
-    return [SourceSpec(name=e["source"], path=str(world / e["path"]), options=e.get("options", {}))
-            for e in manifest["entries"] if e["split"] == split and e.get("primary", True)]
 
 
 def seek_ratio(tmp: Path, clips: int, frames: int, size: int, sample: int, repeats: int) -> dict:
@@ -85,11 +76,11 @@ def seek_ratio(tmp: Path, clips: int, frames: int, size: int, sample: int, repea
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=64, help="world records per task and form")
+    ap.add_argument("--size", type=int, default=400, help="world records in all")
     ap.add_argument("--batches", type=int, default=12, help="batches timed per setting")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    from ur.data.synthetic import synthesize
+    from ur.data.synthetic.writer import write_world
     from ur.data.templates import PromptTemplates
     from ur.models.tiny import build_tiny_vlm
 
@@ -97,13 +88,14 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         world = tmp / "world"
-        synthesize(world, size=args.size, seed=0, difficulty=1, num_frames=8)
+        write_world(world, size=args.size, seed=0, difficulty=1, num_frames=8)
         proc = build_tiny_vlm(tmp / "tiny", texts=[PromptTemplates().image_generation_pairwise,
                                                    "a red circle on the left"] * 4)
         for label, tasks in (("image", ["image_generation", "image_understanding"]),
                              ("video8", ["video_generation", "video_understanding"])):
             for workers in (0, 2):
-                r = datamodule_rate(world, str(proc), tasks, workers, args.batches, num_frames=8)
+                r = datamodule_rate(world, args.size, str(proc), tasks, workers, args.batches,
+                                    num_frames=8)
                 out[f"{label}_samples_per_s_workers{workers}"] = round(r, 1)
             out[f"{label}_workers2_over_workers0"] = round(
                 out[f"{label}_samples_per_s_workers2"] / out[f"{label}_samples_per_s_workers0"], 2)

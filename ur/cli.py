@@ -38,8 +38,8 @@ def _add_corpus(sub) -> None:
                     "train/val/test splits and a manifest.json naming what is where. Seeded and "
                     "deterministic; rerunning with the same arguments is a no-op.")
     synth.add_argument("--out", required=True, type=Path, help="output folder")
-    synth.add_argument("--size", type=int, default=2000,
-                       help="records per task and form, before splitting (default: 2000)")
+    synth.add_argument("--size", type=int, default=8000,
+                       help="records in all, over tasks, forms and splits (default: 8000)")
     synth.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     synth.add_argument("--difficulty", type=int, default=1,
                        help="0 = gross errors only ... higher = subtler (default: 1)")
@@ -69,16 +69,14 @@ def _add_corpus(sub) -> None:
 
 
 def _corpus_synth(args) -> int:
-    from ur.data.synthetic import synthesize
+    from ur.data.synthetic.writer import read_manifest, synthesize
 
-    manifest = synthesize(args.out, size=args.size, seed=args.seed, difficulty=args.difficulty,
-                          image_size=args.image_size, num_frames=args.num_frames)
-    rows = Counter()
-    for e in manifest["entries"]:
-        rows[(e["split"], e["task"], e["form"], e["source"])] += e["count"]
-    for (split, task, form, source), n in sorted(rows.items()):
-        print(f"{split:5s}  {task:20s} {form:9s} {source:22s} {n:6d}")
-    print(Path(args.out) / "manifest.json")
+    path = synthesize(args.out, size=args.size, seed=args.seed, difficulty=args.difficulty,
+                      image_size=args.image_size, num_frames=args.num_frames)
+    for e in read_manifest(args.out)["entries"]:
+        print(f"{e['split']:5s}  {e['task']:20s} {e['form']:9s} {e['source']:21s} "
+              f"{e['records']:6d}  {e['path']}")
+    print(path)
     return 0
 
 
@@ -104,8 +102,7 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
 
     if source == "manifest":
         manifest = json.loads((Path(path) / "manifest.json").read_text())
-        entries = [(e["source"], Path(path) / e["path"], e.get("options", {}))
-                   for e in manifest["entries"]]
+        entries = [(e["source"], Path(path) / e["path"], {}) for e in manifest["entries"]]
     else:
         entries = [(source, path, options or {})]
     by_task, by_form, by_label = Counter(), Counter(), Counter()
@@ -214,10 +211,13 @@ def _lightning_cli_class():
 
         def save_config(self, trainer, pl_module, stage) -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(self.run_dir / "config.yaml"), skip_none=False,
+            # Replaying config.yaml starts a new run; --ckpt_path last finds this one by name.
+            config = self.config.clone()
+            config.run.dir = None
+            self.parser.save(config, str(self.run_dir / "config.yaml"), skip_none=False,
                              overwrite=True, multifile=False)
             for logger in trainer.loggers:
-                logger.log_hyperparams(self.config.clone().as_dict())
+                logger.log_hyperparams(config.as_dict())
 
     class URCLI(LightningCLI):
         def __init__(self, args):
@@ -261,6 +261,7 @@ def _lightning_cli_class():
                                      f"{name!r} under {cfg.run.root} has checkpoints/last.ckpt")
             else:
                 run_dir = runs.new_run_dir(cfg.run.root, name)
+            run_dir = run_dir.resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg.run.dir = str(run_dir)
             self.run_dir = run_dir
@@ -282,8 +283,8 @@ def _lightning_cli_class():
                 if not any("ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
                     callbacks.append(Namespace(
                         class_path="lightning.pytorch.callbacks.ModelCheckpoint",
-                        init_args=Namespace(dirpath=str(run_dir / "checkpoints"), save_last=True,
-                                            save_top_k=0, every_n_train_steps=None)))
+                        init_args=Namespace(dirpath=str(run_dir / "checkpoints"), save_last="link",
+                                            save_top_k=1)))
                 trainer.callbacks = callbacks
             self.save_config_kwargs["run_dir"] = str(run_dir)
 

@@ -44,8 +44,12 @@ def latest_run_dir(root: str | Path, name: str, *, with_checkpoint: bool = True)
 def point_wandb_at(run_dir: Path) -> None:
     """Keep every file W&B writes inside the run folder; offline unless the user chose."""
     os.environ.setdefault("WANDB_MODE", "offline")
-    for var in WANDB_ENV_DIRS:
-        sub = run_dir / ("wandb" if var == "WANDB_DIR" else f".wandb/{var[6:].lower()}")
+    # WANDB_DIR is the root W&B puts its own "wandb/" folder in; the cache, config and
+    # data folders go inside that folder (a ".wandb" next to it would make W&B switch to
+    # the hidden name).
+    os.environ["WANDB_DIR"] = str(run_dir.resolve())
+    for var in WANDB_ENV_DIRS[1:]:
+        sub = run_dir / "wandb" / f".{var[6:-4].lower()}"
         sub.mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(sub.resolve())
 

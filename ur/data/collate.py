@@ -24,6 +24,29 @@ IGNORE_INDEX = -100
 _SENTINEL = "\x00UR-TARGET\x00"
 
 
+class RecordBatch:
+    """The records behind a batch. Opaque on purpose: Lightning moves batches to devices
+    by recursing into lists and dataclasses and refuses frozen dataclasses, and records
+    need no moving."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __repr__(self):
+        return f"RecordBatch({len(self.items)} records)"
+
+
 @dataclass(frozen=True)
 class Conversation:
     """One user turn (media, then the instruction) and the assistant's target answer.
@@ -120,7 +143,7 @@ class ConversationCollator:
             videos.extend(vids)
             prompts.append(prompt_text(self.processor, user_message(c.media, c.instruction)))
         if not kept:
-            return {"records": []}
+            return {"records": RecordBatch([])}
         kwargs = dict(self.processor_kwargs)
         if any(images):
             # LLaVA-OneVision needs to know which prompt holds which images.
@@ -138,7 +161,7 @@ class ConversationCollator:
         batch = self._pad(prompt_ids, target_ids, token_types)
         for key, value in enc.items():
             batch[key] = value if torch.is_tensor(value) else torch.as_tensor(value)
-        batch["records"] = [c.record for c in kept]
+        batch["records"] = RecordBatch(c.record for c in kept)
         return batch
 
     def _pad(self, prompt_ids, target_ids, token_types) -> dict:

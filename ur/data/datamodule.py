@@ -58,15 +58,30 @@ class SourceSpec:
 
 @dataclass
 class WorldSpec:
-    """The synthetic world, generated into ``out`` on first use."""
+    """The synthetic world, generated into ``out`` on first use (then reused)."""
 
     out: str = "data/world"
-    size: int = 2000
-    """Records per task and form, before the split."""
+    size: int = 8000
+    """Records in all (over the four tasks, both forms and the three splits)."""
     seed: int = 0
     difficulty: int = 1
+    """0: gross errors only; 1: moderate; 2: subtle (see ur.data.synthetic.world)."""
     image_size: int = 84
     num_frames: int = 4
+
+    def manifest(self) -> dict:
+        from ur.data.synthetic.writer import write_world
+
+        return write_world(self.out, size=self.size, seed=self.seed, difficulty=self.difficulty,
+                           image_size=self.image_size, num_frames=self.num_frames)
+
+    def sources(self, split: str, *, benchmarks: bool = False) -> list[SourceSpec]:
+        """A split's sources in their training schemas (and the benchmark-schema copies
+        of the test split, on request)."""
+        root = Path(self.out)
+        return [SourceSpec(name=e["source"], path=str(root / e["path"]))
+                for e in self.manifest()["entries"]
+                if e["split"] == split and bool(e.get("benchmark")) == benchmarks]
 
 
 class CorpusError(RuntimeError):
@@ -235,20 +250,13 @@ class PreferenceDataModule(LightningDataModule):
             self._world_manifest()
 
     def _world_manifest(self) -> dict:
-        from ur.data.synthetic import synthesize
-
-        w = self.world
-        return synthesize(w.out, size=w.size, seed=w.seed, difficulty=w.difficulty,
-                          image_size=w.image_size, num_frames=w.num_frames)
+        return self.world.manifest()
 
     def specs(self, split: str) -> list[SourceSpec]:
         """The sources of a split: as configured, else the synthetic world's."""
         if self.sources[split] or self.world is None:
             return self.sources[split]
-        manifest = self._world_manifest()
-        root = Path(self.world.out)
-        return [SourceSpec(name=e["source"], path=str(root / e["path"]), options=e.get("options", {}))
-                for e in manifest["entries"] if e["split"] == split and e.get("primary", True)]
+        return self.world.sources(split)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),

@@ -198,7 +198,7 @@ class RewardSFTModule(LightningModule):
         return self._judge
 
     def _eval_step(self, batch, stage: str):
-        records = batch.get("records") or []
+        records = list(batch.get("records") or [])
         if not records:
             return
         self.log(f"{stage}/loss", self(batch).loss, batch_size=len(records), sync_dist=True)
@@ -241,7 +241,7 @@ class RewardSFTModule(LightningModule):
         self._eval_end("test")
 
     def predict_step(self, batch, batch_idx):
-        records = batch.get("records") or []
+        records = list(batch.get("records") or [])
         return [{"id": r.id, "task": r.task, "form": r.form, **asdict(j)}
                 for r, j in zip(records, self.judge.judge(records), strict=True)]
 

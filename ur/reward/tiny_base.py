@@ -76,18 +76,11 @@ def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
     marker = checkpoint / SPEC_FILE
     if marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
         return checkpoint
-    from ur.data.datamodule import SourceSpec, WorldSpec, load_records
-    from ur.data.synthetic import synthesize
+    from ur.data.datamodule import WorldSpec, load_records
     from ur.models.tiny import build_tiny_vlm
 
     world = WorldSpec(**spec.world)
-    manifest = synthesize(world.out, size=world.size, seed=world.seed,
-                          difficulty=world.difficulty, image_size=world.image_size,
-                          num_frames=world.num_frames)
-    specs = [SourceSpec(name=e["source"], path=str(Path(world.out) / e["path"]),
-                        options=e.get("options", {}))
-             for e in manifest["entries"] if e["split"] == "train" and e.get("primary", True)]
-    records = [r for recs in load_records(specs)[0] for r in recs]
+    records = [r for recs in load_records(world.sources("train"))[0] for r in recs]
     tmp = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     raw = build_tiny_vlm(tmp / "init", family=spec.family,

@@ -1,0 +1,129 @@
+"""`ur fit|validate|test` end to end on a miniature of the quickstart, and resume after SIGKILL."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+
+MINI = """
+trainer:
+  max_steps: {steps}
+  val_check_interval: null
+  check_val_every_n_epoch: 1
+  limit_val_batches: 1
+  limit_test_batches: 1
+  deterministic: true
+model:
+  init_args:
+    checkpoint: {base}
+    tiny:
+      pretrain_steps: 2
+      batch_size: 8
+      world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
+    judge: {{batch_size: 8, max_new_tokens: 24}}
+data:
+  init_args:
+    world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
+    batch_size: 8
+    max_eval_records: 2
+"""
+
+
+def ur(*args, cwd, check=True, env=None):
+    run = subprocess.run([sys.executable, "-m", "ur.cli", *args], cwd=cwd, capture_output=True,
+                         text=True, env={**os.environ, **(env or {})})
+    if check and run.returncode != 0:
+        raise AssertionError(f"ur {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One world and one tiny base for every test here (built by the first run)."""
+    root = tmp_path_factory.mktemp("shared")
+    return {"world": root / "world", "base": root / "base"}
+
+
+def overlay(tmp_path, shared, steps=4, extra=""):
+    path = tmp_path / "mini.yaml"
+    path.write_text(MINI.format(steps=steps, world=shared["world"], base=shared["base"]) + extra)
+    return path
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path, shared):
+    run = ur("fit", "--config", str(QUICKSTART), "--config", str(overlay(tmp_path, shared)),
+             "--run.name", "mini", cwd=tmp_path)
+    run_dir = Path(run.stdout.strip().splitlines()[-1])
+    assert run_dir.is_dir() and run_dir.parent == tmp_path / "checkpoints" / "mini"
+    assert (run_dir / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "train/loss" in metrics["fit"] and "test" in metrics  # quickstart tests after fit
+    assert any(k.startswith("test/") and k.endswith("pair_acc_diff") for k in metrics["test"])
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline, "the W&B offline run must live inside the run folder"
+    assert list(offline[0].glob("run-*.wandb"))
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "config.yaml").exists()
+    export = run_dir / "export"
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    AutoProcessor.from_pretrained(export)
+    AutoModelForImageTextToText.from_pretrained(export)
+    # the tiny base was recorded as a run of its own
+    assert (shared["base"] / "pretrain_run" / "metrics.json").exists()
+    # a second run of the same experiment gets its own folder
+    again = ur("validate", "--config", str(run_dir / "config.yaml"), cwd=tmp_path)
+    again_dir = Path(again.stdout.strip().splitlines()[-1])
+    assert again_dir != run_dir and "validate" in json.loads((again_dir / "metrics.json").read_text())
+
+
+KILLER = """
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+class KillAtEpoch(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, shared):
+    (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # 4 training records per epoch... the world's train split decides; 3 epochs in all
+    cfg = overlay(tmp_path, shared, steps=-1, extra="  \ntrainer_extra: null\n").read_text()
+    cfg = cfg.replace("trainer_extra: null\n", "")
+    path = tmp_path / "resume.yaml"
+    path.write_text(cfg.replace("max_steps: -1", "max_steps: -1\n  max_epochs: 3\n  limit_train_batches: 2"))
+    base = ["fit", "--config", str(QUICKSTART), "--config", str(path), "--run.test_after_fit",
+            "false", "--model.init_args.judge.batch_size", "8"]
+    whole = ur(*base, "--run.name", "whole", cwd=tmp_path)
+    whole_dir = Path(whole.stdout.strip().splitlines()[-1])
+    killed = ur(*base, "--run.name", "cut", "--trainer.callbacks+=killer.KillAtEpoch",
+                "--trainer.callbacks.epoch=2", cwd=tmp_path, check=False, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    cut_dirs = list((tmp_path / "checkpoints" / "cut").iterdir())
+    assert len(cut_dirs) == 1 and (cut_dirs[0] / "checkpoints" / "last.ckpt").exists()
+    assert not (cut_dirs[0] / "export").exists()
+    resumed = ur(*base, "--run.name", "cut", "--ckpt_path", "last", cwd=tmp_path)
+    assert Path(resumed.stdout.strip().splitlines()[-1]) == cut_dirs[0]
+    a = load_file(whole_dir / "export" / "model.safetensors")
+    b = load_file(cut_dirs[0] / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    # and training really moved the weights away from the base
+    base_w = load_file(shared["base"] / "model.safetensors")
+    assert any((a[k] != base_w[k]).any() for k in a if k in base_w)
