@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+
+from ur.data.collate import IGNORE_INDEX, JudgeCollator
+from ur.data.datamodule import CorpusError, PreferenceDataModule, SourceSpec, WorldSpec
+from ur.data.templates import PromptTemplates
+from ur.models.tiny import build_tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    spec = WorldSpec(out=str(tmp_path_factory.mktemp("dm") / "world"), size=64, seed=1)
+    spec.manifest()
+    return spec
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory, world):
+    from transformers import AutoProcessor
+
+    from ur.data.datamodule import load_records
+    from ur.reward.tiny_base import tokenizer_texts
+
+    records = [r for recs in load_records(world.sources("train"))[0] for r in recs]
+    path = build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "m",
+                          texts=tokenizer_texts(records, PromptTemplates()))
+    return AutoProcessor.from_pretrained(path)
+
+
+def test_labels_cover_exactly_the_assistant_answer(world, processor):
+    dm = PreferenceDataModule(world=world, processor=None)
+    dm.processor = processor
+    dm.setup("fit")
+    records = dm.datasets["train"].records[:6]
+    batch = dm.collator()(records)
+    tok = processor.tokenizer
+    templates = PromptTemplates()
+    for i, r in enumerate(records):
+        ids, labels, mask = batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i]
+        answer = tok.decode(ids[labels != IGNORE_INDEX])
+        assert answer == templates.target(r) + "<|im_end|>"
+        # the masked part is the prompt the judge generates from, exactly
+        gen = JudgeCollator(processor, templates=templates, with_targets=False)([r])
+        prompt = gen["input_ids"][0][gen["attention_mask"][0].bool()]
+        n = int((labels == IGNORE_INDEX).logical_and(mask.bool()).sum())
+        assert torch.equal(ids[:n], prompt)
+        assert labels[:n].eq(IGNORE_INDEX).all() and labels[n:][mask[n:].bool()].ne(IGNORE_INDEX).all()
+    # every record's vision tokens are in the batch
+    assert batch["image_grid_thw"].shape[0] + batch.get("video_grid_thw", torch.zeros(0, 3)).shape[0] > 0
+
+
+def test_task_filter_and_counts(world):
+    dm = PreferenceDataModule(world=world, tasks=["image_generation", "video_understanding"],
+                              forms=["pairwise"])
+    dm.setup("fit")
+    summary = dm.summary("train")
+    assert set(summary["by_task"]) == {"image_generation", "video_understanding"}
+    assert summary["by_form"] == {"pairwise": summary["records"]}
+    with pytest.raises(ValueError, match="unknown tasks"):
+        PreferenceDataModule(world=world, tasks=["image_gen"])
+
+
+def test_pairwise_order_is_randomized_per_seed(world):
+    firsts = []
+    for seed in (0, 1):
+        dm = PreferenceDataModule(world=world, tasks=["video_generation"], forms=["pairwise"], seed=seed)
+        dm.setup("fit")
+        firsts.append([r.label for r in dm.datasets["train"].records])
+    # VideoDPO lists the chosen clip first; the DataModule must not teach that position
+    assert "second" in firsts[0] and firsts[0] != firsts[1]
+
+
+@pytest.fixture
+def broken_source(tmp_path):
+    rows = [{"id": str(i), "query": "What colour?", "response": ["red", "blue"], "image": "x.png",
+             "human_ranking": [0, 1]} for i in range(3)]
+    rows.append({"id": "bad1", "query": "What colour?", "response": ["red"], "image": "x.png",
+                 "human_ranking": [0, 1]})
+    rows.append({"id": "bad2", "response": ["red", "blue"], "image": "x.png", "human_ranking": [0, 1]})
+    path = tmp_path / "vl.json"
+    path.write_text(json.dumps(rows))
+    return SourceSpec(name="vl_rewardbench", path=str(path))
+
+
+def test_strict_by_default_lists_every_problem(broken_source):
+    dm = PreferenceDataModule(train=[broken_source], val=[broken_source])
+    with pytest.raises(CorpusError) as e:
+        dm.setup("fit")
+    assert len(e.value.problems) == 2
+    assert "row 3" in str(e.value) and "row 4" in str(e.value) and "skip_bad" in str(e.value)
+
+
+def test_skip_bad_counts_and_caps(broken_source):
+    dm = PreferenceDataModule(train=[broken_source], val=[broken_source], skip_bad=True)
+    dm.setup("fit")
+    assert dm.summary("train")["records"] == 3 and dm.summary("train")["skipped"] == 2
+    capped = PreferenceDataModule(train=[broken_source], skip_bad=True, max_bad=1)
+    with pytest.raises(CorpusError, match="over the limit of 1"):
+        capped.setup("fit")
+
+
+def test_collate_skips_undecodable_media_only_when_asked(world, processor, tmp_path):
+    from dataclasses import replace
+
+    from ur.data.records import Media, RecordError
+
+    dm = PreferenceDataModule(world=world, tasks=["image_generation"], forms=["pointwise"])
+    dm.setup("fit")
+    good = dm.datasets["train"].records[0]
+    (tmp_path / "broken.png").write_bytes(b"")
+    bad = replace(good, media=(Media("image", path=str(tmp_path / "broken.png"), field="img_path"),))
+    strict = JudgeCollator(processor)
+    with pytest.raises(RecordError) as e:
+        strict([good, bad])
+    assert e.value.field == "img_path" and "empty" in str(e.value)
+    lenient = JudgeCollator(processor, skip_bad=True)
+    batch = lenient([good, bad])
+    assert len(batch["records"]) == 1 and lenient.skipped == 1
