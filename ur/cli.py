@@ -220,7 +220,7 @@ def _lightning_cli_class():
                 logger.log_hyperparams(config.as_dict())
 
     class URCLI(LightningCLI):
-        def __init__(self, args):
+        def __init__(self, args=None):
             super().__init__(
                 save_config_callback=SaveRunConfig,
                 parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
@@ -322,7 +322,8 @@ def _lightning_cli_class():
 
 
 def run_lightning(argv: list[str]) -> None:
-    _lightning_cli_class()(argv)
+    # LightningCLI reads sys.argv itself when given nothing; pass argv only when it differs.
+    _lightning_cli_class()(None if argv == sys.argv[1:] else argv)
 
 
 def main(argv: list[str] | None = None) -> int:
