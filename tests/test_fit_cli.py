@@ -79,6 +79,24 @@ def test_fit_writes_a_complete_run_folder(tmp_path, shared):
     AutoModelForImageTextToText.from_pretrained(export)
     # the tiny base was recorded as a run of its own
     assert (shared["base"] / "pretrain_run" / "metrics.json").exists()
+    # `ur export` from the Lightning checkpoint gives the same weights as the fit's export
+    ur("export", str(run_dir), "--out", str(tmp_path / "exported"), cwd=tmp_path)
+    a, b = load_file(export / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    # one-off judgments from the exported judge, as JSON
+    world_test = shared["world"] / "test"
+    images = sorted(world_test.rglob("*.png"))[:2]
+    ranked = json.loads(ur("judge", "rank", "--checkpoint", str(export), "--task", "image_generation",
+                           "--prompt", "a red circle on the left", str(images[0]), str(images[1]),
+                           "--mode", "fast", "--both-orders", cwd=tmp_path).stdout)
+    assert ranked["label"] in ("first", "second", "tie") and ranked["label_swapped"] is not None
+    assert abs(sum(ranked["probs"].values()) - 1) < 1e-5
+    scored = ur("judge", "score", "--checkpoint", str(export), "--task", "image_understanding",
+                "--prompt", "What colour is the shape?", "It is red.", "--media", str(images[0]),
+                "--scale", "0", "100", "--mode", "generate", cwd=tmp_path, check=False)
+    assert scored.returncode in (0, 3)  # 3: the (barely trained) judge's answer did not parse
+    out = json.loads(scored.stdout)
+    assert out["form"] == "pointwise" and (out["score"] is None) == (scored.returncode == 3)
     # a second run of the same experiment gets its own folder
     again = ur("validate", "--config", str(run_dir / "config.yaml"), cwd=tmp_path)
     again_dir = Path(again.stdout.strip().splitlines()[-1])

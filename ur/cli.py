@@ -20,7 +20,7 @@ LIGHTNING_STAGES = ("fit", "validate", "test", "predict")
 _STAGE_HELP = {
     "fit": "train a model (e.g. ur fit --config experiments/quickstart.yaml)",
     "validate": "run the validation loop and its metrics on a checkpoint",
-    "test": "compute test metrics on the test splits and benchmark sources",
+    "test": "compute test metrics on the test split (the judge on every task)",
     "predict": "run the model's predict step (judgments, candidates, pairs)",
 }
 
@@ -174,7 +174,116 @@ def _corpus_check(args) -> int:
     return 0
 
 
-PLAIN_COMMANDS = {"corpus": _add_corpus}
+def _add_judge(sub) -> None:
+    from ur.data.records import TASKS
+
+    judge = sub.add_parser("judge", help="one-off judgments from a checkpoint (JSON out)",
+                           description="Rank two candidates or score one with a judge "
+                                       "checkpoint (a Hugging Face folder, e.g. a run's "
+                                       "export/, or a hub id). Prints one JSON object.")
+    jsub = judge.add_subparsers(dest="judge_command", required=True, metavar="COMMAND")
+    for name, helptext in (("rank", "which of two candidates is better"),
+                           ("score", "a score for one candidate")):
+        p = jsub.add_parser(name, help=helptext, description=(
+            "Generation tasks: candidates are image/video paths (a folder of frames is a "
+            "video). Understanding tasks: candidates are answer texts, and --media is the "
+            "image or video they answer about."))
+        p.add_argument("--checkpoint", required=True, help="judge folder or hub id")
+        p.add_argument("--task", required=True, choices=TASKS)
+        p.add_argument("--prompt", required=True, help="the caption or the question")
+        p.add_argument("candidates", nargs=2 if name == "rank" else 1, metavar="CANDIDATE")
+        p.add_argument("--media", help="image or video the answers are about (understanding)")
+        p.add_argument("--mode", choices=("fast", "generate"), default="generate")
+        p.add_argument("--num-frames", type=int, default=4)
+        p.add_argument("--trust-remote-code", action="store_true",
+                       help="run code shipped with the checkpoint (off by default)")
+        if name == "rank":
+            p.add_argument("--both-orders", action="store_true",
+                           help="judge both orders and combine (cancels position bias)")
+        else:
+            p.add_argument("--scale", type=float, nargs=2, default=(1, 5), metavar=("LOW", "HIGH"))
+        p.set_defaults(func=_judge)
+
+
+def _judge(args) -> int:
+    from dataclasses import asdict
+
+    from ur.reward.judge import Judge
+
+    judge = Judge.from_pretrained(args.checkpoint, mode=args.mode, num_frames=args.num_frames,
+                                  trust_remote_code=args.trust_remote_code,
+                                  both_orders=getattr(args, "both_orders", False))
+    if args.judge_command == "rank":
+        result = judge.rank(args.task, args.prompt, *args.candidates, media=args.media)
+    else:
+        result = judge.score(args.task, args.prompt, args.candidates[0], media=args.media,
+                             scale=tuple(args.scale))
+    print(json.dumps(asdict(result)))
+    return 0 if result.parsed else 3
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a trained judge as a Hugging Face folder",
+                       description="Load a Lightning checkpoint of a RewardSFTModule (a .ckpt "
+                                   "file, or a run folder: its checkpoints/last.ckpt) and save "
+                                   "model + processor with save_pretrained, LoRA merged on "
+                                   "request. `ur fit` already exports to <run>/export.")
+    p.add_argument("checkpoint", help="a .ckpt file or a run folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=True,
+                   help="merge LoRA adapters into the weights (default: yes)")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from ur.reward.sft import RewardSFTModule
+
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_dir():
+        ckpt = ckpt / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise SystemExit(f"ur export: no checkpoint at {ckpt}")
+    module = RewardSFTModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    print(module.export(args.out, merge_lora=args.merge_lora))
+    return 0
+
+
+def _add_models(sub) -> None:
+    models = sub.add_parser("models", help="build local model checkpoints",
+                            description="Build checkpoints locally from configs (no download).")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    p = msub.add_parser("tiny", help="build and pretrain a tiny VLM on the synthetic world",
+                        description="Build a tiny real checkpoint (tokenizer trained on the "
+                                    "world's text, chat template, processor) and pretrain it "
+                                    "on the world's scene descriptions and Q&A. Cached: a "
+                                    "folder built from the same settings is reused.")
+    p.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl", "llava_onevision"),
+                   default="qwen2_vl")
+    p.add_argument("--out", type=Path, help="default: checkpoints/tiny/<family>-world")
+    p.add_argument("--world", type=Path, default=Path("data/world"), help="world folder")
+    p.add_argument("--world-size", type=int, default=8000)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=4)
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_models_tiny)
+
+
+def _models_tiny(args) -> int:
+    from ur.reward.sft import TinyBaseSpec
+    from ur.reward.tiny_base import ensure_tiny_base
+
+    spec = TinyBaseSpec(family=args.family, hidden_size=args.hidden_size,
+                        num_layers=args.num_layers, pretrain_steps=args.pretrain_steps,
+                        world={"out": str(args.world), "size": args.world_size, "seed": args.seed,
+                               "difficulty": 1},
+                        seed=args.seed)
+    print(ensure_tiny_base(args.out or Path("checkpoints/tiny") / f"{args.family}-world", spec))
+    return 0
+
+
+PLAIN_COMMANDS = {"corpus": _add_corpus, "judge": _add_judge, "export": _add_export,
+                  "models": _add_models}
 
 
 def _plain_parser() -> argparse.ArgumentParser:

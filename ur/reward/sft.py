@@ -122,7 +122,17 @@ class RewardSFTModule(LightningModule):
         super().__init__()
         if finetune not in ("full", "lora"):
             raise ValueError(f"finetune must be 'full' or 'lora', got {finetune!r}")
-        self.save_hyperparameters(logger=False)
+        # Plain values only, so a checkpoint loads with torch.load(weights_only=True).
+        self.save_hyperparameters({
+            "checkpoint": str(checkpoint), "tiny": _plain(tiny), "finetune": finetune,
+            "train_vision": train_vision, "train_projector": train_projector,
+            "train_language": train_language, "lora": _plain(lora), "optimizer": _plain(optimizer),
+            "judge": _plain(judge), "gradient_checkpointing": gradient_checkpointing,
+            "dtype": dtype, "trust_remote_code": trust_remote_code, "export": export,
+            "merge_lora": merge_lora}, logger=False)
+        lora, optimizer, judge = (_spec(LoraSpec, lora), _spec(OptimizerSpec, optimizer),
+                                  _spec(JudgeSpec, judge))
+        tiny = _spec(TinyBaseSpec, tiny) if tiny is not None else None
         self.lora_spec = lora or LoraSpec()
         self.optim = optimizer or OptimizerSpec()
         self.judge_spec = judge or JudgeSpec()
@@ -146,7 +156,7 @@ class RewardSFTModule(LightningModule):
                             language=train_language)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = model
+        self.model = model.train()  # from_pretrained returns eval mode
         self.metrics = torch.nn.ModuleDict({"val": JudgeMetrics("val"), "test": JudgeMetrics("test")})
         self._judge = None
 
@@ -256,6 +266,15 @@ class RewardSFTModule(LightningModule):
 
         merge = self.hparams.merge_lora if merge_lora is None else merge_lora
         return save_hf(self.model, self.processor, out, merge_lora=merge)
+
+
+def _plain(spec):
+    return asdict(spec) if hasattr(spec, "__dataclass_fields__") else spec
+
+
+def _spec(cls, value):
+    """A spec dataclass from itself, a dict (a checkpoint's hyperparameters) or None."""
+    return cls(**value) if isinstance(value, dict) else value
 
 
 def _task_means(values: dict, stage: str) -> dict:
