@@ -39,7 +39,7 @@ def test_pointwise_by_hand():
     assert out["point_spearman"] == pytest.approx(1.0)  # same order on the parsed three
     x, y = [0.0, 0.25, 0.5], [0.1, 0.2, 0.9]
     mx, my = sum(x) / 3, sum(y) / 3
-    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
     r = cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
     assert out["point_pearson"] == pytest.approx(r)
     assert out["point_mae"] == pytest.approx((0.1 + 0.05 + 0.4) / 3)
