@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
 from ur.data.records import PreferenceRecord, is_generation
 
-_PAIR_END = ('Describe what each {kind} shows, then give your verdict as the last sentence: '
-             '"{noun} 1 is better", "{noun} 2 is better" or "Both {plural} are equally good".')
-_POINT_END = ('Describe what the {kind} shows, then end with "Final Score: X", where X is a '
-              'number from {low} to {high}.')
+_PAIR_END = ('Describe each {kind}, then end with "{noun} 1 is better", "{noun} 2 is better" or '
+             '"Both {plural} are equally good".')
+_POINT_END = 'Describe the {kind}, then end with "Final Score: X" (X from {low} to {high}).'
 
 
 @dataclass
@@ -34,45 +33,40 @@ class PromptTemplates:
     """The judge's prompts, one per task and form; every field can be set from YAML."""
 
     image_generation_pairwise: str = (
-        'Two images were generated for the caption "{prompt}". Judge which one matches the '
-        'caption more faithfully and has better visual quality. '
-        + _PAIR_END.format(kind="image", noun="Image", plural="images"))
+        'Caption: "{prompt}". Which generated image matches the caption better and looks '
+        'better? ' + _PAIR_END.format(kind="image", noun="Image", plural="images"))
     """Caption + two images. Placeholders: {prompt}."""
     image_generation_pointwise: str = (
-        'An image was generated for the caption "{prompt}". Rate how faithfully it matches '
-        'the caption and how good it looks. '
-        + _POINT_END.format(kind="image", low="{low}", high="{high}"))
+        'Caption: "{prompt}". Rate how well the generated image matches the caption and how '
+        'good it looks. ' + _POINT_END.format(kind="image", low="{low}", high="{high}"))
     """Caption + one image. Placeholders: {prompt}, {low}, {high}."""
     video_generation_pairwise: str = (
-        'Two videos were generated for the caption "{prompt}". Judge which one matches the '
-        'caption more faithfully, including its motion, and has better visual quality. '
-        + _PAIR_END.format(kind="video", noun="Video", plural="videos"))
+        'Caption: "{prompt}". Which generated video matches the caption, motion included, '
+        'better and looks better? ' + _PAIR_END.format(kind="video", noun="Video", plural="videos"))
     """Caption + two videos. Placeholders: {prompt}."""
     video_generation_pointwise: str = (
-        'A video was generated for the caption "{prompt}". Rate how faithfully it matches '
-        'the caption, including its motion, and how good it looks. '
+        'Caption: "{prompt}". Rate how well the generated video matches the caption, motion '
+        'included, and how good it looks. '
         + _POINT_END.format(kind="video", low="{low}", high="{high}"))
     """Caption + one video. Placeholders: {prompt}, {low}, {high}."""
     image_understanding_pairwise: str = (
-        'Question about the image: {prompt}\nAnswer 1: {response_1}\nAnswer 2: {response_2}\n'
-        'Judge which answer is more correct and helpful given the image. '
-        'Describe what the image shows, then give your verdict as the last sentence: '
-        '"Answer 1 is better", "Answer 2 is better" or "Both answers are equally good".')
+        'Question: {prompt}\nAnswer 1: {response_1}\nAnswer 2: {response_2}\n'
+        'Which answer is more correct for the image? '
+        'Describe the image, then end with "Answer 1 is better", "Answer 2 is better" or '
+        '"Both answers are equally good".')
     """Image + question + two answers. Placeholders: {prompt}, {response_1}, {response_2}."""
     image_understanding_pointwise: str = (
-        'Question about the image: {prompt}\nAnswer: {response}\n'
-        'Rate how correct and helpful the answer is given the image. '
+        'Question: {prompt}\nAnswer: {response}\nRate how correct the answer is for the image. '
         + _POINT_END.format(kind="image", low="{low}", high="{high}"))
     """Image + question + one answer. Placeholders: {prompt}, {response}, {low}, {high}."""
     video_understanding_pairwise: str = (
-        'Question about the video: {prompt}\nAnswer 1: {response_1}\nAnswer 2: {response_2}\n'
-        'Judge which answer is more correct and helpful given the video. '
-        'Describe what the video shows, then give your verdict as the last sentence: '
-        '"Answer 1 is better", "Answer 2 is better" or "Both answers are equally good".')
+        'Question: {prompt}\nAnswer 1: {response_1}\nAnswer 2: {response_2}\n'
+        'Which answer is more correct for the video? '
+        'Describe the video, then end with "Answer 1 is better", "Answer 2 is better" or '
+        '"Both answers are equally good".')
     """Video + question + two answers. Placeholders: {prompt}, {response_1}, {response_2}."""
     video_understanding_pointwise: str = (
-        'Question about the video: {prompt}\nAnswer: {response}\n'
-        'Rate how correct and helpful the answer is given the video. '
+        'Question: {prompt}\nAnswer: {response}\nRate how correct the answer is for the video. '
         + _POINT_END.format(kind="video", low="{low}", high="{high}"))
     """Video + question + one answer. Placeholders: {prompt}, {response}, {low}, {high}."""
     answer_style: str = "evidence"

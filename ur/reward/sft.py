@@ -78,6 +78,8 @@ class TinyBaseSpec:
     batch_size: int = 32
     world: dict = field(default_factory=dict)
     """Keywords of :class:`ur.data.datamodule.WorldSpec` for the pretraining world."""
+    num_workers: int = 1
+    """DataLoader workers preparing pretraining batches while the model trains."""
     seed: int = 0
 
 

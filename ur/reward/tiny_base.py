@@ -119,12 +119,15 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
     collate = ConversationCollator(module.processor, num_frames=world.num_frames)
     loader = torch.utils.data.DataLoader(conversations, batch_size=spec.batch_size, shuffle=True,
                                          collate_fn=collate, drop_last=True,
+                                         num_workers=spec.num_workers,
+                                         persistent_workers=spec.num_workers > 0,
                                          generator=torch.Generator().manual_seed(spec.seed))
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(max_steps=spec.pretrain_steps, accelerator="cpu", devices=1,
                         logger=CSVLogger(str(run_dir), name="", version=""),
                         enable_checkpointing=False, enable_model_summary=False,
-                        log_every_n_steps=10, default_root_dir=str(run_dir))
+                        log_every_n_steps=10, default_root_dir=str(run_dir),
+                        enable_progress_bar=True)
     trainer.fit(module, train_dataloaders=loader)
     loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
     (run_dir / "metrics.json").write_text(json.dumps({"pretrain": {"train/loss": loss,

@@ -1,0 +1,76 @@
+"""The judge on a briefly trained tiny model: fast decisions agree with generate-and-parse."""
+
+import lightning as L
+import pytest
+import torch
+
+from ur.data.datamodule import PreferenceDataModule, WorldSpec
+from ur.data.templates import PromptTemplates
+from ur.models.tiny import build_tiny_vlm
+from ur.reward.judge import Judge
+from ur.reward.sft import OptimizerSpec, RewardSFTModule
+from ur.reward.tiny_base import tokenizer_texts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny judge trained just long enough to answer in the judges' format."""
+    root = tmp_path_factory.mktemp("judge")
+    world = WorldSpec(out=str(root / "world"), size=160, seed=3, difficulty=0)
+    dm = PreferenceDataModule(world=world, batch_size=8, seed=0)
+    dm.setup("fit")
+    texts = tokenizer_texts(dm.datasets["train"].records, PromptTemplates())
+    base = build_tiny_vlm(root / "base", texts=texts, hidden_size=64, num_layers=2, seed=0)
+    module = RewardSFTModule(checkpoint=str(base), export=False,
+                             optimizer=OptimizerSpec(lr=3e-3, warmup_ratio=0.05))
+    dm.processor = module.processor
+    torch.manual_seed(0)
+    L.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0
+              ).fit(module, datamodule=dm)
+    module.model.eval()
+    dm.setup("test")
+    return module, dm
+
+
+def test_fast_agrees_with_generate_where_generation_parses(trained):
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:64]
+    fast = Judge(module.model, module.processor, mode="fast", batch_size=16).judge(records)
+    slow = Judge(module.model, module.processor, mode="generate", batch_size=16,
+                 max_new_tokens=64).judge(records)
+    parsed = [(f, g) for f, g in zip(fast, slow, strict=True) if g.label is not None]
+    assert len(parsed) >= 0.5 * len(records), "the trained judge should mostly answer in format"
+    agree = sum(f.label == g.label for f, g in parsed) / len(parsed)
+    assert agree >= 0.99, f"fast agrees with generate on {agree:.1%} of {len(parsed)} parsed pairs"
+    for f in fast:
+        assert f.probs is not None and abs(sum(f.probs.values()) - 1) < 1e-5
+
+
+def test_both_orders_report_the_swapped_verdict(trained):
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:8]
+    judged = Judge(module.model, module.processor, mode="fast", both_orders=True).judge(records)
+    single = Judge(module.model, module.processor, mode="fast").judge(records)
+    back = Judge(module.model, module.processor, mode="fast").judge([r.swapped() for r in records])
+    flip = {"first": "second", "second": "first", "tie": "tie"}
+    for j, s, b in zip(judged, single, back, strict=True):
+        assert j.label_swapped == flip[b.label]
+        avg_first = (s.probs["first"] + b.probs["second"]) / 2
+        assert j.probs["first"] == pytest.approx(avg_first, abs=1e-5)
+
+
+def test_pointwise_scores_stay_on_the_scale(trained):
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pointwise"][:16]
+    for j, r in zip(Judge(module.model, module.processor, mode="fast").judge(records), records,
+                    strict=True):
+        assert j.score is None or r.scale[0] <= j.score <= r.scale[1]
+
+
+def test_unparsed_answers_are_never_candidate_one(trained):
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:8]
+    # two new tokens cannot hold a verdict: every answer must come back unparsed
+    cut = Judge(module.model, module.processor, mode="generate", max_new_tokens=2).judge(records)
+    assert all(j.label is None and not j.parsed for j in cut)
