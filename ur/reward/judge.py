@@ -224,7 +224,7 @@ class Judge:
         for r, p, ev in zip(records, prompts, evidence, strict=True):
             sep = " " if ev else ""
             if r.form == "pairwise":
-                seqs.append(p + ev + self._ids(sep + candidate_noun(r.task)))
+                seqs.append(p + ev + self._pair_tokens(r.task, sep)[0])
             else:
                 seqs.append(p + ev + self._score_tokens(r.scale, sep)[0])
             reads.append(len(p) + len(ev))
@@ -262,26 +262,43 @@ class Judge:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _first_token(self, text: str, after: str = "") -> int:
-        """The first token of ``text`` when it follows ``after``, checking that the split
-        is the same as inside the whole string."""
-        whole, head = self._ids(after + text), self._ids(after)
-        if whole[:len(head)] != head or len(whole) == len(head):
-            raise ValueError(f"fast judging needs {after + text!r} to tokenize as {after!r} + "
-                             f"{text!r}; use mode: generate with this tokenizer")
-        return whole[len(head)]
+    def _branch(self, after: str, options: list[str]) -> tuple[list[int], list[int]]:
+        """How ``after + option`` tokenizes for each option: the tokens all options share
+        right after ``after`` (a lone space, with a tokenizer that splits digits from the
+        space before them), and the first token where they part. Checks that ``after``
+        tokenizes the same on its own as at the start of each whole string."""
+        head = self._ids(after)
+        seqs = []
+        for option in options:
+            whole = self._ids(after + option)
+            if whole[:len(head)] != head or len(whole) == len(head):
+                raise ValueError(f"fast judging needs {after + option!r} to tokenize as "
+                                 f"{after!r} + {option!r}; use mode: generate")
+            seqs.append(whole[len(head):])
+        common = 0
+        while all(len(q) > common + 1 for q in seqs) and len({q[common] for q in seqs}) == 1:
+            common += 1
+        firsts = [q[common] for q in seqs]
+        if len(set(firsts)) != len(firsts):
+            raise ValueError(f"the options {options} after {after!r} do not part at one token; "
+                             "use mode: generate")
+        return seqs[0][:common], firsts
+
+    def _pair_tokens(self, task: str, sep: str):
+        """Token ids to read a pairwise verdict: the noun (then its shared continuation)
+        against the tie verdict's first token, then "1" against "2"."""
+        cache = self.__dict__.setdefault("_pair_tok", {})
+        key = (task, sep)
+        if key not in cache:
+            noun = candidate_noun(task)
+            tie = pairwise_verdict(task, "tie")
+            _, (t_noun, t_tie) = self._branch("", [sep + noun, sep + tie])
+            shared, (t_one, t_two) = self._branch(sep + noun, [" 1 is better", " 2 is better"])
+            cache[key] = (self._ids(sep + noun) + shared, t_noun, t_tie, t_one, t_two)
+        return cache[key]
 
     def _pair_probs(self, task, has_evidence, at_verdict, at_number) -> dict[str, float]:
-        sep = " " if has_evidence else ""
-        noun = candidate_noun(task)
-        key = (task, has_evidence)
-        cache = self.__dict__.setdefault("_pair_tok", {})
-        if key not in cache:
-            tie = pairwise_verdict(task, "tie")
-            cache[key] = (self._first_token(sep + noun), self._first_token(sep + tie),
-                          self._first_token(" 1", after=sep + noun),
-                          self._first_token(" 2", after=sep + noun))
-        t_noun, t_tie, t_one, t_two = cache[key]
+        _, t_noun, t_tie, t_one, t_two = self._pair_tokens(task, " " if has_evidence else "")
         first_tok = torch.softmax(at_verdict[[t_noun, t_tie]], dim=0)
         which = torch.softmax(at_number[[t_one, t_two]], dim=0)
         return {"first": float(first_tok[0] * which[0]), "second": float(first_tok[0] * which[1]),
@@ -289,24 +306,24 @@ class Judge:
 
     def _score_tokens(self, scale, sep: str):
         """``(prefix ids, values, first value tokens)`` for reading a score after
-        "Final Score:", or None when the values do not start with distinct tokens.
+        "Final Score:", or None when the values do not part at one token (with a
+        tokenizer that splits digits, 1 and 10 both start with "1").
 
         The values are the scale's integers when it spans at most 10, else ``score_steps``
-        even steps (0-100 -> 0, 25, 50, 75, 100). Tokens all values share after "Final Score:" (a lone space, say) go into
-        the prefix."""
+        even steps (0-100 -> 0, 25, 50, 75, 100)."""
         cache = self.__dict__.setdefault("_score_tok", {})
         key = (tuple(scale), sep)
         if key not in cache:
             lo, hi = scale
             step = 1 if hi - lo <= 10 else (hi - lo) / self.score_steps
             values = [lo + k * step for k in range(int(round((hi - lo) / step)) + 1)]
-            seqs = [self._ids(f"{sep}Final Score: {format_score(v)}") for v in values]
-            common = 0
-            while all(len(q) > common + 1 for q in seqs) and len({q[common] for q in seqs}) == 1:
-                common += 1
-            firsts = [q[common] for q in seqs]
-            distinct = len(set(firsts)) == len(firsts)  # the first token decides the value
-            cache[key] = (seqs[0][:common], values, firsts) if distinct else None
+            try:
+                shared, firsts = self._branch(f"{sep}Final Score:",
+                                              [f" {format_score(v)}" for v in values])
+            except ValueError:
+                cache[key] = None
+            else:
+                cache[key] = (self._ids(f"{sep}Final Score:") + shared, values, firsts)
         return cache[key]
 
     def _evidence(self, inputs, records) -> list[list[int]]:
