@@ -1,6 +1,6 @@
 import pytest
 
-from ur.data.answers import parse_pairwise, parse_score, pairwise_verdict, pointwise_verdict
+from ur.data.answers import pairwise_verdict, parse_pairwise, parse_score, pointwise_verdict
 from ur.data.records import Media, PreferenceRecord, RecordError
 from ur.data.templates import PromptTemplates
 
