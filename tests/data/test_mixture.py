@@ -31,3 +31,19 @@ def test_order_randomization_is_seeded_and_balanced():
     assert 160 < firsts < 240  # about half swapped
     assert out == [randomize_order(r, seed=0) for r in recs]
     assert [stable_coin(1, str(i)) for i in range(50)] != [stable_coin(0, str(i)) for i in range(50)]
+
+
+def test_evaluation_ignores_training_weights(tmp_path):
+    import json
+
+    from ur.data.datamodule import PreferenceDataModule, SourceSpec
+
+    rows = [{"id": str(i), "query": "What colour?", "response": ["red", "blue"], "image": "x.png",
+             "human_ranking": [0, 1]} for i in range(6)]
+    path = tmp_path / "vl.json"
+    path.write_text(json.dumps(rows))
+    spec = SourceSpec(name="vl_rewardbench", path=str(path), weight=0.5)
+    dm = PreferenceDataModule(train=[spec], val=[spec])
+    dm.setup("fit")
+    assert len(dm.sampler("train", shuffle=True)) == 3
+    assert len(dm.sampler("val", shuffle=False)) == 6

@@ -308,17 +308,22 @@ class PreferenceDataModule(LightningDataModule):
                              max_length=self.max_length, skip_bad=self.skip_bad,
                              with_targets=with_targets, processor_kwargs=self.processor_kwargs)
 
-    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+    def sampler(self, split: str, *, shuffle: bool) -> MixtureSampler:
+        """The split's sampler: training mixes sources by weight and shuffles; evaluation
+        sees every record once, in order."""
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        ds = self.datasets[split]
-        if not len(ds):
+        if not len(self.datasets[split]):
             raise ValueError(f"the {split} split has no records after filtering by tasks="
                              f"{self.tasks} forms={self.forms}")
-        weights = ([s.weight for s in self.specs(split)] if self.sources[split]
+        weights = ([s.weight for s in self.specs(split)] if shuffle and self.sources[split]
                    else [1.0] * len(self.sizes[split]))
-        sampler = MixtureSampler(self.sizes[split], weights, seed=self.seed, shuffle=shuffle)
-        return DataLoader(ds, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+        return MixtureSampler(self.sizes[split], weights, seed=self.seed, shuffle=shuffle)
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        sampler = self.sampler(split, shuffle=shuffle)
+        return DataLoader(self.datasets[split],
+                          batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           sampler=sampler, collate_fn=self.collator(), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
