@@ -21,6 +21,13 @@ their ratios (and the medians over every timed step of every round, ``pooled_*``
 and the largest difference between the arms' per-step losses (0 up to float noise
 when both did the same optimisation).
 
+Under load the model's own compute varies by more than the framework costs, so each arm
+also times its compute (forward, backward, AdamW update) inside every step; the rest,
+``*_own_ms_per_step`` (median), is what the loop itself costs (Lightning: hooks, the
+closure, ``self.log``, the scheduler, zero_grad, fetching the batch).
+``lightning_over_plain_from_own_time`` = 1 + (Lightning own - plain own) / plain step:
+the ratio with the compute noise taken out.
+
     python benchmarks/step_overhead.py [--steps 30] [--warmup 5] [--batch-size 8]
         [--repeats 3] [--checkpoint PATH] [--threads 2]
 
@@ -70,52 +77,89 @@ def new_module(checkpoint: Path):
                            optimizer=OptimizerSpec(lr=LR, warmup_ratio=0.0, min_lr_ratio=1.0))
 
 
-def run_plain(checkpoint: Path, batches: list[dict]) -> tuple[list[float], list[float]]:
-    """Batch start times and losses of a plain PyTorch loop."""
+def run_plain(checkpoint: Path, batches: list[dict]) -> tuple[list[float], list[float],
+                                                                list[float]]:
+    """Batch start times, model compute seconds (forward, backward, AdamW update) per step,
+    and losses of a plain PyTorch loop."""
     module = new_module(checkpoint)
     model = module.model
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
                             betas=tuple(module.optim.betas),
                             weight_decay=module.optim.weight_decay)
-    starts, losses = [], []
+    starts, compute, losses = [], [], []
     for batch in batches:
-        starts.append(time.perf_counter())
+        t0 = time.perf_counter()
+        starts.append(t0)
         loss = model(**{k: v for k, v in batch.items() if k != "records"}).loss
         loss.backward()
         opt.step()
+        compute.append(time.perf_counter() - t0)
         opt.zero_grad()
         losses.append(loss.item())
     starts.append(time.perf_counter())
-    return starts, losses
+    return starts, compute, losses
 
 
-def run_lightning(checkpoint: Path, batches: list[dict]) -> tuple[list[float], list[float]]:
-    """Batch start times and losses of ``Trainer.fit`` on the same batches."""
+def run_lightning(checkpoint: Path, batches: list[dict]) -> tuple[list[float], list[float],
+                                                                    list[float]]:
+    """The same three lists for ``Trainer.fit`` on the same batches; compute is timed by
+    wrapping the model's forward, between the backward hooks, and from
+    ``on_before_optimizer_step`` to the optimizer's step post-hook."""
     import lightning as L
+
+    now = time.perf_counter
 
     class Clock(L.Callback):
         def __init__(self):
-            self.starts, self.losses = [], []
+            self.starts, self.compute, self.losses = [], [], []
+            self.cur, self.mark = 0.0, 0.0
+
+        def on_train_start(self, trainer, pl_module):
+            for opt in trainer.optimizers:
+                opt.register_step_post_hook(self._after_update)
+
+        def _after_update(self, optimizer, args, kwargs):
+            self.cur += now() - self.mark
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.starts.append(time.perf_counter())
+            self.starts.append(now())
+            self.cur = 0.0
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            self.mark = now()
+
+        def on_after_backward(self, trainer, pl_module):
+            self.cur += now() - self.mark
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.mark = now()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.compute.append(self.cur)
             self.losses.append(float(outputs["loss"]))
 
         def on_train_end(self, trainer, pl_module):
-            self.starts.append(time.perf_counter())
+            self.starts.append(now())
 
     module = new_module(checkpoint)
+    clock = Clock()
+    forward = module.model.forward
+
+    def timed_forward(*args, **kwargs):
+        t0 = now()
+        out = forward(*args, **kwargs)
+        clock.cur += now() - t0
+        return out
+
+    module.model.forward = timed_forward
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
                                          collate_fn=_identity)
-    clock = Clock()
     trainer = L.Trainer(max_steps=len(batches), accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[clock])
     trainer.fit(module, train_dataloaders=loader)
-    return clock.starts, clock.losses
+    return clock.starts, clock.compute, clock.losses
 
 
 def _identity(batch):
@@ -169,14 +213,18 @@ def main(argv=None) -> dict:
         tokens = statistics.mean(int(b["attention_mask"].sum()) for b in batches)
 
         times = {"plain": [], "lightning": []}
+        own = {"plain": [], "lightning": []}
         losses = {"plain": [], "lightning": []}
         load = _loadavg()
         for k in range(args.repeats):
             order = ("plain", "lightning") if k % 2 == 0 else ("lightning", "plain")
             for arm in order:
                 run = run_plain if arm == "plain" else run_lightning
-                starts, arm_losses = run(checkpoint, batches)
-                times[arm].append(step_ms(starts, args.warmup))
+                starts, compute, arm_losses = run(checkpoint, batches)
+                steps = step_ms(starts, args.warmup)
+                times[arm].append(steps)
+                own[arm] += [t - c * 1000 for t, c in zip(steps, compute[args.warmup:],
+                                                          strict=True)]
                 losses[arm].append(arm_losses)
     gap = max(abs(a - b) for lp, ll in zip(losses["plain"], losses["lightning"], strict=True)
               for a, b in zip(lp, ll, strict=True))
@@ -187,6 +235,7 @@ def main(argv=None) -> dict:
     med = {arm: statistics.median(v) for arm, v in best.items()}
     mean = {arm: statistics.mean(v) for arm, v in best.items()}
     pooled_med = {arm: statistics.median(v) for arm, v in pooled.items()}
+    own_med = {arm: statistics.median(v) for arm, v in own.items()}
     return {
         "checkpoint": str(args.checkpoint or "tiny untrained (temp)"),
         "parameters": params, "batch_size": args.batch_size,
@@ -203,6 +252,10 @@ def main(argv=None) -> dict:
         "pooled_plain_ms_per_step_median": round(pooled_med["plain"], 2),
         "pooled_lightning_ms_per_step_median": round(pooled_med["lightning"], 2),
         "pooled_lightning_over_plain": round(pooled_med["lightning"] / pooled_med["plain"], 3),
+        "plain_own_ms_per_step": round(own_med["plain"], 2),
+        "lightning_own_ms_per_step": round(own_med["lightning"], 2),
+        "lightning_over_plain_from_own_time": round(
+            1 + (own_med["lightning"] - own_med["plain"]) / med["plain"], 3),
         "first_loss_plain_lightning": [round(losses["plain"][0][0], 5),
                                        round(losses["lightning"][0][0], 5)],
         "max_loss_gap": float(f"{gap:.3g}"),
