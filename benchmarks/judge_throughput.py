@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -221,8 +223,8 @@ def measure(checkpoint: Path, records: list, max_new_tokens: int, batch_size: in
         "fast_generate_agreement_pairs": len(agree),
         "fast_generate_point_abs_gap": (round(sum(point_gap) / len(point_gap), 3)
                                         if point_gap else None),
-        "fast_pair_labels": _counts(fast_out[i].label for i in pair_idx),
-        "generate_pair_labels": _counts(gen_out[i].label for i in pair_idx),
+        "fast_pair_labels": dict(sorted(Counter(str(fast_out[i].label) for i in pair_idx).items())),
+        "generate_pair_labels": dict(sorted(Counter(str(gen_out[i].label) for i in pair_idx).items())),
         "batched_unbatched_same_text": round(
             sum(g.text == p for g, p in zip(gen_out, peer_texts, strict=True)) / n, 3),
     }
@@ -274,26 +276,12 @@ def main(argv=None) -> dict:
                "answer_style": args.answer_style,
                "threads": args.threads,
                "unbatched_peer": "explicit loop: processor + model.generate per record, batch 1"}
-        load, probe = _loadavg(), linear_us()
+        load, probe = round(os.getloadavg()[0], 2), linear_us()
         out.update(measure(checkpoint, records, args.max_new_tokens, args.batch_size,
                            args.repeats, args.answer_style))
-        out["loadavg_1m_start_end"] = [load, _loadavg()]
+        out["loadavg_1m_start_end"] = [load, round(os.getloadavg()[0], 2)]
         out["tiny_linear_us_start_end"] = [probe, linear_us()]
     return out
-
-
-def _counts(labels) -> dict:
-    out: dict[str, int] = {}
-    for label in labels:
-        out[str(label)] = out.get(str(label), 0) + 1
-    return dict(sorted(out.items()))
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(float(Path("/proc/loadavg").read_text().split()[0]), 2)
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

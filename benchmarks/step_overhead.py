@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -215,7 +216,7 @@ def main(argv=None) -> dict:
         times = {"plain": [], "lightning": []}
         own = {"plain": [], "lightning": []}
         losses = {"plain": [], "lightning": []}
-        load = _loadavg()
+        load = round(os.getloadavg()[0], 2)
         for k in range(args.repeats):
             order = ("plain", "lightning") if k % 2 == 0 else ("lightning", "plain")
             for arm in order:
@@ -259,15 +260,8 @@ def main(argv=None) -> dict:
         "first_loss_plain_lightning": [round(losses["plain"][0][0], 5),
                                        round(losses["lightning"][0][0], 5)],
         "max_loss_gap": float(f"{gap:.3g}"),
-        "loadavg_1m_start_end": [load, _loadavg()],
+        "loadavg_1m_start_end": [load, round(os.getloadavg()[0], 2)],
     }
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(float(Path("/proc/loadavg").read_text().split()[0]), 2)
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":
