@@ -87,11 +87,11 @@ def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
                          texts=tokenizer_texts(records, PromptTemplates()),
                          hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed,
                          image_size=world.image_size)
-    metrics = _pretrain(raw, dense_conversations(records), spec, world, tmp / "pretrain_run")
+    module, metrics = _pretrain(raw, dense_conversations(records), spec, world,
+                                tmp / "pretrain_run")
     from ur.models.export import save_hf
 
-    model, processor = metrics.pop("model"), metrics.pop("processor")
-    save_hf(model, processor, tmp / "model", merge_lora=False)
+    save_hf(module.model, module.processor, tmp / "model", merge_lora=False)
     for f in (tmp / "model").iterdir():
         os.replace(f, tmp / f.name)
     (tmp / "model").rmdir()
@@ -105,7 +105,7 @@ def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
     return checkpoint
 
 
-def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_dir: Path) -> dict:
+def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_dir: Path):
     """Dense supervised pretraining with Lightning; logs into ``run_dir`` (CSV)."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
@@ -129,10 +129,7 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
                         log_every_n_steps=10, default_root_dir=str(run_dir),
                         enable_progress_bar=True)
     trainer.fit(module, train_dataloaders=loader)
-    loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-    (run_dir / "metrics.json").write_text(json.dumps({"pretrain": {"train/loss": loss,
-                                                                    "steps": trainer.global_step,
-                                                                    "conversations": len(conversations)}},
-                                                     indent=2))
-    return {"train/loss": loss, "steps": trainer.global_step, "conversations": len(conversations),
-            "model": module.model, "processor": module.processor}
+    metrics = {"train/loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+               "steps": trainer.global_step, "conversations": len(conversations)}
+    (run_dir / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2))
+    return module, metrics
