@@ -4,8 +4,10 @@ The same model and the same records (pairwise and pointwise, all four tasks, fro
 synthetic world's test split, topped up from train) go through two batched modes and
 the peer, an unbatched one-call-per-judgment loop in the reference scripts' style:
 
-a. ``Judge(mode="fast", both_orders=False, batch_size=16)``: greedy evidence up to its
-   last sentence, then one forward pass reads the verdict off the logits.
+a. ``Judge(mode="fast", both_orders=False, batch_size=16)``: greedy decoding up to the
+   first tokens of the model's own verdict, the decision read off the logits decoding
+   computed there (a forced forward pass only for rows that chose the tie or wrote no
+   verdict).
 b. ``Judge(mode="generate", batch_size=16)``: greedy decoding of whole answers, parsed.
 c. the peer: for each record its own chat template + processor call and its own
    ``model.generate(..., max_new_tokens=...)`` with batch size 1, written out here as
@@ -25,9 +27,9 @@ decoding steps each arm ran (a batch decodes until its longest row stops). Witho
 never writes a sentence end or an end of turn, so every answer (and fast mode's evidence)
 runs to ``--max-new-tokens``: the worst case for the unbatched loop, and no answer
 parses. Pass a trained judge (a run's ``export/`` folder) to measure real answers.
-With evidence-first answers fast mode decodes about as much as generate mode (it is
-there for probabilities and no parse failures, not speed); ``--answer-style bare``
-measures fast mode reading the verdict with no decoding at all.
+With evidence-first answers fast mode decodes nearly as much as generate mode (it stops
+a few tokens earlier; it is there for probabilities and no parse failures more than for
+speed); ``--answer-style bare`` measures fast mode reading the verdict after a few tokens.
 
     python benchmarks/judge_throughput.py [--checkpoint PATH] [--pairs 16] [--points 8]
         [--size 160] [--max-new-tokens 96] [--repeats 3] [--answer-style evidence]

@@ -13,7 +13,10 @@ import yaml
 from ur.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
+SWEEPS = REPO / "experiments" / "sweeps"
+# Sweep files (W&B's format, with `method:`) are checked by tests/test_sweeps.py.
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml")
+                     if not (p.parent == SWEEPS and "method" in yaml.safe_load(p.read_text())))
 
 
 def header_commands(path: Path) -> list[list[str]]:

@@ -282,8 +282,92 @@ def _models_tiny(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a W&B sweep file locally, no W&B server needed",
+        description="Run the runs of a W&B sweep file (the one `wandb sweep FILE` takes) one "
+                    "after another, each as the command wandb's agent would build. grid: every "
+                    "combination; random: --count draws (seeded by the file and --seed); bayes: "
+                    "sampled as random search (the Bayesian model lives on the W&B server). "
+                    "Finished runs are recorded in <root>/sweeps/<sweep>.jsonl; rerunning "
+                    "runs only what is missing.")
+    p.add_argument("file", type=Path, help="sweep YAML (experiments/sweeps/...)")
+    p.add_argument("--count", type=int, help="random/bayes: runs to draw; grid: the first N")
+    p.add_argument("--seed", type=int, default=0, help="seed of random draws (default: 0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side, sharing the cores (default: 1)")
+    p.add_argument("--root", type=Path, default=Path("checkpoints"),
+                   help="where the ledger and run logs go (default: checkpoints)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args) -> int:
+    import shlex
+
+    from ur import sweeps
+
+    try:
+        if args.dry_run:
+            done = sweeps.finished(sweeps.ledger_path(args.file, args.root))
+            for run in sweeps.plan(args.file, count=args.count, seed=args.seed):
+                mark = "done " if run.key in done else "todo "
+                print(mark + shlex.join(run.command))
+            return 0
+        results = sweeps.run_sweep(args.file, count=args.count, seed=args.seed, jobs=args.jobs,
+                                   root=args.root)
+    except sweeps.SweepError as e:
+        raise SystemExit(f"ur sweep: {e}") from None
+    failed = [r for r in results if r["returncode"] != 0]
+    return 1 if failed else 0
+
+
+def _add_results(sub) -> None:
+    p = sub.add_parser(
+        "results", help="gather run folders into one table (CSV or markdown)",
+        description="Find every run folder under DIR... and print one row per run: arm (the "
+                    "tasks it trained on), seed, sweep parameters, and the stage's metrics per "
+                    "task. With --summary METRIC, the ablation table instead: arms x tasks, "
+                    "mean ± std (seeds). --wandb ENTITY/PROJECT reads the W&B API instead.")
+    p.add_argument("dirs", nargs="*", type=Path, metavar="DIR", help="run folders or their parents")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from the W&B API")
+    p.add_argument("--stage", default="test", help="metrics of this stage (default: test)")
+    p.add_argument("--summary", metavar="METRIC",
+                   help="e.g. pair_acc_diff or point_spearman: arms x tasks, mean ± std")
+    p.add_argument("--format", choices=("csv", "markdown"), default="markdown")
+    p.add_argument("--out", type=Path, help="write here instead of printing")
+    p.set_defaults(func=_results)
+
+
+def _results(args) -> int:
+    from ur import results
+
+    if args.wandb:
+        df = results.collect_wandb(args.wandb, stage=args.stage)
+    elif args.dirs:
+        try:
+            df = results.collect(list(args.dirs), stage=args.stage)
+        except FileNotFoundError as e:
+            raise SystemExit(str(e)) from None
+    else:
+        raise SystemExit("ur results: give run folders (DIR...) or --wandb ENTITY/PROJECT")
+    if df.empty:
+        raise SystemExit(f"ur results: no run with {args.stage} metrics found")
+    if args.summary:
+        df = results.formatted(results.synergy_table(df, args.summary))
+    text = df.to_csv(index=args.summary is not None) if args.format == "csv" else df.to_markdown()
+    if args.out:
+        from ur.runs import write_text_atomic
+
+        write_text_atomic(args.out, text)
+        print(args.out)
+    else:
+        print(text)
+    return 0
+
+
 PLAIN_COMMANDS = {"corpus": _add_corpus, "judge": _add_judge, "export": _add_export,
-                  "models": _add_models}
+                  "models": _add_models, "sweep": _add_sweep, "results": _add_results}
 
 
 def _plain_parser() -> argparse.ArgumentParser:
@@ -394,7 +478,19 @@ def _lightning_cli_class():
                         class_path="lightning.pytorch.callbacks.ModelCheckpoint",
                         init_args=Namespace(dirpath=str(run_dir / "checkpoints"), save_last="link",
                                             save_top_k=1)))
+                if not sys.stderr.isatty():  # the progress bar stays silent without a terminal
+                    callbacks.append(Namespace(class_path="ur.callbacks.ProgressLines",
+                                               init_args=Namespace(every=50)))
                 trainer.callbacks = callbacks
+            data_args = cfg.get("data") and cfg.data.get("init_args")
+            seed = cfg.get("seed_everything")
+            if data_args is not None and "seed" in data_args and data_args.seed is None:
+                # one seed per run, the data order included
+                data_args.seed = seed if type(seed) is int else 0
+            sweep = _sweep_record()
+            if sweep:
+                cfg.run.meta = {**dict(cfg.run.meta or {}), "sweep": sweep}
+                runs.write_json_atomic(run_dir / "sweep.json", sweep)
             self.save_config_kwargs["run_dir"] = str(run_dir)
 
         def _finish(self, stage: str) -> None:
@@ -428,6 +524,26 @@ def _lightning_cli_class():
             self._finish("predict")
 
     return URCLI
+
+
+def _sweep_record() -> dict | None:
+    """What a sweep runner says about this run: ``ur sweep`` passes its sweep, run key
+    and parameters; under ``wandb agent`` the sweep id and the parameter file's values."""
+    from ur.sweeps import SWEEP_ENV
+
+    if os.environ.get(SWEEP_ENV):
+        return json.loads(os.environ[SWEEP_ENV])
+    if os.environ.get("WANDB_SWEEP_ID"):
+        record = {"sweep": os.environ["WANDB_SWEEP_ID"], "key": os.environ.get("WANDB_RUN_ID")}
+        path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+        if path and Path(path).exists():
+            import yaml
+
+            record["params"] = {k: v.get("value") if isinstance(v, dict) else v
+                                for k, v in (yaml.safe_load(Path(path).read_text()) or {}).items()
+                                if k != "wandb_version"}
+        return record
+    return None
 
 
 def run_lightning(argv: list[str]) -> None:

@@ -62,6 +62,17 @@ def test_task_filter_and_counts(world):
         PreferenceDataModule(world=world, tasks=["image_gen"])
 
 
+def test_train_tasks_narrow_training_only(world):
+    """A task-ablation arm trains on one task and is still evaluated on all of them."""
+    dm = PreferenceDataModule(world=world, train_tasks=["video_generation"])
+    dm.setup("fit")
+    assert set(dm.summary("train")["by_task"]) == {"video_generation"}
+    assert set(dm.summary("val")["by_task"]) == {"image_generation", "video_generation",
+                                                 "image_understanding", "video_understanding"}
+    with pytest.raises(ValueError, match="must be among tasks"):
+        PreferenceDataModule(world=world, tasks=["image_generation"], train_tasks=["video_generation"])
+
+
 def test_pairwise_order_is_randomized_per_seed(world):
     firsts = []
     for seed in (0, 1):

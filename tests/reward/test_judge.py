@@ -47,6 +47,34 @@ def test_fast_agrees_with_generate_where_generation_parses(trained):
         assert f.probs is not None and abs(sum(f.probs.values()) - 1) < 1e-5
 
 
+def test_reading_during_decoding_matches_a_forced_forward(trained):
+    """Fast mode reads the verdict's probabilities from the logits greedy decoding computed
+    (KV cache); a forced forward pass over prompt + the same evidence + the verdict prefix
+    must give the same probabilities: both paths index the same positions."""
+    module, dm = trained
+    judge = Judge(module.model, module.processor, mode="fast", batch_size=16)
+    records = ([r for r in dm.datasets["train"].records if r.form == "pairwise"][:16]
+               + [r for r in dm.datasets["train"].records if r.form == "pointwise"
+                  and judge._score_tokens(r.scale, " ") is not None][:8])
+    own = judge.judge(records)
+    inputs = judge._inputs(records)
+    width = inputs["input_ids"].shape[1]
+    seqs = module.model.generate(**inputs, max_new_tokens=judge.max_new_tokens, do_sample=False,
+                                 pad_token_id=judge._pad_id())
+    evidence = []
+    for r, row in zip(records, seqs[:, width:].tolist(), strict=True):
+        k, ids = judge._verdict_start(r, row)
+        evidence.append(ids[:k] if k is not None else None)
+    checked = [i for i, ev in enumerate(evidence) if ev is not None]
+    assert len(checked) >= len(records) // 2, "the trained judge should mostly write verdicts"
+    forced = judge._forced_decide([records[i] for i in checked], [evidence[i] for i in checked],
+                                  judge._inputs([records[i] for i in checked]))
+    for i, f in zip(checked, forced, strict=True):
+        assert own[i].probs.keys() == f.probs.keys()
+        for key in f.probs:
+            assert own[i].probs[key] == pytest.approx(f.probs[key], abs=2e-3), (i, key)
+
+
 def test_both_orders_report_the_swapped_verdict(trained):
     module, dm = trained
     records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:8]

@@ -71,9 +71,12 @@ class WorldSpec:
 
     def manifest(self) -> dict:
         from ur.data.synthetic.writer import write_world
+        from ur.runs import exclusive
 
-        return write_world(self.out, size=self.size, seed=self.seed, difficulty=self.difficulty,
-                           image_size=self.image_size, num_frames=self.num_frames)
+        with exclusive(self.out):
+            return write_world(self.out, size=self.size, seed=self.seed,
+                               difficulty=self.difficulty, image_size=self.image_size,
+                               num_frames=self.num_frames)
 
     def sources(self, split: str, *, benchmarks: bool = False) -> list[SourceSpec]:
         """A split's sources in their training schemas (and the benchmark-schema copies
@@ -186,6 +189,8 @@ class PreferenceDataModule(LightningDataModule):
         world: Generate the synthetic world and use its splits for every split whose
             source list is empty.
         tasks: Only these tasks (default: all four).
+        train_tasks: Train on these tasks only, while validation and test still cover
+            ``tasks`` (task ablations: a single-task arm reports its transfer too).
         forms: Only these forms (default: pairwise and pointwise).
         processor: Path or hub id of the model whose processor prepares the inputs;
             linked from the model's checkpoint by ``ur fit``.
@@ -195,8 +200,11 @@ class PreferenceDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         num_frames: Frames sampled uniformly from each video.
         max_length: Cut training sequences to this many tokens (the target end only).
-        max_eval_records: Cap on records per validation/test source (seeded choice).
-        seed: Seed of mixing, shuffling and order randomization.
+        max_eval_records: Cap on records per validation/test source (chosen with eval_seed).
+        seed: Seed of training's mixing, shuffling and candidate order (``ur fit`` sets it
+            to ``seed_everything`` when left empty).
+        eval_seed: Seed of the validation/test subset and candidate order; fixed apart from
+            ``seed`` so runs with different seeds are scored on the same records.
         skip_bad: Skip unusable records and count them instead of stopping.
         max_bad: With skip_bad, stop anyway past this many.
         processor_kwargs: Extra keywords for the processor call (e.g. max_pixels).
@@ -209,6 +217,7 @@ class PreferenceDataModule(LightningDataModule):
         test: list[SourceSpec] | None = None,
         world: WorldSpec | None = None,
         tasks: list[str] | None = None,
+        train_tasks: list[str] | None = None,
         forms: list[str] | None = None,
         processor: str | None = None,
         templates: PromptTemplates | None = None,
@@ -218,13 +227,15 @@ class PreferenceDataModule(LightningDataModule):
         num_frames: int = 4,
         max_length: int | None = None,
         max_eval_records: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
+        eval_seed: int = 0,
         skip_bad: bool = False,
         max_bad: int = 1000,
         processor_kwargs: dict | None = None,
     ):
         super().__init__()
-        for name, values, allowed in (("tasks", tasks, TASKS), ("forms", forms, FORMS)):
+        for name, values, allowed in (("tasks", tasks, TASKS), ("train_tasks", train_tasks, TASKS),
+                                      ("forms", forms, FORMS)):
             unknown = set(values or ()) - set(allowed)
             if unknown:
                 raise ValueError(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}")
@@ -232,12 +243,16 @@ class PreferenceDataModule(LightningDataModule):
                         "test": list(test or [])}
         self.world = world
         self.tasks, self.forms = (list(tasks) if tasks else None), (list(forms) if forms else None)
+        self.train_tasks = list(train_tasks) if train_tasks else None
+        if self.train_tasks and self.tasks and set(self.train_tasks) - set(self.tasks):
+            raise ValueError(f"train_tasks {self.train_tasks} must be among tasks {self.tasks}")
         self.processor_path = processor
         self.templates = templates or PromptTemplates()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.num_frames, self.max_length = num_workers, num_frames, max_length
         self.max_eval_records = max_eval_records
-        self.seed, self.skip_bad, self.max_bad = seed, skip_bad, max_bad
+        self.seed = 0 if seed is None else seed
+        self.eval_seed, self.skip_bad, self.max_bad = eval_seed, skip_bad, max_bad
         self.processor_kwargs = dict(processor_kwargs or {})
         self.datasets: dict[str, RecordDataset] = {}
         self.sizes: dict[str, list[int]] = {}
@@ -264,19 +279,21 @@ class PreferenceDataModule(LightningDataModule):
         for split in wanted:
             if split in self.datasets:
                 continue
-            per_source, problems = load_records(self.specs(split), tasks=self.tasks,
+            tasks = self.train_tasks or self.tasks if split == "train" else self.tasks
+            per_source, problems = load_records(self.specs(split), tasks=tasks,
                                                 forms=self.forms, skip_bad=self.skip_bad,
                                                 max_bad=self.max_bad)
             if problems:
                 log.warning("%s: skipped %d unusable record(s)", split, len(problems))
             self.skipped[split] = len(problems)
+            seed = self.seed if split == "train" else self.eval_seed
             if split != "train" and self.max_eval_records is not None:
-                rng = np.random.default_rng(self.seed)
+                rng = np.random.default_rng(seed)
                 per_source = [[recs[i] for i in sorted(rng.choice(len(recs), self.max_eval_records,
                                                                   replace=False))]
                               if len(recs) > self.max_eval_records else recs
                               for recs in per_source]
-            records = [randomize_order(r, self.seed) for recs in per_source for r in recs]
+            records = [randomize_order(r, seed) for recs in per_source for r in recs]
             self.sizes[split] = [len(r) for r in per_source]
             self.datasets[split] = RecordDataset(records)
 
@@ -314,8 +331,9 @@ class PreferenceDataModule(LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         if not len(self.datasets[split]):
+            tasks = self.train_tasks or self.tasks if split == "train" else self.tasks
             raise ValueError(f"the {split} split has no records after filtering by tasks="
-                             f"{self.tasks} forms={self.forms}")
+                             f"{tasks} forms={self.forms}")
         weights = ([s.weight for s in self.specs(split)] if shuffle and self.sources[split]
                    else [1.0] * len(self.sizes[split]))
         return MixtureSampler(self.sizes[split], weights, seed=self.seed, shuffle=shuffle)

@@ -8,16 +8,21 @@ Two modes, both batched:
     (``label``/``score`` = None), never handed to candidate 1.
 
 ``fast``
-    No free decoding of the verdict. Where the answer style states evidence first,
-    the evidence is decoded greedily up to its last sentence (one sentence per image
-    or clip judged, or one for the context of an understanding task). Then one forward
-    pass over ``prompt + evidence + verdict prefix`` reads the decision off the logits:
-    pairwise, p(tie) from the first verdict token ("Both" against the candidate noun)
-    and p(1) / p(2) from the token after the noun; pointwise, the expected value of the
-    scale's values under the next-token distribution after "Final Score:". It always
-    decides (no parse failures) and gives probabilities. A scale whose values do not each
-    start with their own token (a tokenizer that splits digits one by one makes 1 and 10
-    share "1") is scored the generate way for those records. It relies on the verdict
+    The verdict is read, not parsed. Decoding runs greedily until the model starts its
+    own verdict, as many evidence sentences as it chooses to write, and stops a token
+    or two in; the decision then comes from the logits decoding already computed at the
+    verdict's positions: pairwise, p(tie) from the first verdict token ("Both" against
+    the candidate noun) and p(1) / p(2) from the token after the noun; pointwise, the
+    expected value of the scale's values under the distribution after "Final Score:".
+    When the model's own path does not pass those positions in the expected tokens (it
+    chose the tie, so p(1) / p(2) were never computed; it never wrote a verdict; it
+    spelled it differently), one forced forward pass over ``prompt + evidence + verdict
+    prefix`` reads them. It always decides (no parse failures) and gives probabilities.
+    Because it reads the same positions greedy decoding takes its verdict from, it
+    agrees with ``generate`` except where p(tie) falls between the noun's probability
+    and the better number's share of it. A scale whose values do not each start with
+    their own token (a tokenizer that splits digits one by one makes 1 and 10 share
+    "1") is scored the generate way for those records. It relies on the verdict
     tokenizing the same after the prefix as inside a whole answer (true for byte-level
     BPE that splits at spaces, checked at start-up).
 
@@ -31,6 +36,7 @@ order) for the position-consistency metric.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,6 +52,12 @@ from ur.data.answers import (
 from ur.data.collate import JudgeCollator
 from ur.data.records import Media, PreferenceRecord, is_generation
 from ur.data.templates import PromptTemplates
+
+# Where a verdict starts, and how far it must be written before the decision can be read.
+_PAIR_START = re.compile(r"\b(?:Image|Video|Answer)\s*[12]\s+is\b|\bBoth\s+(?:images|videos|answers)\b")
+_SCORE_START = re.compile(r"\bFinal\s+Score\b")
+_PAIR_DONE = _PAIR_START
+_SCORE_DONE = re.compile(r"\bFinal\s+Score\s*:\s*\d")
 
 _FLIP = {"first": "second", "second": "first", "tie": "tie", None: None}
 
@@ -194,11 +206,6 @@ class Judge:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # -- fast mode -------------------------------------------------------------------------
-    def _sentences(self, record) -> int:
-        if self.templates.answer_style == "bare":
-            return 0
-        return len(record.media) if is_generation(record.task) else 1
-
     def _fast(self, records) -> list[Judgment]:
         # Pointwise scales whose values do not start with distinct tokens (with a
         # digit-by-digit tokenizer, 1 and 10 both start with "1") are decoded and parsed.
@@ -215,18 +222,96 @@ class Judge:
                 out[i] = j
         return out
 
+    def _reading(self, record, sep: str):
+        """``(prefix ids, first-position ids, second-position ids)`` of a verdict: pairwise,
+        the noun branch (noun + shared tokens), [noun, tie] first tokens, [1, 2] tokens;
+        pointwise, "Final Score:" + shared tokens, its first tokens, None."""
+        if record.form == "pairwise":
+            prefix, t_noun, t_tie, t_one, t_two = self._pair_tokens(record.task, sep)
+            return prefix, [t_noun, t_tie], [t_one, t_two]
+        prefix, _, toks = self._score_tokens(record.scale, sep)
+        return prefix, toks, None
+
     def _fast_decide(self, records) -> list[Judgment]:
         inputs = self._inputs(records)
+        width = inputs["input_ids"].shape[1]
+        gen = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  pad_token_id=self._pad_id(), return_dict_in_generate=True,
+                                  output_logits=True,
+                                  stopping_criteria=[_VerdictStop(self.tokenizer, records, width)])
+        out: list[Judgment | None] = []
+        forced = []
+        for i, (r, row) in enumerate(zip(records, gen.sequences[:, width:].tolist(), strict=True)):
+            k, ids = self._verdict_start(r, row)
+            # gen.logits: one (batch, vocab) tensor per new token
+            logits = [step[i] for step in gen.logits]
+            judgment = self._read_own_path(r, ids, k, logits) if k is not None else None
+            if judgment is None:
+                evidence = ids[:k] if k is not None else _cut_after_sentences(
+                    self.tokenizer, ids, self._sentences(r))
+                forced.append((i, evidence))
+            out.append(judgment)
+        if forced:
+            idx = [i for i, _ in forced]
+            subset = [records[i] for i in idx]
+            done = self._forced_decide(subset, [ev for _, ev in forced], self._inputs(subset))
+            for i, j in zip(idx, done, strict=True):
+                out[i] = j
+        return out
+
+    def _verdict_start(self, record, ids: list[int]):
+        """Where the model's own verdict starts: (token index or None, ids before any
+        special token)."""
+        special = set(self.tokenizer.all_special_ids)
+        end = next((k for k, t in enumerate(ids) if t in special), len(ids))
+        ids = ids[:end]
+        pieces = [self.tokenizer.decode([t]) for t in ids]
+        text = "".join(pieces)
+        pattern = _PAIR_START if record.form == "pairwise" else _SCORE_START
+        matches = list(pattern.finditer(text))
+        if not matches or text != self._decode(ids):
+            return None, ids
+        at, pos = matches[-1].start(), 0
+        for k, piece in enumerate(pieces):
+            if pos + len(piece) > at:
+                return k, ids
+            pos += len(piece)
+        return None, ids
+
+    def _read_own_path(self, record, ids, k, logits) -> Judgment | None:
+        """The decision from the logits greedy decoding computed on its way through the
+        verdict; None when the path does not pass the reading positions in the expected
+        tokens (the tie path, an unexpected spelling), and a forced forward reads them."""
+        sep = " " if k else ""
+        prefix, first, second = self._reading(record, sep)
+        at = k + len(prefix)
+        if ids[k:at] != prefix or at >= len(ids):
+            return None
+        text = self._decode(ids)
+        if record.form == "pointwise":
+            return self._score_judgment(record, logits[at], text, sep)
+        return self._pair_judgment(record, logits[k], logits[at], text, sep)
+
+    def _pair_judgment(self, record, at_verdict, at_number, text, sep) -> Judgment:
+        _, first, second = self._reading(record, sep)
+        probs = _pair_probs(at_verdict, at_number, first, second)
+        return Judgment(record.task, record.form, label=max(probs, key=probs.get), probs=probs,
+                        text=text)
+
+    def _score_judgment(self, record, at_value, text, sep) -> Judgment:
+        _, values, toks = self._score_tokens(record.scale, sep)
+        p = torch.softmax(at_value[toks].float(), dim=0)
+        score = float((p * torch.tensor(values, dtype=p.dtype, device=p.device)).sum())
+        return Judgment(record.task, record.form, score=score, text=text,
+                        probs={f"{v:g}": float(q) for v, q in zip(values, p, strict=True)})
+
+    def _forced_decide(self, records, evidence, inputs) -> list[Judgment]:
+        """One forward pass over ``prompt + evidence + verdict prefix`` per record."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
-        evidence = self._evidence(inputs, records)
         seqs, reads = [], []
         for r, p, ev in zip(records, prompts, evidence, strict=True):
-            sep = " " if ev else ""
-            if r.form == "pairwise":
-                seqs.append(p + ev + self._pair_tokens(r.task, sep)[0])
-            else:
-                seqs.append(p + ev + self._score_tokens(r.scale, sep)[0])
+            seqs.append(p + ev + self._reading(r, " " if ev else "")[0])
             reads.append(len(p) + len(ev))
         width = max(len(s) for s in seqs)
         pad = self._pad_id()
@@ -242,21 +327,15 @@ class Judge:
                 t = row[m.bool()].cpu()
                 types[i, width - len(seqs[i]):width - len(seqs[i]) + len(t)] = t
             fwd["mm_token_type_ids"] = types.to(ids.device)
-        logprobs = torch.log_softmax(self.model(**fwd).logits.float(), dim=-1)
+        logits = self.model(**fwd).logits.float()
         out = []
         for i, (r, s, ev) in enumerate(zip(records, seqs, evidence, strict=True)):
-            text = self._decode(ev)
+            text, sep = self._decode(ev), " " if ev else ""
             if r.form == "pairwise":
-                at_verdict = logprobs[i, width - len(s) + reads[i] - 1]
-                probs = self._pair_probs(r.task, bool(ev), at_verdict, logprobs[i, -1])
-                out.append(Judgment(r.task, r.form, label=max(probs, key=probs.get),
-                                    probs=probs, text=text))
+                out.append(self._pair_judgment(r, logits[i, width - len(s) + reads[i] - 1],
+                                               logits[i, -1], text, sep))
             else:
-                _, values, toks = self._score_tokens(r.scale, " " if ev else "")
-                p = torch.softmax(logprobs[i, -1, toks], dim=0)
-                score = float((p * torch.tensor(values, dtype=p.dtype, device=p.device)).sum())
-                out.append(Judgment(r.task, r.form, score=score, text=text,
-                                    probs={f"{v:g}": float(q) for v, q in zip(values, p, strict=True)}))
+                out.append(self._score_judgment(r, logits[i, -1], text, sep))
         return out
 
     def _ids(self, text: str) -> list[int]:
@@ -297,13 +376,6 @@ class Judge:
             cache[key] = (self._ids(sep + noun) + shared, t_noun, t_tie, t_one, t_two)
         return cache[key]
 
-    def _pair_probs(self, task, has_evidence, at_verdict, at_number) -> dict[str, float]:
-        _, t_noun, t_tie, t_one, t_two = self._pair_tokens(task, " " if has_evidence else "")
-        first_tok = torch.softmax(at_verdict[[t_noun, t_tie]], dim=0)
-        which = torch.softmax(at_number[[t_one, t_two]], dim=0)
-        return {"first": float(first_tok[0] * which[0]), "second": float(first_tok[0] * which[1]),
-                "tie": float(first_tok[1])}
-
     def _score_tokens(self, scale, sep: str):
         """``(prefix ids, values, first value tokens)`` for reading a score after
         "Final Score:", or None when the values do not part at one token (with a
@@ -326,34 +398,27 @@ class Judge:
                 cache[key] = (self._ids(f"{sep}Final Score:") + shared, values, firsts)
         return cache[key]
 
-    def _evidence(self, inputs, records) -> list[list[int]]:
-        """Greedy evidence, cut after its last sentence; [] for bare-verdict answers."""
-        need = [self._sentences(r) for r in records]
-        if not any(need):
-            return [[] for _ in records]
-        width = inputs["input_ids"].shape[1]
-        seqs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                   pad_token_id=self._pad_id(),
-                                   stopping_criteria=[_SentenceStop(self.tokenizer, need, width)])
-        out = []
-        for n, seq in zip(need, seqs[:, width:].tolist(), strict=True):
-            out.append(_cut_after_sentences(self.tokenizer, seq, n))
-        return out
 
+class _VerdictStop:
+    """Stops each row once its verdict is written far enough to read the decision
+    (pairwise: "Image 1 is"; pointwise: "Final Score: 4")."""
 
-class _SentenceStop:
-    """Stops each row once it has produced its number of sentences."""
-
-    def __init__(self, tokenizer, need, width):
-        self.tokenizer, self.need, self.width = tokenizer, need, width
-        self.special = set(tokenizer.all_special_ids)
+    def __init__(self, tokenizer, records, width):
+        self.tokenizer, self.width = tokenizer, width
+        self.patterns = [_PAIR_DONE if r.form == "pairwise" else _SCORE_DONE for r in records]
 
     def __call__(self, input_ids, scores, **kwargs):
-        done = []
-        for n, row in zip(self.need, input_ids[:, self.width:].tolist(), strict=True):
-            ended = any(t in self.special for t in row)
-            done.append(ended or self.tokenizer.decode(row).count(".") >= n)
+        rows = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        done = [p.search(text) is not None for p, text in zip(self.patterns, rows, strict=True)]
         return torch.tensor(done, device=input_ids.device)
+
+
+def _pair_probs(at_verdict, at_number, first, second) -> dict[str, float]:
+    """p(first), p(second), p(tie): the noun against the tie's first token, then 1 against 2."""
+    noun_or_tie = torch.softmax(at_verdict[first].float(), dim=0)
+    which = torch.softmax(at_number[second].float(), dim=0)
+    return {"first": float(noun_or_tie[0] * which[0]), "second": float(noun_or_tie[0] * which[1]),
+            "tie": float(noun_or_tie[1])}
 
 
 def _cut_after_sentences(tokenizer, ids: list[int], n: int) -> list[int]:

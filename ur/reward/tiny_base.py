@@ -71,7 +71,14 @@ def _spec_dict(spec) -> dict:
 def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
     """Return ``checkpoint``, building and pretraining it first if it is missing or was
     built from another spec."""
+    from ur.runs import exclusive
+
     checkpoint = Path(checkpoint)
+    with exclusive(checkpoint):
+        return _ensure(checkpoint, spec)
+
+
+def _ensure(checkpoint: Path, spec) -> Path:
     wanted = _spec_dict(spec)
     marker = checkpoint / SPEC_FILE
     if marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
