@@ -100,7 +100,15 @@ parameters:
       - [image_generation, video_understanding]
   seed_everything:
     values: [0, 1]
-command: [${{env}}, ur, fit, --config, {quickstart}, --config, {mini}, ${{args}}]
+command:
+  - ${{env}}
+  - ur
+  - fit
+  - --config
+  - {quickstart}
+  - --config
+  - {mini}
+  - ${{args}}
 """
 
 

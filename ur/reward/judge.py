@@ -206,6 +206,13 @@ class Judge:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # -- fast mode -------------------------------------------------------------------------
+    def _sentences(self, record) -> int:
+        """Evidence sentences kept when a model writes no verdict: one per image or clip
+        judged, or one for the context of an understanding task."""
+        if self.templates.answer_style == "bare":
+            return 0
+        return len(record.media) if is_generation(record.task) else 1
+
     def _fast(self, records) -> list[Judgment]:
         # Pointwise scales whose values do not start with distinct tokens (with a
         # digit-by-digit tokenizer, 1 and 10 both start with "1") are decoded and parsed.

@@ -41,6 +41,10 @@ class OptimizerSpec:
     """Fraction of the optimizer steps spent warming up linearly from 0."""
     min_lr_ratio: float = 0.0
     """The cosine ends at lr * min_lr_ratio."""
+    vision_lr: float | None = None
+    """Peak learning rate of the vision tower (and its projector) when it differs from
+    ``lr`` (LLaVA-OneVision trains its vision tower at a fifth of the language model's
+    rate; a tiny tower trained from scratch wants a higher one)."""
 
 
 @dataclass
@@ -178,7 +182,16 @@ class RewardSFTModule(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        from ur.models.loading import part_of
+
+        groups = {"vision": [], "rest": []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                vision = self.optim.vision_lr is not None and part_of(name) in ("vision",
+                                                                                  "projector")
+                groups["vision" if vision else "rest"].append(p)
+        params = [{"params": ps, "lr": self.optim.vision_lr if g == "vision" else self.optim.lr}
+                  for g, ps in groups.items() if ps]
         opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas),
                                 weight_decay=self.optim.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
