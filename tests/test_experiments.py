@@ -59,3 +59,11 @@ def test_every_overlay_is_used_by_some_command():
 def test_deepspeed_config_parses():
     cfg = json.loads((REPO / "experiments/real/deepspeed_zero2.json").read_text())
     assert cfg["zero_optimization"]["stage"] == 2 and cfg["bf16"]["enabled"]
+
+
+def test_ablation_shares_the_quickstart_tiny_base():
+    """Both build the tiny base at the same path; different specs would rebuild it in turn."""
+    quick = yaml.safe_load((REPO / "experiments/quickstart.yaml").read_text())["model"]["init_args"]
+    base = yaml.safe_load((REPO / "experiments/ablations/task_synergy/base.yaml").read_text())
+    base = base["model"]["init_args"]
+    assert base["checkpoint"] == quick["checkpoint"] and base["tiny"] == quick["tiny"]
