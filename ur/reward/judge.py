@@ -290,18 +290,23 @@ class Judge:
         verdict; None when the path does not pass the reading positions in the expected
         tokens (the tie path, an unexpected spelling), and a forced forward reads them."""
         sep = " " if k else ""
-        prefix, first, second = self._reading(record, sep)
-        at = k + len(prefix)
-        if ids[k:at] != prefix or at >= len(ids):
-            return None
         text = self._decode(ids)
         if record.form == "pointwise":
+            prefix = self._reading(record, sep)[0]
+            at = k + len(prefix)
+            if ids[k:at] != prefix or at >= len(ids):
+                return None
             return self._score_judgment(record, logits[at], text, sep)
-        return self._pair_judgment(record, logits[k], logits[at], text, sep)
+        nouns, _ = self._nouns(record.task, sep)
+        for which, (prefix, _, _, _) in enumerate(nouns):
+            at = k + len(prefix)
+            if ids[k:at] == prefix and at < len(ids):
+                return self._pair_judgment(record, logits[k], logits[at], text, sep, which)
+        return None
 
-    def _pair_judgment(self, record, at_verdict, at_number, text, sep) -> Judgment:
-        _, first, second = self._reading(record, sep)
-        probs = _pair_probs(at_verdict, at_number, first, second)
+    def _pair_judgment(self, record, at_verdict, at_number, text, sep, which=0) -> Judgment:
+        nouns, t_tie = self._nouns(record.task, sep)
+        probs = _pair_probs(at_verdict, at_number, t_tie, [n[1] for n in nouns], nouns[which][2:])
         return Judgment(record.task, record.form, label=max(probs, key=probs.get), probs=probs,
                         text=text)
 
@@ -383,6 +388,30 @@ class Judge:
             cache[key] = (self._ids(sep + noun) + shared, t_noun, t_tie, t_one, t_two)
         return cache[key]
 
+    def _nouns(self, task: str, sep: str):
+        """``([(prefix ids, first token, "1" token, "2" token), ...], tie token)``: the
+        task's candidate noun first, then the other tasks' nouns. A verdict is read as
+        "some candidate" against the tie, whichever noun the judge names its candidates
+        with (generate mode parses them all alike; a judge trained on images alone
+        says "Image 1 is better" of two videos, and that is still a decision)."""
+        cache = self.__dict__.setdefault("_noun_tok", {})
+        key = (task, sep)
+        if key not in cache:
+            prefix, t_noun, t_tie, t_one, t_two = self._pair_tokens(task, sep)
+            nouns = [(prefix, t_noun, t_one, t_two)]
+            for noun in ("Image", "Video", "Answer"):
+                if noun == candidate_noun(task):
+                    continue
+                try:
+                    _, (t_other, _) = self._branch("", [sep + noun, sep + pairwise_verdict(task, "tie")])
+                    shared, (o1, o2) = self._branch(sep + noun, [" 1 is better", " 2 is better"])
+                except ValueError:
+                    continue
+                if t_other != t_tie and t_other not in {n[1] for n in nouns}:
+                    nouns.append((self._ids(sep + noun) + shared, t_other, o1, o2))
+            cache[key] = (nouns, t_tie)
+        return cache[key]
+
     def _score_tokens(self, scale, sep: str):
         """``(prefix ids, values, first value tokens)`` for reading a score after
         "Final Score:", or None when the values do not part at one token (with a
@@ -420,12 +449,14 @@ class _VerdictStop:
         return torch.tensor(done, device=input_ids.device)
 
 
-def _pair_probs(at_verdict, at_number, first, second) -> dict[str, float]:
-    """p(first), p(second), p(tie): the noun against the tie's first token, then 1 against 2."""
-    noun_or_tie = torch.softmax(at_verdict[first].float(), dim=0)
-    which = torch.softmax(at_number[second].float(), dim=0)
-    return {"first": float(noun_or_tie[0] * which[0]), "second": float(noun_or_tie[0] * which[1]),
-            "tie": float(noun_or_tie[1])}
+def _pair_probs(at_verdict, at_number, t_tie, noun_tokens, number_tokens) -> dict[str, float]:
+    """p(first), p(second), p(tie): any candidate noun against the tie's first token,
+    then "1" against "2" after the noun."""
+    first = torch.softmax(at_verdict[[t_tie, *noun_tokens]].float(), dim=0)
+    p_tie = float(first[0])
+    which = torch.softmax(at_number[list(number_tokens)].float(), dim=0)
+    return {"first": (1 - p_tie) * float(which[0]), "second": (1 - p_tie) * float(which[1]),
+            "tie": p_tie}
 
 
 def _cut_after_sentences(tokenizer, ids: list[int], n: int) -> list[int]:
