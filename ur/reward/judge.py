@@ -12,7 +12,8 @@ Two modes, both batched:
     own verdict, as many evidence sentences as it chooses to write, and stops a token
     or two in; the decision then comes from the logits decoding already computed at the
     verdict's positions: pairwise, p(tie) from the first verdict token ("Both" against
-    the candidate noun) and p(1) / p(2) from the token after the noun; pointwise, the
+    the candidate nouns: the task's, or another task's when the judge names candidates
+    that way) and p(1) / p(2) from the token after the noun; pointwise, the
     expected value of the scale's values under the distribution after "Final Score:".
     When the model's own path does not pass those positions in the expected tokens (it
     chose the tie, so p(1) / p(2) were never computed; it never wrote a verdict; it
