@@ -8,33 +8,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from minirun import mini_overlay
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 
-MINI = """
-trainer:
-  max_steps: {steps}
-  val_check_interval: null
-  check_val_every_n_epoch: 1
-  limit_val_batches: 1
-  limit_test_batches: 1
-  deterministic: true
-model:
-  init_args:
-    checkpoint: {base}
-    tiny:
-      pretrain_steps: 2
-      batch_size: 8
-      world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
-    judge: {{batch_size: 8, max_new_tokens: 24}}
-data:
-  init_args:
-    world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
-    batch_size: 8
-    max_eval_records: 2
-"""
 
 
 def ur(*args, cwd, check=True, env=None):
@@ -53,9 +32,8 @@ def shared(tmp_path_factory):
 
 
 def overlay(tmp_path, shared, steps=4, extra=""):
-    path = tmp_path / "mini.yaml"
-    path.write_text(MINI.format(steps=steps, world=shared["world"], base=shared["base"]) + extra)
-    return path
+    return mini_overlay(tmp_path / "mini.yaml", world=shared["world"], base=shared["base"],
+                        steps=steps, extra=extra)
 
 
 def test_fit_writes_a_complete_run_folder(tmp_path, shared):

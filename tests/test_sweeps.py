@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from minirun import mini_overlay
 
 from ur import results, sweeps
 from ur.cli import main
@@ -66,26 +67,16 @@ def test_grid_is_the_full_product_and_random_draws_repeat(tmp_path):
 
 
 # -- a tiny real sweep -----------------------------------------------------------------------
-MINI = """
+SWEEP_EXTRA = """
 run:
   name: mini_synergy
 trainer:
   max_steps: 3
-  val_check_interval: null
   limit_val_batches: 0
-model:
-  init_args:
-    checkpoint: {base}
-    tiny:
-      pretrain_steps: 2
-      batch_size: 8
-      world: {{out: {world}, size: 64, seed: 0, difficulty: 1}}
-    judge: {{batch_size: 8, max_new_tokens: 24}}
+  limit_test_batches: null
 data:
   init_args:
-    world: {{out: {world}, size: 64, seed: 0, difficulty: 1}}
     batch_size: 4
-    max_eval_records: 2
     num_workers: 0
 """
 
@@ -108,6 +99,8 @@ command:
   - {quickstart}
   - --config
   - {mini}
+  - --config
+  - {extra}
   - ${{args}}
 """
 
@@ -120,10 +113,12 @@ def ur(*args, cwd):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    mini = root / "mini.yaml"
-    mini.write_text(MINI.format(base=root / "base", world=root / "world"))
+    mini = mini_overlay(root / "mini.yaml", world=root / "world", base=root / "base")
+    extra = root / "extra.yaml"
+    extra.write_text(SWEEP_EXTRA)
     sweep = root / "mini_synergy.yaml"
-    sweep.write_text(SWEEP.format(quickstart=REPO / "experiments/quickstart.yaml", mini=mini))
+    sweep.write_text(SWEEP.format(quickstart=REPO / "experiments/quickstart.yaml", mini=mini,
+                                  extra=extra))
     run = ur("sweep", str(sweep), "--jobs", "2", cwd=root)
     assert run.returncode == 0, run.stdout + run.stderr + "".join(
         p.read_text()[-3000:] for p in (root / "checkpoints/sweeps/mini_synergy").glob("*.log"))

@@ -202,3 +202,22 @@ def test_bad_arguments():
         build_tiny_vlm("unused", texts=[" "])
     with pytest.raises(ValueError, match="multiple of 28"):
         build_tiny_vlm("unused", texts=TEXTS, image_size=64)
+
+
+def test_background_is_zero_and_patches_start_as_colour_pools(qwen2_vl):
+    """The tiny processor maps the world's grey background to 0, and the first channels of
+    the patch embedding start as per-quadrant colour means (then frame changes)."""
+    _, model, processor = qwen2_vl
+    grey = np.full((84, 84, 3), 240, dtype=np.uint8)
+    out = processor.image_processor(images=[grey], return_tensors="pt")
+    assert out["pixel_values"].abs().max() < 1e-5
+    img = _image(3)
+    pv = processor.image_processor(images=[img], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        emb = model.model.visual.patch_embed(pv)
+    x = pv.view(-1, 3, 2, 14, 14)
+    # channel k = 3 * quadrant + colour; quadrant 0 is the top-left 7 x 7
+    assert torch.allclose(emb[:, 0], x[:, 0, :, :7, :7].mean(dim=(1, 2, 3)), atol=1e-5)
+    assert torch.allclose(emb[:, 3 * 3 + 2], x[:, 2, :, 7:, 7:].mean(dim=(1, 2, 3)), atol=1e-5)
+    change = x[:, 1, 1, :7, 7:].mean(dim=(1, 2)) - x[:, 1, 0, :7, 7:].mean(dim=(1, 2))
+    assert torch.allclose(emb[:, 12 + 3 * 1 + 1], change, atol=1e-5)

@@ -42,9 +42,9 @@ class OptimizerSpec:
     min_lr_ratio: float = 0.0
     """The cosine ends at lr * min_lr_ratio."""
     vision_lr: float | None = None
-    """Peak learning rate of the vision tower (and its projector) when it differs from
-    ``lr`` (LLaVA-OneVision trains its vision tower at a fifth of the language model's
-    rate; a tiny tower trained from scratch wants a higher one)."""
+    """Peak learning rate of the vision tower and projector when it should differ from
+    ``lr`` (a pretrained tower is often trained more gently than the language model;
+    None: the same rate everywhere)."""
 
 
 @dataclass
