@@ -389,8 +389,8 @@ def _pooling_patch_embedding(model, family: str) -> None:
     spends hundreds of steps finding colour at all (MEASURED.md)."""
     import torch
 
-    conv = model.model.visual.patch_embed.proj if family != "llava_onevision" else (
-        model.model.vision_tower.vision_model.embeddings.patch_embedding)
+    tower = model.model.vision_tower if family == "llava_onevision" else model.model.visual
+    conv = next(m for m in tower.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
     w = conv.weight  # qwen: (dim, 3, t, p, p); siglip: (dim, 3, p, p)
     p = w.shape[-1]
     half = p // 2

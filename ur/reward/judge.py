@@ -318,6 +318,7 @@ class Judge:
         return Judgment(record.task, record.form, score=score, text=text,
                         probs={f"{v:g}": float(q) for v, q in zip(values, p, strict=True)})
 
+    @torch.no_grad()
     def _forced_decide(self, records, evidence, inputs) -> list[Judgment]:
         """One forward pass over ``prompt + evidence + verdict prefix`` per record."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
