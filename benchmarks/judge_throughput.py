@@ -116,9 +116,10 @@ class _DecodeSteps:
         model.generate = self
 
     def __call__(self, **kwargs):
-        seqs = self._generate(**kwargs)
+        out = self._generate(**kwargs)
+        seqs = out if torch.is_tensor(out) else out.sequences  # return_dict_in_generate
         self.count += seqs.shape[1] - kwargs["input_ids"].shape[1]
-        return seqs
+        return out
 
     def remove(self):
         del self.model.generate
