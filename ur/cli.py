@@ -285,8 +285,9 @@ def _models_tiny(args) -> int:
 def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep", help="run a W&B sweep file locally, no W&B server needed",
-        description="Run the runs of a W&B sweep file (the one `wandb sweep FILE` takes) one "
-                    "after another, each as the command wandb's agent would build. grid: every "
+        description="Run the runs of a W&B sweep file (the one `wandb sweep FILE` takes), one "
+                    "after another or --jobs at a time, each as the command wandb's agent "
+                    "would build. grid: every "
                     "combination; random: --count draws (seeded by the file and --seed); bayes: "
                     "sampled as random search (the Bayesian model lives on the W&B server). "
                     "Finished runs are recorded in <root>/sweeps/<sweep>.jsonl; rerunning "

@@ -175,6 +175,9 @@ def run_sweep(path: str | Path, *, count: int | None = None, seed: int = 0, jobs
     (OMP_NUM_THREADS = cores // jobs each). A run's output goes to a log file next to
     the ledger."""
     name = sweep_name(path)
+    if load_sweep(path)["method"] == "bayes":
+        echo(f"sweep {name}: method bayes is sampled as random search here (the Bayesian "
+             "model needs the W&B sweep server)")
     runs = plan(path, count=count, seed=seed)
     ledger = ledger_path(path, root)
     ledger.parent.mkdir(parents=True, exist_ok=True)
