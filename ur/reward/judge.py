@@ -54,10 +54,10 @@ from ur.data.collate import JudgeCollator
 from ur.data.records import Media, PreferenceRecord, is_generation
 from ur.data.templates import PromptTemplates
 
-# Where a verdict starts, and how far it must be written before the decision can be read.
+# Where a verdict starts, and how far it must be written before the decision can be read
+# (a pairwise verdict can be read as soon as it is recognised).
 _PAIR_START = re.compile(r"\b(?:Image|Video|Answer)\s*[12]\s+is\b|\bBoth\s+(?:images|videos|answers)\b")
 _SCORE_START = re.compile(r"\bFinal\s+Score\b")
-_PAIR_DONE = _PAIR_START
 _SCORE_DONE = re.compile(r"\bFinal\s+Score\s*:\s*\d")
 
 _FLIP = {"first": "second", "second": "first", "tie": "tie", None: None}
@@ -230,15 +230,13 @@ class Judge:
                 out[i] = j
         return out
 
-    def _reading(self, record, sep: str):
-        """``(prefix ids, first-position ids, second-position ids)`` of a verdict: pairwise,
-        the noun branch (noun + shared tokens), [noun, tie] first tokens, [1, 2] tokens;
-        pointwise, "Final Score:" + shared tokens, its first tokens, None."""
+    def _verdict_prefix(self, record, sep: str) -> list[int]:
+        """The tokens a verdict starts with up to its reading position: the task's noun
+        (and the tokens shared before the number), or "Final Score:" (and the tokens
+        shared before the value)."""
         if record.form == "pairwise":
-            prefix, t_noun, t_tie, t_one, t_two = self._pair_tokens(record.task, sep)
-            return prefix, [t_noun, t_tie], [t_one, t_two]
-        prefix, _, toks = self._score_tokens(record.scale, sep)
-        return prefix, toks, None
+            return self._pair_tokens(record.task, sep)[0]
+        return self._score_tokens(record.scale, sep)[0]
 
     def _fast_decide(self, records) -> list[Judgment]:
         inputs = self._inputs(records)
@@ -293,7 +291,7 @@ class Judge:
         sep = " " if k else ""
         text = self._decode(ids)
         if record.form == "pointwise":
-            prefix = self._reading(record, sep)[0]
+            prefix = self._verdict_prefix(record, sep)
             at = k + len(prefix)
             if ids[k:at] != prefix or at >= len(ids):
                 return None
@@ -325,7 +323,7 @@ class Judge:
         prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         seqs, reads = [], []
         for r, p, ev in zip(records, prompts, evidence, strict=True):
-            seqs.append(p + ev + self._reading(r, " " if ev else "")[0])
+            seqs.append(p + ev + self._verdict_prefix(r, " " if ev else ""))
             reads.append(len(p) + len(ev))
         width = max(len(s) for s in seqs)
         pad = self._pad_id()
@@ -443,7 +441,7 @@ class _VerdictStop:
 
     def __init__(self, tokenizer, records, width):
         self.tokenizer, self.width = tokenizer, width
-        self.patterns = [_PAIR_DONE if r.form == "pairwise" else _SCORE_DONE for r in records]
+        self.patterns = [_PAIR_START if r.form == "pairwise" else _SCORE_DONE for r in records]
 
     def __call__(self, input_ids, scores, **kwargs):
         rows = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
