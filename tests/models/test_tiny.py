@@ -68,6 +68,21 @@ def test_reload_is_the_family_classes(qwen2_vl):
     assert text.num_hidden_layers == 4 and text.hidden_size == 128
 
 
+def test_width_positions_turn_the_rotary_embedding(qwen2_vl):
+    # Two visual tokens of one row, two columns apart. M-RoPE gives the width axis the
+    # lowest frequencies; with the released base (1e6) their rotations differ by < 1e-3
+    # radians and a tiny language model cannot tell left from right.
+    _, model, _ = qwen2_vl
+    rope = model.model.language_model.rotary_emb
+    positions = torch.tensor([[[5, 5]], [[6, 6]], [[5, 7]]])  # (t, h, w) x 1 x 2 tokens
+    cos, sin = rope(torch.zeros(1, 2, 1), positions)
+    angle = torch.atan2(sin[0], cos[0])  # (2 tokens, head_dim)
+    t, h, w = model.config.text_config.rope_parameters["mrope_section"]
+    turn = (angle[1] - angle[0]).abs()
+    assert turn[:t + h].max() < 1e-6  # same time and row
+    assert turn[t + h:t + h + w].min() > 0.5
+
+
 def test_image_batch_forward(qwen2_vl):
     _, model, processor = qwen2_vl
     texts = [processor.apply_chat_template(_conversation("image")),

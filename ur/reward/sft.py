@@ -76,6 +76,8 @@ class TinyBaseSpec:
     family: str = "qwen2_vl"
     hidden_size: int = 128
     num_layers: int = 4
+    rope_theta: float = 4.0
+    """RoPE base of the text model (see :func:`ur.models.tiny.build_tiny_vlm`)."""
     pretrain_steps: int = 600
     """Steps of dense supervision on the synthetic world (scene descriptions, Q&A)."""
     pretrain_lr: float = 1e-3

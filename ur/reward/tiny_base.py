@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def _ensure(checkpoint: Path, spec) -> Path:
     raw = build_tiny_vlm(tmp / "init", family=spec.family,
                          texts=tokenizer_texts(records, PromptTemplates()),
                          hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed,
+                         rope_theta=spec.rope_theta,
                          image_size=world.image_size)
     module, metrics = _pretrain(raw, dense_conversations(records), spec, world,
                                 tmp / "pretrain_run")
@@ -130,11 +132,17 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
                                          persistent_workers=spec.num_workers > 0,
                                          generator=torch.Generator().manual_seed(spec.seed))
     run_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = []
+    if not sys.stderr.isatty():  # the progress bar stays silent without a terminal
+        from ur.callbacks import ProgressLines
+
+        print(f"pretraining the tiny base: {spec.pretrain_steps} steps", file=sys.stderr)
+        callbacks.append(ProgressLines(every=100))
     trainer = L.Trainer(max_steps=spec.pretrain_steps, accelerator="cpu", devices=1,
                         logger=CSVLogger(str(run_dir), name="", version=""),
                         enable_checkpointing=False, enable_model_summary=False,
                         log_every_n_steps=10, default_root_dir=str(run_dir),
-                        enable_progress_bar=True)
+                        enable_progress_bar=True, callbacks=callbacks)
     trainer.fit(module, train_dataloaders=loader)
     metrics = {"train/loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
                "steps": trainer.global_step, "conversations": len(conversations)}
