@@ -56,7 +56,9 @@ def test_fit_writes_a_complete_run_folder(tmp_path, shared):
     AutoProcessor.from_pretrained(export)
     AutoModelForImageTextToText.from_pretrained(export)
     # the tiny base was recorded as a run of its own
-    assert (shared["base"] / "pretrain_run" / "metrics.json").exists()
+    pretrain = json.loads((shared["base"] / "pretrain_run" / "metrics.json").read_text())["pretrain"]
+    assert {"image/colour", "image/shape", "image/place"} <= set(pretrain["perception"])
+    assert all(0 <= v <= 1 for v in pretrain["perception"].values())
     # `ur export` from the Lightning checkpoint gives the same weights as the fit's export
     ur("export", str(run_dir), "--out", str(tmp_path / "exported"), cwd=tmp_path)
     a, b = load_file(export / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
