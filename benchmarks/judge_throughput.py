@@ -4,11 +4,11 @@ The same model and the same records (pairwise and pointwise, all four tasks, fro
 synthetic world's test split, topped up from train) go through two batched modes and
 the peer, an unbatched one-call-per-judgment loop in the reference scripts' style:
 
-a. ``Judge(mode="fast", both_orders=False, batch_size=16)``: greedy decoding up to the
+a. ``Judge(mode="fast", both_orders=False, batch_size=32)``: greedy decoding up to the
    first tokens of the model's own verdict, the decision read off the logits decoding
    computed there (a forced forward pass only for rows that chose the tie or wrote no
    verdict).
-b. ``Judge(mode="generate", batch_size=16)``: greedy decoding of whole answers, parsed.
+b. ``Judge(mode="generate", batch_size=32)``: greedy decoding of whole answers, parsed.
 c. the peer: for each record its own chat template + processor call and its own
    ``model.generate(..., max_new_tokens=...)`` with batch size 1, written out here as
    the reference scripts do (not through ``Judge``), then parsed the same way.
@@ -243,7 +243,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=160, help="synthetic world records in all")
     ap.add_argument("--max-new-tokens", type=int, default=96,
                     help="decoding budget of every mode (the judge's default: 96)")
-    ap.add_argument("--batch-size", type=int, default=16, help="batch of the batched modes")
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="batch of the batched modes (32: the quickstart judge's judge.batch_size)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="times each batch is judged per arm (the best time counts)")
     ap.add_argument("--answer-style", choices=("evidence", "bare"), default="evidence",
