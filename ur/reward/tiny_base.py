@@ -34,8 +34,10 @@ def describe_instruction(kind: str) -> str:
     return f"Describe the {kind}."
 
 
-def dense_conversations(records: list[PreferenceRecord]) -> list[Conversation]:
-    """Descriptions of every distinct image/clip with evidence, and correct answers."""
+def dense_conversations(records: list[PreferenceRecord], *,
+                        answers: bool = True) -> list[Conversation]:
+    """Descriptions of every distinct image/clip with evidence, and (``answers``) the
+    correct answers to the understanding questions."""
     seen, out = set(), []
     for r in records:
         for m, ev in zip(r.media, r.evidence or (), strict=False):
@@ -45,7 +47,8 @@ def dense_conversations(records: list[PreferenceRecord]) -> list[Conversation]:
             seen.add(key)
             kind = "image" if m.kind == "image" else "video"
             out.append(Conversation((m,), describe_instruction(kind), f"The {kind} shows {ev}.", r))
-        if r.task.endswith("understanding") and r.form == "pairwise" and r.label != "tie":
+        if (answers and r.task.endswith("understanding") and r.form == "pairwise"
+                and r.label != "tie"):
             best = r.responses[0 if r.label == "first" else 1]
             out.append(Conversation(r.media, r.prompt, best, r))
     return out
@@ -92,7 +95,7 @@ def perception(model, processor, records: list[PreferenceRecord], *, per_kind: i
     Chance is about 1/6 for colour, 1/4 for shape, 1/5 for place and motion."""
     from collections import defaultdict
 
-    convs = [c for c in dense_conversations(records) if c.instruction.startswith("Describe")]
+    convs = dense_conversations(records, answers=False)
     chosen = [c for c in convs if c.media[0].kind == "image"][:per_kind]
     chosen += [c for c in convs if c.media[0].kind != "image"][:per_kind]
     collate = ConversationCollator(processor, num_frames=num_frames, with_targets=False)
