@@ -13,7 +13,7 @@ import pytest
 
 from ur.data.records import TASKS, RecordError
 from ur.data.synthetic import build_item, read_manifest, synthesize, write_world
-from ur.data.synthetic.world import SCALES, TIE_MARGIN, split_counts
+from ur.data.synthetic.world import SCALES, TIE_MARGIN, pair_label, split_counts
 from ur.data.synthetic.writer import BENCHMARKS, SCHEMAS
 
 
@@ -139,6 +139,10 @@ def test_writer_is_deterministic_idempotent_and_careful(world, tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a synthetic world"):
         write_world(foreign, size=96, workers=1)
+    # A world written in an older format is ur's own cache: it is rebuilt, not refused.
+    old = json.loads((again / "manifest.json").read_text())
+    (again / "manifest.json").write_text(json.dumps({**old, "version": 0}))
+    assert write_world(again, size=96, seed=5, difficulty=1, workers=1)["version"] == old["version"]
     # A half-written world from an interrupted run is never taken for a world.
     stale = tmp_path / ".fresh.partial-1"
     stale.mkdir()
@@ -171,6 +175,10 @@ def test_every_manifest_entry_reads_back_through_its_adapter(world):
                 assert r.label in ("first", "second", "tie")
             else:
                 assert r.scale[0] <= r.score <= r.scale[1]
+            if r.task.endswith("understanding") and r.form == "pairwise":
+                # The scores follow the responses whatever order the schema keeps them in.
+                assert r.response_scores is not None
+                assert r.label == pair_label(*r.response_scores), (e["path"], r.id)
         if e["form"] == "pairwise" and e["source"] in ("pickapic_v2", "vl_rewardbench",
                                                        "genai_bench"):
             rows = {r.id: r for r in items}

@@ -13,7 +13,9 @@ task                ``media``                  ``responses``
 ==================  =========================  ===========================
 
 Pairwise records carry ``label`` in {first, second, tie}; pointwise records carry
-``score`` and the ``scale`` it lives on. Sources that ship the judge's own
+``score`` and the ``scale`` it lives on. Sources that know how right each response is
+(the synthetic world's oracle) carry ``response_scores`` in [0, 1], one per response;
+the prompt templates use them to mark each answer in understanding targets. Sources that ship the judge's own
 conversation (LLaVA-Critic, the UnifiedReward SFT files) also carry ``instruction``
 (the user turn, verbatim) and ``target`` (the assistant turn, verbatim).
 
@@ -135,6 +137,7 @@ class PreferenceRecord:
     instruction: str | None = None
     target: str | None = None
     evidence: tuple[str, ...] | None = None
+    response_scores: tuple[float, ...] | None = None
     meta: dict = field(default_factory=dict, compare=False, hash=False)
     file: str | None = field(default=None, compare=False)
     row: int | str | None = field(default=None, compare=False)
@@ -203,6 +206,15 @@ class PreferenceRecord:
                 fail("evidence", f"evidence needs one entry per media item ({len(self.media)}), "
                      f"got {len(ev)}")
             object.__setattr__(self, "evidence", ev)
+        if self.response_scores is not None:
+            scores = tuple(self.response_scores)
+            if len(scores) != len(self.responses):
+                fail("response_scores", f"one score per response ({len(self.responses)}), "
+                     f"got {len(scores)}")
+            for v in scores:
+                if not isinstance(v, int | float) or math.isnan(v) or not 0 <= v <= 1:
+                    fail("response_scores", f"response scores lie in [0, 1], got {v!r}")
+            object.__setattr__(self, "response_scores", tuple(float(v) for v in scores))
 
     def _fail(self, field_name: str, message: str):
         raise RecordError(message, file=self.file, row=self.row, field=field_name)
@@ -226,7 +238,9 @@ class PreferenceRecord:
         if is_generation(self.task):
             ev = None if self.evidence is None else self.evidence[::-1]
             return replace(self, media=self.media[::-1], label=label, evidence=ev)
-        return replace(self, responses=self.responses[::-1], label=label)
+        scores = None if self.response_scores is None else self.response_scores[::-1]
+        return replace(self, responses=self.responses[::-1], label=label,
+                       response_scores=scores)
 
     def normalized_score(self) -> float:
         """A pointwise score mapped to [0, 1] on its scale."""

@@ -246,23 +246,38 @@ def number(value, field: str) -> float:
     return out
 
 
+def _extra_list(row: dict, key: str) -> list | None:
+    """A list kept in one of the synthetic world's extra columns (a list, an array, or
+    JSON text), or None when the column is absent or empty."""
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):  # an empty CSV cell
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RecordError(f"{key} is not a JSON list", field=key) from None
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
+    if not isinstance(value, list | tuple):
+        raise RecordError(f"{key} must be a list, got {type(value).__name__}", field=key)
+    return list(value)
+
+
 def evidence_of(row: dict) -> tuple[str, ...] | None:
     """The synthetic world's element-level evidence, stored in an extra ``ur_evidence``
     column next to a public schema's own fields (absent from real data sets)."""
-    ev = row.get("ur_evidence")
-    if ev is None or (isinstance(ev, str) and not ev.strip()):  # an empty CSV cell
+    ev = _extra_list(row, "ur_evidence")
+    return None if ev is None else tuple(ev)
+
+
+def response_scores_of(row: dict) -> tuple[float, ...] | None:
+    """How right each response is (the synthetic world's oracle, in [0, 1]), from the
+    extra ``ur_scores`` column, in the order the record holds its responses."""
+    scores = _extra_list(row, "ur_scores")
+    if scores is None:
         return None
-    if isinstance(ev, str):
-        try:
-            ev = json.loads(ev)
-        except json.JSONDecodeError:
-            raise RecordError("evidence is not a JSON list", field="ur_evidence") from None
-    if hasattr(ev, "tolist") and not isinstance(ev, str | bytes):
-        ev = ev.tolist()
-    if not isinstance(ev, list | tuple):
-        raise RecordError(f"evidence must be a list, got {type(ev).__name__}",
-                          field="ur_evidence")
-    return tuple(ev)
+    return tuple(number(v, "ur_scores") for v in scores)
 
 
 def map_rows(rows: Iterable[tuple[str, int, dict | RecordError]],

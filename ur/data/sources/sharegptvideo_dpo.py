@@ -18,6 +18,7 @@ from ur.data.sources.common import (
     map_rows,
     media_ref,
     require,
+    response_scores_of,
     row_id,
     source_root,
     strip_placeholders,
@@ -48,6 +49,7 @@ def read(path, *, split=None, media_root=None):
             task="video_understanding", form="pairwise", source=NAME, id=row_id(row, file, i),
             prompt=prompt, media=(video,), responses=(_answer(row, "chosen"),
                                                       _answer(row, "rejected")),
-            label="first", evidence=evidence_of(row), meta=meta, file=file, row=i)
+            label="first", evidence=evidence_of(row),
+            response_scores=response_scores_of(row), meta=meta, file=file, row=i)
 
     yield from map_rows(load_rows(path, split=split), build)

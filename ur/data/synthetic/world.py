@@ -129,7 +129,8 @@ class Item:
         return PreferenceRecord(
             task=self.task, form=self.form, source=source, id=self.id, prompt=self.prompt,
             media=media, responses=self.responses, label=self.label,
-            score=self.score, scale=self.scale, evidence=self.evidence)
+            score=self.score, scale=self.scale, evidence=self.evidence,
+            response_scores=self.oracle_scores if self.responses else None)
 
 
 def item_rng(seed: int, difficulty: int, task: str, form: str, index: int) -> np.random.Generator:

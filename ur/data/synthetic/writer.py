@@ -19,7 +19,8 @@ is the source root the adapters resolve media against)::
 
 Every row carries ``ur_evidence`` (a JSON list of strings, one per media item in the
 record's media order: what the oracle says each image or clip shows) and
-``ur_scores`` (the oracle's scores in [0, 1], one per candidate). The conversation
+``ur_scores`` (the oracle's scores in [0, 1], one per candidate, in the row's own
+order: chosen first where the schema has chosen and rejected). The conversation
 schemas are built through :class:`ur.data.templates.PromptTemplates`, so their targets
 state the evidence before "Final Score: X".
 
@@ -37,6 +38,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import current_process, get_context
@@ -50,7 +52,7 @@ from ur.data.records import TASKS, Media
 from ur.data.synthetic.world import FORMS, Item, build_item, pair_label, split_counts
 from ur.data.templates import PromptTemplates
 
-VERSION = 1
+VERSION = 2
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 CHUNK = 64
@@ -200,7 +202,9 @@ def _rows(item: Item, split_dir: Path, split: str, fps: int) -> dict[str, dict]:
                 rows[source] = {"id": item.id, "video": str(path), "prompt": item.prompt,
                                 "chosen": item.responses[c], "rejected": item.responses[r],
                                 "chosen_score": item.oracle_scores[c],
-                                "rejected_score": item.oracle_scores[r], **common}
+                                "rejected_score": item.oracle_scores[r],
+                                "ur_evidence": common["ur_evidence"],
+                                "ur_scores": [common["ur_scores"][c], common["ur_scores"][r]]}
         else:
             media = Media(kind="video", path=str(path), field="video")
             rows[source] = {"id": item.id, "video": str(path),
@@ -300,8 +304,8 @@ def write_world(out_dir: str | Path, *, size: int = 4000, seed: int = 0, difficu
     evenly (before tie pairs are dropped from schemas that cannot hold them);
     ``splits`` the train/val/test fractions. ``workers`` processes build items
     (default: up to 2, the machine's cores). An existing world built with the same
-    arguments is returned as it is; one built with other arguments is replaced only
-    with ``overwrite=True``. A folder holding anything else is never touched.
+    arguments is returned as it is; one written in an older format (``VERSION``) is
+    rebuilt; one built with other arguments is replaced only with ``overwrite=True``. A folder holding anything else is never touched.
     """
     out = Path(out_dir)
     if not isinstance(splits, dict):
@@ -319,7 +323,10 @@ def write_world(out_dir: str | Path, *, size: int = 4000, seed: int = 0, difficu
         if existing is None:
             raise FileExistsError(f"{out} exists and is not a synthetic world; choose an "
                                   "empty or new folder")
-        if not overwrite:
+        if existing.get("version") != VERSION:  # our own output in an older format: a cache
+            print(f"{out}: the world was written by an older ur (format "
+                  f"{existing.get('version')}, now {VERSION}); rebuilding it", file=sys.stderr)
+        elif not overwrite:
             raise FileExistsError(f"{out} holds a world built with other arguments "
                                   f"({ {k: existing.get(k) for k in args} }); pass "
                                   "overwrite=True")
