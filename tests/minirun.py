@@ -1,5 +1,6 @@
 """A miniature of the quickstart for end-to-end tests: a few steps on a 48-record world
-with a tiny base pretrained for 2 steps. Overlay it on experiments/quickstart.yaml."""
+with a tiny base pretrained for 2 steps (answer checks on, in the base and the targets,
+so the optional path runs end to end). Overlay it on experiments/quickstart.yaml."""
 
 MINI = """
 trainer:
@@ -14,6 +15,7 @@ model:
     checkpoint: {base}
     tiny:
       pretrain_steps: 2
+      answer_checks: true
       batch_size: 8
       world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
     judge: {{batch_size: 8, max_new_tokens: 24}}
@@ -22,6 +24,7 @@ data:
     world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
     batch_size: 8
     max_eval_records: 2
+    templates: {{answer_checks: true}}
 """
 
 

@@ -57,7 +57,8 @@ def test_fit_writes_a_complete_run_folder(tmp_path, shared):
     AutoModelForImageTextToText.from_pretrained(export)
     # the tiny base was recorded as a run of its own
     pretrain = json.loads((shared["base"] / "pretrain_run" / "metrics.json").read_text())["pretrain"]
-    assert {"image/colour", "image/shape", "image/place"} <= set(pretrain["perception"])
+    assert {"image/colour", "image/shape", "image/place", "image/check",
+            "video/check"} <= set(pretrain["perception"])
     assert all(0 <= v <= 1 for v in pretrain["perception"].values())
     # `ur export` from the Lightning checkpoint gives the same weights as the fit's export
     ur("export", str(run_dir), "--out", str(tmp_path / "exported"), cwd=tmp_path)

@@ -33,6 +33,19 @@ def test_understanding_swap_moves_responses_not_media():
                          label="second")
     s = r.swapped()
     assert s.responses == ("right", "left") and s.label == "first" and s.media == r.media
+    scored = PreferenceRecord(task="video_understanding", form="pairwise", source="s", id="1",
+                              prompt="Which way?", media=(vid(),), responses=("left", "right"),
+                              label="second", response_scores=(0.0, 1))
+    assert scored.swapped().response_scores == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("scores", [(1.0,), (0.5, 1.5), (0.5, float("nan")), (0.5, "high")])
+def test_response_scores_are_one_per_response_in_0_1(scores):
+    with pytest.raises(RecordError) as e:
+        PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="1",
+                         prompt="q?", media=(img(),), responses=("a", "b"), label="first",
+                         response_scores=scores, file="f.json", row=3)
+    assert e.value.field == "response_scores" and "row 3" in str(e.value)
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -120,6 +133,42 @@ def test_templates_state_evidence_before_verdict_and_bare_style():
                          score=4, scale=(1, 5), evidence=("a red circle moving left",))
     assert "Left." in t.instruction(p) and "from 1 to 5" in t.instruction(p)
     assert t.target(p) == "The video shows a red circle moving left. Final Score: 4"
+
+
+def test_understanding_targets_check_each_answer():
+    r = PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="1",
+                         prompt="Describe the image.", media=(img(),),
+                         responses=("A red circle on the left.", "a blue circle on the left"),
+                         label="first", evidence=("a red circle on the left",),
+                         response_scores=(1.0, 2 / 3))
+    t = PromptTemplates(answer_checks=True)
+    assert t.target(r) == ("The image shows a red circle on the left. Answer 1: A red circle "
+                           "on the left. Right. Answer 2: a blue circle on the left. Partly "
+                           "right. Answer 1 is better")
+    assert parse_pairwise(t.target(r)) == "first"
+    assert parse_pairwise(t.target(r.swapped())) == "second"
+    assert t.target(r.swapped()).index("Answer 1: a blue") > 0  # marks follow the answers
+    assert PromptTemplates().target(r) == (  # off by default
+        "The image shows a red circle on the left. Answer 1 is better")
+    p = PreferenceRecord(task="video_understanding", form="pointwise", source="s", id="1",
+                         prompt="Which way does it move?", media=(vid(),), responses=("Up.",),
+                         score=1, scale=(1, 5), evidence=("a red circle moving left",),
+                         response_scores=(0.0,))
+    assert t.target(p) == ("The video shows a red circle moving left. Answer: Up. Wrong. "
+                           "Final Score: 1")
+    unknown = PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="1",
+                               prompt="q?", media=(img(),), responses=("a", "b"), label="tie",
+                               evidence=("a red circle on the left",))
+    assert t.target(unknown) == ("The image shows a red circle on the left. "
+                                 "Both answers are equally good")
+
+
+@pytest.mark.parametrize("score, mark", [(1.0, "Right."), (0.0, "Wrong."), (0.5, "Partly right."),
+                                         (1 / 3, "Partly right.")])
+def test_answer_marks(score, mark):
+    from ur.data.templates import answer_mark
+
+    assert answer_mark(score) == mark
 
 
 def test_verbatim_conversation_is_used_as_is():

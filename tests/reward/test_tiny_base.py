@@ -1,6 +1,7 @@
 """Scoring the tiny base's descriptions against the world's evidence."""
 
-from ur.reward.tiny_base import attribute_hits
+from ur.data.records import Media, PreferenceRecord
+from ur.reward.tiny_base import _last_mark, attribute_hits, dense_conversations
 
 
 def test_attribute_hits_compare_the_first_object():
@@ -28,3 +29,32 @@ def test_a_description_naming_nothing_scores_nothing():
 
 def test_a_scene_with_no_shape_is_not_scored():
     assert attribute_hits("The image shows no shape.", "The image shows no shape.") == {}
+
+
+def _pair(**kw):
+    base = dict(task="image_understanding", form="pairwise", source="s", id="1",
+                prompt="What colour is the shape?", media=(Media("image", path="/x/a.png"),),
+                responses=("It is red.", "It is blue."), label="first",
+                evidence=("a red circle on the left",), response_scores=(1.0, 0.0))
+    return PreferenceRecord(**{**base, **kw})
+
+
+def test_dense_supervision_describes_answers_and_checks():
+    convs = dense_conversations([_pair(), _pair(id="2", label="tie", response_scores=None)],
+                                checks=True)
+    targets = [c.target for c in convs]
+    # the image once, the right answer of the non-tie pair once, both answers checked
+    assert targets == ["The image shows a red circle on the left.", "It is red.",
+                       "The image shows a red circle on the left. Answer: It is red. Right.",
+                       "The image shows a red circle on the left. Answer: It is blue. Wrong."]
+    assert convs[3].instruction == ("Question: What colour is the shape?\nAnswer: It is blue.\n"
+                                    "Check the answer.")
+    assert len(dense_conversations([_pair()], answers=False)) == 1  # checks are opt-in
+    assert [c.target for c in dense_conversations([_pair()], descriptions=False, answers=False,
+                                                  checks=True)] == targets[2:]
+
+
+def test_the_last_mark_is_read():
+    assert _last_mark("The image shows x. Answer: It is red. Partly right.") == "Partly right"
+    assert _last_mark("Answer: Right. Wrong.") == "Wrong"
+    assert _last_mark("The image shows x. Answer: It is red") is None

@@ -7,7 +7,12 @@ released UnifiedReward checkpoint understands our prompts and its answers parse.
 
 Targets state the visual evidence before the verdict when a record carries evidence
 (``answer_style="evidence"``): "Image 1 shows ... Image 2 shows ... Image 1 is
-better". A tiny judge learns that form where a bare verdict stays at chance
+better". With ``answer_checks``, understanding targets then check each answer against
+it when the record knows how right its answers are: "The image shows a red circle on
+the left. Answer 1: It is red. Right. Answer 2: It is blue. Wrong. Answer 1 is
+better". The restatement puts each answer next to its mark, so the comparison is
+local; a tiny judge learns it where a verdict right after the evidence stays at
+chance (docs/tiny_base.md). A tiny judge learns that form where a bare verdict stays at chance
 (MEASURED.md, Learnability); ``answer_style="bare"`` gives the verdict alone, for the
 ablation. Records that ship a verbatim conversation (``instruction``/``target``) are
 used as they are.
@@ -71,6 +76,11 @@ class PromptTemplates:
     """Video + question + one answer. Placeholders: {prompt}, {response}, {low}, {high}."""
     answer_style: str = "evidence"
     """``evidence``: state what each image/clip shows, then the verdict; ``bare``: verdict only."""
+    answer_checks: bool = False
+    """Understanding targets (``evidence`` style, records with ``response_scores``): after
+    the evidence, restate each answer and mark it "Right.", "Partly right." or "Wrong.",
+    then the verdict. Off by default: it makes the comparison learnable for a tiny model,
+    but not within the quickstart's budget (docs/tiny_base.md)."""
 
     def __post_init__(self):
         if self.answer_style not in ("evidence", "bare"):
@@ -109,7 +119,17 @@ class PromptTemplates:
                 return f"The {noun.lower()} shows {record.evidence[0]}. "
             return " ".join(f"{noun} {i} shows {ev}." for i, ev in
                             enumerate(record.evidence, start=1)) + " "
-        return f"The {record.modality} shows {record.evidence[0]}. "
+        return f"The {record.modality} shows {record.evidence[0]}. " + self.checks_text(record)
+
+    def checks_text(self, record: PreferenceRecord) -> str:
+        """Each answer restated and marked ("Answer 1: It is red. Right. "), or "" when
+        checks are off or the record does not know how right its answers are."""
+        if not self.answer_checks or record.response_scores is None or is_generation(record.task):
+            return ""
+        names = ["Answer"] if len(record.responses) == 1 else [
+            f"Answer {i}" for i in range(1, len(record.responses) + 1)]
+        return "".join(f"{name}: {as_sentence(text)} {answer_mark(v)} " for name, text, v in
+                       zip(names, record.responses, record.response_scores, strict=True))
 
     def target(self, record: PreferenceRecord) -> str:
         """The assistant turn the judge is trained to produce for this record."""
@@ -120,3 +140,15 @@ class PromptTemplates:
         else:
             verdict = pointwise_verdict(record.score)
         return self.evidence_text(record) + verdict
+
+
+def answer_mark(score: float) -> str:
+    """How an answer's check reads: fully right, fully wrong, or in between."""
+    if score >= 1.0:
+        return "Right."
+    return "Wrong." if score <= 0.0 else "Partly right."
+
+
+def as_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith((".", "!", "?")) else text + "."

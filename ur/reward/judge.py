@@ -209,10 +209,13 @@ class Judge:
     # -- fast mode -------------------------------------------------------------------------
     def _sentences(self, record) -> int:
         """Evidence sentences kept when a model writes no verdict: one per image or clip
-        judged, or one for the context of an understanding task."""
+        judged, or one for the context of an understanding task and (with answer checks)
+        two per answer: its restatement and its mark."""
         if self.templates.answer_style == "bare":
             return 0
-        return len(record.media) if is_generation(record.task) else 1
+        if is_generation(record.task):
+            return len(record.media)
+        return 1 + (2 * len(record.responses) if self.templates.answer_checks else 0)
 
     def _fast(self, records) -> list[Judgment]:
         # Pointwise scales whose values do not start with distinct tokens (with a

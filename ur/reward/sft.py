@@ -78,10 +78,15 @@ class TinyBaseSpec:
     num_layers: int = 4
     rope_theta: float = 4.0
     """RoPE base of the text model (see :func:`ur.models.tiny.build_tiny_vlm`)."""
+    answer_checks: bool = False
+    """Also pretrain on checks of given answers against the image ("The image shows ...
+    Answer: It is blue. Wrong."), the reading skill behind understanding judgments."""
     pretrain_steps: int = 600
     """Steps of dense supervision on the synthetic world (scene descriptions, Q&A)."""
     pretrain_lr: float = 1e-3
     batch_size: int = 32
+    length_grouping: int = 8
+    """Batches are cut from runs of this many batches sorted by length (0: shuffled freely)."""
     world: dict = field(default_factory=dict)
     """Keywords of :class:`ur.data.datamodule.WorldSpec` for the pretraining world."""
     num_workers: int = 1

@@ -4,7 +4,8 @@ A judge starts from a pretrained VLM, and so does a tiny one. :func:`ensure_tiny
 builds a tiny checkpoint (:mod:`ur.models.tiny`; its tokenizer trained on the world's
 text and our prompt templates), then pretrains it with dense supervision drawn from the
 world's training records: a description of every image and clip ("The image shows a red
-circle on the left.") and the correct answer to every question. It is saved as a plain
+circle on the left."), the correct answer to every question, and (``answer_checks``)
+checks of given answers ("The image shows ... Answer: It is blue. Wrong."). It is saved as a plain
 Hugging Face folder at the requested path, cached (rebuilt only when its spec changes),
 and recorded as a run of its own (``<checkpoint>/pretrain_run/``: the loss curve and
 ``metrics.json``, which includes :func:`perception`: how often the base's own
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import asdict
@@ -23,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ur.data.collate import Conversation, ConversationCollator
+from ur.data.collate import Conversation, ConversationCollator, size_key
 from ur.data.records import PreferenceRecord
-from ur.data.templates import PromptTemplates
+from ur.data.templates import PromptTemplates, answer_mark, as_sentence
 
 SPEC_FILE = "ur_pretrain.json"
 
@@ -34,23 +36,36 @@ def describe_instruction(kind: str) -> str:
     return f"Describe the {kind}."
 
 
-def dense_conversations(records: list[PreferenceRecord], *,
-                        answers: bool = True) -> list[Conversation]:
-    """Descriptions of every distinct image/clip with evidence, and (``answers``) the
-    correct answers to the understanding questions."""
+def check_instruction(question: str, answer: str) -> str:
+    return f"Question: {question}\nAnswer: {answer}\nCheck the answer."
+
+
+def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True,
+                        checks: bool = False, descriptions: bool = True) -> list[Conversation]:
+    """Descriptions of every distinct image/clip with evidence, (``answers``) the correct
+    answers to the understanding questions, and (``checks``) each answer of a pair that
+    knows how right its answers are, checked: "The image shows ... Answer: It is red.
+    Right." (the reading skill an understanding judgment needs, on its own)."""
     seen, out = set(), []
     for r in records:
         for m, ev in zip(r.media, r.evidence or (), strict=False):
             key = m.path or m.frames or hash(m.data)
-            if key in seen:
+            if key in seen or not descriptions:
                 continue
             seen.add(key)
             kind = "image" if m.kind == "image" else "video"
             out.append(Conversation((m,), describe_instruction(kind), f"The {kind} shows {ev}.", r))
-        if (answers and r.task.endswith("understanding") and r.form == "pairwise"
-                and r.label != "tie"):
+        if not r.task.endswith("understanding") or r.form != "pairwise":
+            continue
+        if answers and r.label != "tie":
             best = r.responses[0 if r.label == "first" else 1]
             out.append(Conversation(r.media, r.prompt, best, r))
+        if checks and r.evidence and r.response_scores is not None:
+            for text, score in zip(r.responses, r.response_scores, strict=True):
+                out.append(Conversation(
+                    r.media, check_instruction(r.prompt, text),
+                    f"The {r.modality} shows {r.evidence[0]}. Answer: {as_sentence(text)} "
+                    f"{answer_mark(score)}", r))
     return out
 
 
@@ -67,7 +82,8 @@ def tokenizer_texts(records: list[PreferenceRecord], templates: PromptTemplates)
     for scale in {r.scale for r in records if r.scale}:
         lo, hi = scale
         texts.extend(f"Final Score: {format_score(v)}" for v in range(int(lo), int(hi) + 1))
-    texts += [describe_instruction("image"), describe_instruction("video")]
+    texts += [describe_instruction("image"), describe_instruction("video"),
+              check_instruction("What is shown?", "It is.")]
     return texts
 
 
@@ -88,16 +104,27 @@ def attribute_hits(said: str, truth: str, kind: str = "image") -> dict[str, bool
 
 @torch.no_grad()
 def perception(model, processor, records: list[PreferenceRecord], *, per_kind: int = 48,
-               num_frames: int = 4, batch_size: int = 24) -> dict[str, float]:
-    """How often a model's greedy description of an image or clip names the first
-    object's colour, shape and place (motion for clips) right, on ``per_kind`` distinct
-    images and clips of ``records`` with evidence: ``{"image/colour": 0.98, ...}``.
-    Chance is about 1/6 for colour, 1/4 for shape, 1/5 for place and motion."""
+               checks: bool = True, num_frames: int = 4, batch_size: int = 24
+               ) -> dict[str, float]:
+    """What a model perceives and reads, greedily, on ``records`` (a validation split):
+
+    - ``image/colour``, ``image/shape``, ``image/place``, ``video/colour``,
+      ``video/shape``, ``video/motion``: how often its description of one of
+      ``per_kind`` distinct images and clips names the first object's attribute right
+      (chance about 1/6 colour, 1/4 shape, 1/5 place and motion);
+    - with ``checks``, ``image/check`` and ``video/check``: how often, asked to check one
+      of ``per_kind`` answers to a question, it marks it the way the oracle does
+      ("Right.", "Partly right." or "Wrong."; about half the answers are right).
+    """
     from collections import defaultdict
 
-    convs = dense_conversations(records, answers=False)
-    chosen = [c for c in convs if c.media[0].kind == "image"][:per_kind]
-    chosen += [c for c in convs if c.media[0].kind != "image"][:per_kind]
+    described = dense_conversations(records, answers=False, checks=False)
+    checked = (dense_conversations(records, answers=False, checks=True, descriptions=False)
+               if checks else [])
+    chosen = []
+    for convs in (described, checked):
+        chosen += [c for c in convs if c.media[0].kind == "image"][:per_kind]
+        chosen += [c for c in convs if c.media[0].kind != "image"][:per_kind]
     collate = ConversationCollator(processor, num_frames=num_frames, with_targets=False)
     was_training = model.training
     model.eval()
@@ -107,14 +134,22 @@ def perception(model, processor, records: list[PreferenceRecord], *, per_kind: i
         batch = collate(chunk)
         batch.pop("records", None)
         width = batch["input_ids"].shape[1]
-        out = model.generate(**batch, max_new_tokens=32, do_sample=False)
+        out = model.generate(**batch, max_new_tokens=64, do_sample=False)
         for conv, seq in zip(chunk, out, strict=True):
             said = processor.tokenizer.decode(seq[width:], skip_special_tokens=True)
             kind = "image" if conv.media[0].kind == "image" else "video"
-            for name, hit in attribute_hits(said, conv.target, kind).items():
-                hits[f"{kind}/{name}"].append(hit)
+            if conv.instruction == describe_instruction(kind):
+                for name, hit in attribute_hits(said, conv.target, kind).items():
+                    hits[f"{kind}/{name}"].append(hit)
+            else:
+                hits[f"{kind}/check"].append(_last_mark(said) == _last_mark(conv.target))
     model.train(was_training)
     return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
+
+
+def _last_mark(text: str) -> str | None:
+    marks = re.findall(r"\b(Right|Partly right|Wrong)\.", text)
+    return marks[-1] if marks else None
 
 
 def _spec_dict(spec) -> dict:
@@ -144,16 +179,17 @@ def _ensure(checkpoint: Path, spec) -> Path:
     tmp = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     raw = build_tiny_vlm(tmp / "init", family=spec.family,
-                         texts=tokenizer_texts(records, PromptTemplates()),
+                         texts=tokenizer_texts(records, PromptTemplates(answer_checks=True)),
                          hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed,
                          rope_theta=spec.rope_theta,
                          image_size=world.image_size)
-    module, metrics = _pretrain(raw, dense_conversations(records), spec, world,
-                                tmp / "pretrain_run")
+    conversations = dense_conversations(records, checks=spec.answer_checks)
+    module, metrics = _pretrain(raw, conversations, spec, world, tmp / "pretrain_run")
     val = [r for recs in load_records(world.sources("val"))[0] for r in recs]
     metrics["perception"] = perception(module.model, module.processor, val,
+                                       checks=spec.answer_checks,
                                        num_frames=world.num_frames)
-    print(f"tiny base perception (greedy descriptions of val images/clips): "
+    print(f"what the tiny base perceives (greedy, val): "
           f"{metrics['perception']}", file=sys.stderr)
     (tmp / "pretrain_run" / "metrics.json").write_text(json.dumps({"pretrain": metrics},
                                                                   indent=2))
@@ -178,6 +214,7 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from ur.data.datamodule import MixtureSampler
     from ur.reward.sft import OptimizerSpec, RewardSFTModule
 
     L.seed_everything(spec.seed, workers=True)
@@ -185,8 +222,11 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
                              optimizer=OptimizerSpec(lr=spec.pretrain_lr, warmup_ratio=0.05,
                                                      weight_decay=0.0, min_lr_ratio=0.1))
     collate = ConversationCollator(module.processor, num_frames=world.num_frames)
-    loader = torch.utils.data.DataLoader(conversations, batch_size=spec.batch_size, shuffle=True,
-                                         collate_fn=collate, drop_last=True,
+    sampler = MixtureSampler([len(conversations)], [1.0], seed=spec.seed,
+                             item_sizes=[size_key(c) for c in conversations],
+                             batch_size=spec.batch_size, group=spec.length_grouping)
+    loader = torch.utils.data.DataLoader(conversations, batch_size=spec.batch_size,
+                                         sampler=sampler, collate_fn=collate, drop_last=True,
                                          num_workers=spec.num_workers,
                                          persistent_workers=spec.num_workers > 0,
                                          generator=torch.Generator().manual_seed(spec.seed))
