@@ -64,6 +64,15 @@ class Conversation:
         return cls(record.media, templates.instruction(record), templates.target(record), record)
 
 
+def size_key(conversation: Conversation) -> tuple[int, int, int]:
+    """What a conversation's length is sorted by when batches are grouped by length:
+    its videos, its images, then the characters of its text (visual tokens per item are
+    the model's business, so items with the same media are compared by text alone)."""
+    videos = sum(m.kind != "image" for m in conversation.media)
+    return (videos, len(conversation.media) - videos,
+            len(conversation.instruction) + len(conversation.target))
+
+
 def user_message(media: tuple[Media, ...], instruction: str) -> dict:
     """The user turn: one content item per image or video, then the instruction."""
     content = [{"type": "image" if m.kind == "image" else "video"} for m in media]
