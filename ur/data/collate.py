@@ -65,12 +65,16 @@ class Conversation:
 
 
 def size_key(conversation: Conversation) -> tuple[int, int, int]:
-    """What a conversation's length is sorted by when batches are grouped by length:
-    its videos, its images, then the characters of its text (visual tokens per item are
-    the model's business, so items with the same media are compared by text alone)."""
+    """What a conversation is sorted by when batches are grouped by length: its videos,
+    its images, then the characters of its instruction (visual tokens per item are the
+    model's business, so items with the same media are compared by text alone).
+
+    The target is left out on purpose. Its length says something about its content (the
+    words of "a red circle on the left" set the length of a description), so sorting by
+    it fills each batch with targets that share words: with such keys the tiny base's
+    colour naming fell from 1.0 to 0.09 of validation images in the same 1000 steps."""
     videos = sum(m.kind != "image" for m in conversation.media)
-    return (videos, len(conversation.media) - videos,
-            len(conversation.instruction) + len(conversation.target))
+    return (videos, len(conversation.media) - videos, len(conversation.instruction))
 
 
 def user_message(media: tuple[Media, ...], instruction: str) -> dict:
