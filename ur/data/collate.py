@@ -69,10 +69,12 @@ def size_key(conversation: Conversation) -> tuple[int, int, int]:
     its images, then the characters of its instruction (visual tokens per item are the
     model's business, so items with the same media are compared by text alone).
 
-    The target is left out on purpose. Its length says something about its content (the
-    words of "a red circle on the left" set the length of a description), so sorting by
-    it fills each batch with targets that share words: with such keys the tiny base's
-    colour naming fell from 1.0 to 0.09 of validation images in the same 1000 steps."""
+    The target is left out on purpose: with it in the key, the tiny base's pretraining
+    failed (validation images' colour named right 0.09 of the time after 1000 steps,
+    against 0.98 shuffled freely; final loss 0.48 against 0.21). A target's length says
+    something about what it says (the colour, shape and place words set a description's
+    length), so such batches hold related targets; that is the likely reason, not a
+    proven one. Sorting by the prompt keeps the judge's saving (padding 1.24 -> 1.07)."""
     videos = sum(m.kind != "image" for m in conversation.media)
     return (videos, len(conversation.media) - videos, len(conversation.instruction))
 
