@@ -7,14 +7,15 @@ released UnifiedReward checkpoint understands our prompts and its answers parse.
 
 Targets state the visual evidence before the verdict when a record carries evidence
 (``answer_style="evidence"``): "Image 1 shows ... Image 2 shows ... Image 1 is
-better". With ``answer_checks``, understanding targets then check each answer against
-it when the record knows how right its answers are: "The image shows a red circle on
-the left. Answer 1: It is red. Right. Answer 2: It is blue. Wrong. Answer 1 is
-better". The restatement puts each answer next to its mark, so the comparison is
-local; a tiny judge learns it where a verdict right after the evidence stays at
-chance (docs/tiny_base.md). A tiny judge learns that form where a bare verdict stays at chance
+better". A tiny judge learns that form where a bare verdict stays at chance
 (MEASURED.md, Learnability); ``answer_style="bare"`` gives the verdict alone, for the
-ablation. Records that ship a verbatim conversation (``instruction``/``target``) are
+ablation. With ``answer_checks``, understanding targets also check each answer against
+the evidence when the record knows how right its answers are: "The image shows a red
+circle on the left. Answer 1: It is red. Right. Answer 2: It is blue. Wrong. Answer 1
+is better". The restatement puts each answer next to its mark, so every comparison is
+local: a fresh tiny language model learns it from text where a verdict right after the
+evidence stays at chance, though not from images within the quickstart's budget
+(docs/tiny_base.md). Records that ship a verbatim conversation (``instruction``/``target``) are
 used as they are.
 
 Every template is a plain dataclass field, so an experiment YAML can override any of
