@@ -15,8 +15,8 @@ circle on the left. Answer 1: It is red. Right. Answer 2: It is blue. Wrong. Ans
 is better". The restatement puts each answer next to its mark, so every comparison is
 local: a fresh tiny language model learns it from text where a verdict right after the
 evidence stays at chance, though not from images within the quickstart's budget
-(docs/tiny_base.md). Records that ship a verbatim conversation (``instruction``/``target``) are
-used as they are.
+(docs/tiny_base.md). Records that ship a verbatim conversation
+(``instruction``/``target``) are used as they are.
 
 Every template is a plain dataclass field, so an experiment YAML can override any of
 them (``data.init_args.templates.image_generation_pairwise: ...``).
