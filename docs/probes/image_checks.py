@@ -1,0 +1,112 @@
+"""Probe: with answer checks in the targets and enough steps, does a tiny judge learn
+image and video understanding verdicts?
+
+Trains a judge from ``--base`` on the world's understanding pairs only (both image and
+video, candidate order balanced), targets with answer checks ("The image shows ...
+Answer 1: ... Right. Answer 2: ... Wrong. Answer 1 is better"), full fine-tuning with
+``RewardSFTModule`` (lr 1e-3, 5% warmup, cosine). Every ``--every`` steps it judges 64
+image and 64 video test pairs (ties left out) greedily and prints one JSON line: verdicts
+right per task and question kind, and how often both answers were copied exactly.
+Results are in docs/tiny_base.md.
+
+    python docs/probes/image_checks.py --base checkpoints/tiny/qwen2_vl-world-checks \\
+        [--steps 2000] [--batch-size 32]
+
+A base pretrained with checks is built by
+``ur fit --config experiments/quickstart.yaml
+--model.init_args.checkpoint checkpoints/tiny/qwen2_vl-world-checks
+--model.init_args.tiny.answer_checks true --data.init_args.templates.answer_checks true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+
+import lightning as L
+import torch
+
+from ur.data.answers import parse_pairwise
+from ur.data.collate import Conversation, ConversationCollator
+from ur.data.datamodule import WorldSpec, load_records
+from ur.data.synthetic.scene import parse_question
+from ur.data.templates import PromptTemplates
+from ur.reward.sft import OptimizerSpec, RewardSFTModule
+
+
+class Probe(L.Callback):
+    def __init__(self, test, templates, processor, every):
+        self.test, self.templates, self.every = test, templates, every
+        self.prompts = ConversationCollator(processor, with_targets=False)
+        self.tokenizer = processor.tokenizer
+        self.start = time.time()
+
+    def on_train_batch_end(self, trainer, module, *args):
+        step = trainer.global_step
+        if step % self.every:
+            return
+        module.model.eval()
+        right = defaultdict(list)
+        for k in range(0, len(self.test), 32):
+            chunk = self.test[k:k + 32]
+            batch = self.prompts([Conversation.of(r, self.templates) for r in chunk])
+            batch.pop("records", None)
+            width = batch["input_ids"].shape[1]
+            with torch.no_grad():
+                out = module.model.generate(**batch, max_new_tokens=110, do_sample=False)
+            for r, seq in zip(chunk, out, strict=True):
+                said = self.tokenizer.decode(seq[width:], skip_special_tokens=True)
+                ok = parse_pairwise(said) == r.label
+                right[f"{r.modality}-{parse_question(r.prompt).asks}"].append(ok)
+                right["all"].append(ok)
+                right["copied"].append(all(a in said for a in r.responses))
+        module.model.train()
+        loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+        print(json.dumps({"step": step, "loss": round(loss, 3),
+                          "minutes": round((time.time() - self.start) / 60, 1),
+                          **{k: f"{sum(v)}/{len(v)}" for k, v in sorted(right.items())}}),
+              flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--every", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--world", default="data/world")
+    args = ap.parse_args(argv)
+    templates = PromptTemplates(answer_checks=True)
+    world = WorldSpec(out=args.world)
+    coin = random.Random(0)
+
+    def pairs(split, *, ties):
+        keep = [r for recs in load_records(world.sources(split))[0] for r in recs
+                if r.task.endswith("understanding") and r.form == "pairwise"
+                and (ties or r.label != "tie")]
+        return [r.swapped() if coin.random() < 0.5 else r for r in keep]
+
+    train = pairs("train", ties=True)
+    test = pairs("test", ties=False)
+    test = ([r for r in test if r.modality == "image"][:64]
+            + [r for r in test if r.modality == "video"][:64])
+    L.seed_everything(0)
+    module = RewardSFTModule(checkpoint=args.base, finetune="full", export=False,
+                             optimizer=OptimizerSpec(lr=1e-3, warmup_ratio=0.05,
+                                                     min_lr_ratio=0.05))
+    loader = torch.utils.data.DataLoader(
+        [Conversation.of(r, templates) for r in train], batch_size=args.batch_size,
+        shuffle=True, drop_last=True, num_workers=1,
+        collate_fn=ConversationCollator(module.processor))
+    L.Trainer(max_steps=args.steps, accelerator="cpu", logger=False,
+              enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False,
+              callbacks=[Probe(test, templates, module.processor, args.every)]).fit(
+        module, train_dataloaders=loader)
+
+
+if __name__ == "__main__":
+    main()
