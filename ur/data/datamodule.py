@@ -161,7 +161,8 @@ class MixtureSampler(Sampler[int]):
         self.sizes, self.weights = list(sizes), list(weights)
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
         if item_sizes is not None and len(item_sizes) != sum(self.sizes):
-            raise ValueError(f"item_sizes has {len(item_sizes)} entries for {sum(self.sizes)} items")
+            raise ValueError(f"item_sizes has {len(item_sizes)} entries for "
+                             f"{sum(self.sizes)} items")
         self.item_sizes, self.batch_size, self.group = item_sizes, batch_size, group
 
     def set_epoch(self, epoch: int) -> None:

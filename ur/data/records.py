@@ -15,9 +15,10 @@ task                ``media``                  ``responses``
 Pairwise records carry ``label`` in {first, second, tie}; pointwise records carry
 ``score`` and the ``scale`` it lives on. Sources that know how right each response is
 (the synthetic world's oracle) carry ``response_scores`` in [0, 1], one per response;
-the prompt templates use them to mark each answer in understanding targets. Sources that ship the judge's own
-conversation (LLaVA-Critic, the UnifiedReward SFT files) also carry ``instruction``
-(the user turn, verbatim) and ``target`` (the assistant turn, verbatim).
+the prompt templates use them to mark each answer in understanding targets. Sources
+that ship the judge's own conversation (LLaVA-Critic, the UnifiedReward SFT files)
+also carry ``instruction`` (the user turn, verbatim) and ``target`` (the assistant
+turn, verbatim).
 
 Records validate themselves on construction and raise :class:`RecordError`, which
 names the file, the row and the field. Nothing downstream knows which source a record

@@ -129,7 +129,7 @@ class PromptTemplates:
             return ""
         names = ["Answer"] if len(record.responses) == 1 else [
             f"Answer {i}" for i in range(1, len(record.responses) + 1)]
-        return "".join(f"{name}: {as_sentence(text)} {answer_mark(v)} " for name, text, v in
+        return "".join(answer_check(name, text, v) + " " for name, text, v in
                        zip(names, record.responses, record.response_scores, strict=True))
 
     def target(self, record: PreferenceRecord) -> str:
@@ -141,6 +141,11 @@ class PromptTemplates:
         else:
             verdict = pointwise_verdict(record.score)
         return self.evidence_text(record) + verdict
+
+
+def answer_check(name: str, text: str, score: float) -> str:
+    """One answer restated and marked: "Answer 1: It is red. Right."."""
+    return f"{name}: {as_sentence(text)} {answer_mark(score)}"
 
 
 def answer_mark(score: float) -> str:

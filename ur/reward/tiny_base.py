@@ -5,8 +5,8 @@ builds a tiny checkpoint (:mod:`ur.models.tiny`; its tokenizer trained on the wo
 text and our prompt templates), then pretrains it with dense supervision drawn from the
 world's training records: a description of every image and clip ("The image shows a red
 circle on the left."), the correct answer to every question, and (``answer_checks``)
-checks of given answers ("The image shows ... Answer: It is blue. Wrong."). It is saved as a plain
-Hugging Face folder at the requested path, cached (rebuilt only when its spec changes),
+checks of given answers ("The image shows ... Answer: It is blue. Wrong."). It is saved
+as a plain Hugging Face folder at the requested path, cached (rebuilt only when its spec changes),
 and recorded as a run of its own (``<checkpoint>/pretrain_run/``: the loss curve and
 ``metrics.json``, which includes :func:`perception`: how often the base's own
 descriptions of validation images and clips name colour, shape and place or motion
@@ -27,7 +27,7 @@ import torch
 
 from ur.data.collate import Conversation, ConversationCollator, size_key
 from ur.data.records import PreferenceRecord
-from ur.data.templates import PromptTemplates, answer_mark, as_sentence
+from ur.data.templates import PromptTemplates, answer_check
 
 SPEC_FILE = "ur_pretrain.json"
 
@@ -48,9 +48,9 @@ def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True
     Right." (the reading skill an understanding judgment needs, on its own)."""
     seen, out = set(), []
     for r in records:
-        for m, ev in zip(r.media, r.evidence or (), strict=False):
+        for m, ev in zip(r.media, r.evidence or () if descriptions else (), strict=False):
             key = m.path or m.frames or hash(m.data)
-            if key in seen or not descriptions:
+            if key in seen:
                 continue
             seen.add(key)
             kind = "image" if m.kind == "image" else "video"
@@ -64,8 +64,8 @@ def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True
             for text, score in zip(r.responses, r.response_scores, strict=True):
                 out.append(Conversation(
                     r.media, check_instruction(r.prompt, text),
-                    f"The {r.modality} shows {r.evidence[0]}. Answer: {as_sentence(text)} "
-                    f"{answer_mark(score)}", r))
+                    f"The {r.modality} shows {r.evidence[0]}. "
+                    + answer_check("Answer", text, score), r))
     return out
 
 
@@ -223,7 +223,8 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
                                                      weight_decay=0.0, min_lr_ratio=0.1))
     collate = ConversationCollator(module.processor, num_frames=world.num_frames)
     sampler = MixtureSampler([len(conversations)], [1.0], seed=spec.seed,
-                             item_sizes=[size_key(c) for c in conversations],
+                             item_sizes=([size_key(c) for c in conversations]
+                                         if spec.length_grouping else None),
                              batch_size=spec.batch_size, group=spec.length_grouping)
     loader = torch.utils.data.DataLoader(conversations, batch_size=spec.batch_size,
                                          sampler=sampler, collate_fn=collate, drop_last=True,

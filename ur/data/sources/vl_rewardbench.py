@@ -92,6 +92,7 @@ def read(path, *, split=None, media_root=None):
         return PreferenceRecord(
             task="image_understanding", form="pairwise", source=NAME, id=rid, prompt=query,
             media=(image,), responses=tuple(responses), label=label,
-            evidence=evidence_of(row), response_scores=response_scores_of(row), meta=meta, file=file, row=i)
+            evidence=evidence_of(row), response_scores=response_scores_of(row), meta=meta,
+            file=file, row=i)
 
     yield from map_rows(load_rows(path, split=split), build)

@@ -305,7 +305,8 @@ def write_world(out_dir: str | Path, *, size: int = 4000, seed: int = 0, difficu
     ``splits`` the train/val/test fractions. ``workers`` processes build items
     (default: up to 2, the machine's cores). An existing world built with the same
     arguments is returned as it is; one written in an older format (``VERSION``) is
-    rebuilt; one built with other arguments is replaced only with ``overwrite=True``. A folder holding anything else is never touched.
+    rebuilt; one built with other arguments is replaced only with ``overwrite=True``. A
+    folder holding anything else is never touched.
     """
     out = Path(out_dir)
     if not isinstance(splits, dict):
