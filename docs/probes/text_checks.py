@@ -45,10 +45,12 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rope-theta", type=float, default=4.0)
     ap.add_argument("--world", default="data/world")
+    ap.add_argument("--world-size", type=int, default=8000,
+                    help="records of the world at --world (more: more distinct pairs)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     checks = PromptTemplates(answer_checks=args.target == "mark")
-    world = WorldSpec(out=args.world)
+    world = WorldSpec(out=args.world, size=args.world_size)
     train_all = [r for recs in load_records(world.sources("train"))[0] for r in recs]
     coin = random.Random(0)
 
