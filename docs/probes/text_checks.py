@@ -10,7 +10,8 @@ and trained on the world's understanding pairs (ties left out, candidate order
 balanced); every ``--every`` steps it judges 128 test pairs greedily. Prints one JSON
 line per evaluation. Results are in docs/tiny_base.md.
 
-    python docs/probes/text_checks.py --target mark [--steps 1000] [--rope-theta 4]
+    python docs/probes/text_checks.py --target mark [--steps 1000] [--rope-theta 4] \\
+        [--hidden-size 128] [--num-layers 4] [--num-heads 4] [--mark-weight 1]
 
 Needs the world (data/world; `ur fit --config experiments/quickstart.yaml` writes it).
 """
@@ -44,6 +45,11 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rope-theta", type=float, default=4.0)
+    ap.add_argument("--hidden-size", type=int, default=128)
+    ap.add_argument("--num-layers", type=int, default=4)
+    ap.add_argument("--num-heads", type=int, default=4)
+    ap.add_argument("--mark-weight", type=float, default=1.0,
+                    help="weight of the mark tokens (Right, Wrong, Partly) in the loss")
     ap.add_argument("--world", default="data/world")
     ap.add_argument("--world-size", type=int, default=8000,
                     help="records of the world at --world (more: more distinct pairs)")
@@ -73,7 +79,9 @@ def main(argv=None):
     folder = tempfile.mkdtemp(prefix="ur-probe-")
     build_tiny_vlm(folder, family="qwen2_vl", image_size=world.image_size,
                    texts=tokenizer_texts(train_all, PromptTemplates(answer_checks=True)),
-                   rope_theta=args.rope_theta)
+                   rope_theta=args.rope_theta, hidden_size=args.hidden_size,
+                   num_layers=args.num_layers, num_heads=args.num_heads,
+                   intermediate_size=2 * args.hidden_size)
     model = AutoModelForImageTextToText.from_pretrained(folder)
     processor = AutoProcessor.from_pretrained(folder)
     print(repr(conversation(train[0]).instruction), "->", repr(conversation(train[0]).target))
@@ -109,11 +117,14 @@ def main(argv=None):
                           **{k: f"{sum(v)}/{len(v)}" for k, v in sorted(right.items())}}),
               flush=True)
 
+    marks = torch.tensor([processor.tokenizer.convert_tokens_to_ids("\u0120" + word)
+                          for word in ("Right", "Wrong", "Partly")])
     model.train()
     while step < args.steps:
         for batch in loader:
             batch.pop("records", None)
-            loss = model(**batch).loss
+            loss = (model(**batch).loss if args.mark_weight == 1.0
+                    else weighted_loss(model, batch, marks, args.mark_weight))
             loss.backward()
             opt.step()
             warmup.step()
@@ -124,6 +135,18 @@ def main(argv=None):
                 evaluate()
             if step >= args.steps:
                 break
+
+
+def weighted_loss(model, batch, token_ids, weight):
+    """Next-token loss with the targets in ``token_ids`` counted ``weight`` times."""
+    labels = batch.pop("labels")[:, 1:]
+    logits = model(**batch).logits[:, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           labels.reshape(-1), ignore_index=-100,
+                                           reduction="none").view(labels.shape)
+    w = (labels != -100).float()
+    w[torch.isin(labels, token_ids)] *= weight
+    return (ce * w).sum() / w.sum()
 
 
 if __name__ == "__main__":
