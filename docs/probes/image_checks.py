@@ -10,7 +10,7 @@ right per task and question kind, and how often both answers were copied exactly
 Results are in docs/tiny_base.md.
 
     python docs/probes/image_checks.py --base checkpoints/tiny/qwen2_vl-world-checks \\
-        [--steps 2000] [--batch-size 32]
+        [--steps 2000] [--batch-size 32] [--mark-weight 1]
 
 A base pretrained with checks is built by
 ``ur fit --config experiments/quickstart.yaml
@@ -28,6 +28,7 @@ from collections import defaultdict
 
 import lightning as L
 import torch
+from text_checks import mark_token_ids, weighted_loss  # docs/probes/text_checks.py
 
 from ur.data.answers import parse_pairwise
 from ur.data.collate import Conversation, ConversationCollator
@@ -71,12 +72,28 @@ class Probe(L.Callback):
               flush=True)
 
 
+class MarkWeighted(RewardSFTModule):
+    """The judge's SFT with the mark tokens (Right, Wrong, Partly) weighted in the loss."""
+
+    def __init__(self, *args, mark_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mark_weight = mark_weight
+        self.marks = mark_token_ids(self.processor.tokenizer)
+
+    def training_step(self, batch, batch_idx):
+        loss = weighted_loss(self.model, self.model_inputs(batch), self.marks, self.mark_weight)
+        self.log("train/loss", loss, batch_size=len(batch["records"]))
+        return loss
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--mark-weight", type=float, default=1.0,
+                    help="weight of the mark tokens (Right, Wrong, Partly) in the loss")
     ap.add_argument("--world", default="data/world")
     args = ap.parse_args(argv)
     templates = PromptTemplates(answer_checks=True)
@@ -94,9 +111,10 @@ def main(argv=None):
     test = ([r for r in test if r.modality == "image"][:64]
             + [r for r in test if r.modality == "video"][:64])
     L.seed_everything(0)
-    module = RewardSFTModule(checkpoint=args.base, finetune="full", export=False,
-                             optimizer=OptimizerSpec(lr=1e-3, warmup_ratio=0.05,
-                                                     min_lr_ratio=0.05))
+    module = MarkWeighted(checkpoint=args.base, finetune="full", export=False,
+                          optimizer=OptimizerSpec(lr=1e-3, warmup_ratio=0.05,
+                                                  min_lr_ratio=0.05),
+                          mark_weight=args.mark_weight)
     loader = torch.utils.data.DataLoader(
         [Conversation.of(r, templates) for r in train], batch_size=args.batch_size,
         shuffle=True, drop_last=True, num_workers=1,

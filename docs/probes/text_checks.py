@@ -117,8 +117,7 @@ def main(argv=None):
                           **{k: f"{sum(v)}/{len(v)}" for k, v in sorted(right.items())}}),
               flush=True)
 
-    marks = torch.tensor([processor.tokenizer.convert_tokens_to_ids("\u0120" + word)
-                          for word in ("Right", "Wrong", "Partly")])
+    marks = mark_token_ids(processor.tokenizer)
     model.train()
     while step < args.steps:
         for batch in loader:
@@ -137,8 +136,15 @@ def main(argv=None):
                 break
 
 
+def mark_token_ids(tokenizer) -> torch.Tensor:
+    """The tokens a mark starts with after a space: Right, Wrong, Partly."""
+    return torch.tensor([tokenizer.convert_tokens_to_ids("\u0120" + word)
+                         for word in ("Right", "Wrong", "Partly")])
+
+
 def weighted_loss(model, batch, token_ids, weight):
     """Next-token loss with the targets in ``token_ids`` counted ``weight`` times."""
+    batch = dict(batch)
     labels = batch.pop("labels")[:, 1:]
     logits = model(**batch).logits[:, :-1].float()
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
