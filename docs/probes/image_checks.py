@@ -73,7 +73,8 @@ class Probe(L.Callback):
 
 
 class MarkWeighted(RewardSFTModule):
-    """The judge's SFT with the mark tokens (Right, Wrong, Partly) weighted in the loss."""
+    """The judge's SFT with the mark tokens (Right, Wrong, Partly) weighted in the loss;
+    with weight 1, the module's own training step, as before the option existed."""
 
     def __init__(self, *args, mark_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -81,6 +82,8 @@ class MarkWeighted(RewardSFTModule):
         self.marks = mark_token_ids(self.processor.tokenizer)
 
     def training_step(self, batch, batch_idx):
+        if self.mark_weight == 1.0:
+            return super().training_step(batch, batch_idx)
         loss = weighted_loss(self.model, self.model_inputs(batch), self.marks, self.mark_weight)
         self.log("train/loss", loss, batch_size=len(batch["records"]))
         return loss
