@@ -10,7 +10,7 @@ right per task and question kind, and how often both answers were copied exactly
 Results are in docs/tiny_base.md.
 
     python docs/probes/image_checks.py --base checkpoints/tiny/qwen2_vl-world-checks \\
-        [--steps 2000] [--batch-size 32] [--mark-weight 1]
+        [--steps 2000] [--batch-size 32] [--mark-weight 1] [--check-style restate]
 
 A base pretrained with checks is built by
 ``ur fit --config experiments/quickstart.yaml
@@ -97,9 +97,11 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--mark-weight", type=float, default=1.0,
                     help="weight of the mark tokens (Right, Wrong, Partly) in the loss")
+    ap.add_argument("--check-style", choices=("restate", "claims"), default="restate",
+                    help="how each answer is checked in the targets (PromptTemplates)")
     ap.add_argument("--world", default="data/world")
     args = ap.parse_args(argv)
-    templates = PromptTemplates(answer_checks=True)
+    templates = PromptTemplates(answer_checks=True, check_style=args.check_style)
     world = WorldSpec(out=args.world)
     coin = random.Random(0)
 

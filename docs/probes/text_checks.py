@@ -39,7 +39,7 @@ from ur.reward.tiny_base import tokenizer_texts
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", choices=("bare", "mark"), default="mark")
+    ap.add_argument("--target", choices=("bare", "mark", "claims"), default="mark")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -55,7 +55,8 @@ def main(argv=None):
                     help="records of the world at --world (more: more distinct pairs)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    checks = PromptTemplates(answer_checks=args.target == "mark")
+    checks = PromptTemplates(answer_checks=args.target != "bare",
+                             check_style="claims" if args.target == "claims" else "restate")
     world = WorldSpec(out=args.world, size=args.world_size)
     train_all = [r for recs in load_records(world.sources("train"))[0] for r in recs]
     coin = random.Random(0)
@@ -78,7 +79,8 @@ def main(argv=None):
 
     folder = tempfile.mkdtemp(prefix="ur-probe-")
     build_tiny_vlm(folder, family="qwen2_vl", image_size=world.image_size,
-                   texts=tokenizer_texts(train_all, PromptTemplates(answer_checks=True)),
+                   texts=tokenizer_texts(train_all, PromptTemplates(answer_checks=True)) + [
+                       checks.target(r) for r in train_all],
                    rope_theta=args.rope_theta, hidden_size=args.hidden_size,
                    num_layers=args.num_layers, num_heads=args.num_heads,
                    intermediate_size=2 * args.hidden_size)
@@ -109,7 +111,7 @@ def main(argv=None):
                 ok = parse_pairwise(said) == r.label
                 right[parse_question(r.prompt).asks].append(ok)
                 right["all"].append(ok)
-                if args.target == "mark":
+                if args.target != "bare":
                     right["copied"].append(all(a in said for a in r.responses))
         model.train()
         print(json.dumps({"step": step, "loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),

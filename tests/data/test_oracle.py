@@ -183,3 +183,49 @@ def test_caption_grammar_round_trips():
             assert (e.colour, e.shape) == (o.colour, o.shape)
             assert (e.motion if s.kind == "clip" else e.place) == \
                 (o.motion if s.kind == "clip" else o.place)
+
+
+def test_answer_claims_pair_each_claim_with_the_evidence():
+    ev = "a blue square at the top and a red circle on the left"
+    assert oracle.answer_claims("What colour is the circle?", "It is blue.", ev) == [
+        ("blue", "red")]
+    assert oracle.answer_claims("What shape is the blue one?", "A square.", ev) == [
+        ("square", "square")]
+    assert oracle.answer_claims("Where is the square?", "On the left or at the top.", ev) == [
+        ("left", "top"), ("top", "top")]
+    assert oracle.answer_claims("How many shapes are there?", "Just one.", ev) == [
+        ("one", "two")]
+    # Objects are matched as the oracle matches them, whatever order the answer uses.
+    said = "A red square on the left and a blue square at the top."
+    assert oracle.answer_claims("Describe the image.", said, ev) == [
+        ("red", "red"), ("square", "circle"), ("left", "left"),
+        ("blue", "blue"), ("square", "square"), ("top", "top")]
+    extra = "A red circle on the left, a blue square at the top and a green diamond."
+    assert oracle.answer_claims("Describe the image.", extra, ev)[-3:] == [
+        ("green", "none"), ("diamond", "none"), ("none", "none")]
+    clip = "a green triangle moving up"
+    assert oracle.answer_claims("Which way does the triangle move?", "It is still.", clip) == [
+        ("still", "up")]
+    assert oracle.answer_claims("Describe the video.", "A green circle moving up.", clip) == [
+        ("green", "green"), ("circle", "triangle"), ("up", "up")]
+    assert oracle.answer_claims("What colour is the shape?", "I do not know.", ev) is None
+    assert oracle.answer_claims("Describe the image.", "Nothing.", ev) is None
+    assert oracle.answer_claims("What colour is the shape?", "It is red.", "no shape") is None
+
+
+def test_answer_claims_agree_with_the_oracles_scores():
+    """The fraction of claims that match is the oracle's score of the answer."""
+    from ur.data.synthetic.world import _paraphrase, _wrong_answer
+
+    rng = np.random.default_rng(12)
+    for kind in ("image", "clip"):
+        for i in range(30):
+            scene = sample_scene(rng, kind, 1 + i % 2)
+            for asks in question_kinds(scene):
+                q = make_question(scene, asks, scene.objects[i % len(scene.objects)])
+                for said in (answer(scene, q), _paraphrase(answer(scene, q)),
+                             _wrong_answer(scene, q, rng, subtle=bool(i % 2), errors=1 + i % 3)):
+                    claims = oracle.answer_claims(q.text, said, scene.caption())
+                    held = sum(c == t for c, t in claims) / len(claims)
+                    assert held == pytest.approx(oracle.score_answer(scene, q.text, said),
+                                                 abs=1e-9), (q.text, said, claims)

@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import pytest
 
 from ur.data.answers import pairwise_verdict, parse_pairwise, parse_score, pointwise_verdict
 from ur.data.records import Media, PreferenceRecord, RecordError
-from ur.data.templates import PromptTemplates
+from ur.data.templates import PromptTemplates, embedded_answer
 
 
 def img(name="a.png"):
@@ -141,7 +143,7 @@ def test_understanding_targets_check_each_answer():
                          responses=("A red circle on the left.", "a blue circle on the left"),
                          label="first", evidence=("a red circle on the left",),
                          response_scores=(1.0, 2 / 3))
-    t = PromptTemplates(answer_checks=True)
+    t = PromptTemplates(answer_checks=True, check_style="restate")
     assert t.target(r) == ("The image shows a red circle on the left. Answer 1: A red circle "
                            "on the left. Right. Answer 2: a blue circle on the left. Partly "
                            "right. Answer 1 is better")
@@ -161,6 +163,51 @@ def test_understanding_targets_check_each_answer():
                                evidence=("a red circle on the left",))
     assert t.target(unknown) == ("The image shows a red circle on the left. "
                                  "Both answers are equally good")
+
+
+def test_claims_checks_put_each_claim_beside_the_evidence():
+    r = PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="1",
+                         prompt="Describe the image.", media=(img(),),
+                         responses=("A red circle on the left.", "a blue circle at the top"),
+                         label="first", evidence=("a red circle on the left",),
+                         response_scores=(1.0, 1 / 3))
+    t = PromptTemplates(answer_checks=True, check_style="claims")
+    assert t.target(r) == (
+        "The image shows a red circle on the left. "
+        "Answer 1: red vs red yes, circle vs circle yes, left vs left yes. Right. "
+        "Answer 2: blue vs red no, circle vs circle yes, top vs left no. Partly right. "
+        "Answer 1 is better")
+    assert parse_pairwise(t.target(r.swapped())) == "second"
+    odd = PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="1",
+                           prompt="What colour is the shape?", media=(img(),),
+                           responses=("It is red.", "No idea."), label="first",
+                           evidence=("a red circle on the left",), response_scores=(1.0, 0.0))
+    assert t.target(odd) == ("The image shows a red circle on the left. Answer 1: red vs red "
+                             "yes. Right. Answer 2: No idea. Wrong. Answer 1 is better")
+    with pytest.raises(ValueError, match="check_style"):
+        PromptTemplates(check_style="pairs")
+
+
+
+def test_a_verbatim_pointwise_target_gets_its_embedded_answer_checked():
+    instruction = ("Question: What colour is the shape?\nAnswer: It is blue.\nRate how "
+                   "correct the answer is for the image. Describe the image, then end with "
+                   '"Final Score: X" (X from 0 to 100).')
+    r = PreferenceRecord(task="image_understanding", form="pointwise", source="s", id="1",
+                         prompt=instruction, instruction=instruction, media=(img(),), score=0,
+                         scale=(0, 100), evidence=("a red circle on the left",),
+                         target="The image shows a red circle on the left. Final Score: 0")
+    t = PromptTemplates(answer_checks=True)
+    assert t.target(r) == ("The image shows a red circle on the left. Answer: blue vs red no. "
+                           "Wrong. Final Score: 0")
+    assert t.checked_answers(r) == 1
+    assert PromptTemplates().target(r) == r.target  # verbatim without checks
+    assert PromptTemplates(answer_checks=True, check_style="restate").target(r) == r.target
+    other = replace(r, target="Final Score: 0")  # not led by the evidence: left as it is
+    assert t.target(other) == "Final Score: 0"
+    free = replace(r, instruction="How good is this answer?", prompt="How good?")
+    assert t.target(free) == r.target and t.checked_answers(free) == 0
+    assert embedded_answer(instruction) == ("What colour is the shape?", "It is blue.")
 
 
 @pytest.mark.parametrize("score, mark", [(1.0, "Right."), (0.0, "Wrong."), (0.5, "Partly right."),

@@ -102,3 +102,19 @@ def test_unparsed_answers_are_never_candidate_one(trained):
     # two new tokens cannot hold a verdict: every answer must come back unparsed
     cut = Judge(module.model, module.processor, mode="generate", max_new_tokens=2).judge(records)
     assert all(j.label is None and not j.parsed for j in cut)
+
+
+def test_evidence_kept_without_a_verdict_counts_the_checks(trained):
+    """With answer checks, the evidence a verdict is forced after holds the context
+    sentence and two sentences per answer checked, embedded answers included."""
+    module, dm = trained
+    checks = Judge(module.model, module.processor, templates=PromptTemplates(answer_checks=True))
+    plain = Judge(module.model, module.processor)
+    records = dm.datasets["train"].records
+    pair = next(r for r in records if r.task == "image_understanding" and r.form == "pairwise")
+    embedded = next(r for r in records if r.task == "image_understanding"
+                    and r.form == "pointwise")  # LLaVA-Critic style: the answer in the prompt
+    generation = next(r for r in records if r.task == "image_generation" and r.form == "pairwise")
+    assert [checks._sentences(r) for r in (pair, embedded, generation)] == [5, 3, 2]
+    assert [plain._sentences(r) for r in (pair, embedded, generation)] == [1, 1, 2]
+    assert checks.templates.target(embedded).count(". ") == 3  # evidence, claims, mark

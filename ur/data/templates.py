@@ -24,6 +24,7 @@ them (``data.init_args.templates.image_generation_pairwise: ...``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
@@ -78,14 +79,23 @@ class PromptTemplates:
     answer_style: str = "evidence"
     """``evidence``: state what each image/clip shows, then the verdict; ``bare``: verdict only."""
     answer_checks: bool = False
-    """Understanding targets (``evidence`` style, records with ``response_scores``): after
-    the evidence, restate each answer and mark it "Right.", "Partly right." or "Wrong.",
-    then the verdict. Off by default: it makes the comparison learnable for a tiny model,
-    but not within the quickstart's budget (docs/tiny_base.md)."""
+    """Understanding targets (``evidence`` style, records that know how right their
+    answers are): after the evidence, check each answer ("Right.", "Partly right." or
+    "Wrong."), then the verdict. Off by default (the published answer format); the
+    quickstart turns it on (docs/tiny_base.md)."""
+    check_style: str = "claims"
+    """How ``answer_checks`` writes a check. ``claims``: each value the answer claims beside
+    the value the evidence gives, and whether they agree, then the mark ("Answer 1: blue
+    vs red no, circle vs circle yes. Partly right."): every decision is between
+    neighbouring words. Claims are read with the synthetic world's grammar; an answer
+    outside it is restated. ``restate``: the answer restated, then its mark ("Answer 1:
+    It is blue. Wrong."), slower to learn (docs/tiny_base.md)."""
 
     def __post_init__(self):
         if self.answer_style not in ("evidence", "bare"):
             raise ValueError(f"answer_style must be 'evidence' or 'bare', got {self.answer_style!r}")
+        if self.check_style not in ("restate", "claims"):
+            raise ValueError(f"check_style must be 'restate' or 'claims', got {self.check_style!r}")
 
     def template(self, task: str, form: str) -> str:
         return getattr(self, f"{task}_{form}")
@@ -123,29 +133,85 @@ class PromptTemplates:
         return f"The {record.modality} shows {record.evidence[0]}. " + self.checks_text(record)
 
     def checks_text(self, record: PreferenceRecord) -> str:
-        """Each answer restated and marked ("Answer 1: It is red. Right. "), or "" when
-        checks are off or the record does not know how right its answers are."""
-        if not self.answer_checks or record.response_scores is None or is_generation(record.task):
+        """Each answer checked ("Answer 1: blue vs red no. Wrong. "), or "" when checks are
+        off or the record does not know how right its answers are."""
+        if not self.answer_checks or is_generation(record.task):
+            return ""
+        if record.response_scores is None:
             return ""
         names = ["Answer"] if len(record.responses) == 1 else [
             f"Answer {i}" for i in range(1, len(record.responses) + 1)]
-        return "".join(answer_check(name, text, v) + " " for name, text, v in
-                       zip(names, record.responses, record.response_scores, strict=True))
+        evidence = record.evidence[0] if record.evidence else None
+        return "".join(self.check(name, record.prompt, text, score, evidence) + " "
+                       for name, text, score in zip(names, record.responses,
+                                                    record.response_scores, strict=True))
+
+    def check(self, name: str, question: str, answer: str, score: float,
+              evidence: str | None) -> str:
+        """One answer checked in ``check_style``, named ``name`` ("Answer 1")."""
+        from ur.data.synthetic.oracle import answer_claims  # the world imports templates
+
+        claims = (self.check_style == "claims" and evidence is not None
+                  and answer_claims(question, answer, evidence))
+        return claims_check(name, claims, score) if claims else answer_check(name, answer,
+                                                                             score)
+
+    def checked_answers(self, record: PreferenceRecord) -> int:
+        """How many answer checks this record's target holds (0 without checks)."""
+        if not self.answer_checks or is_generation(record.task) or not record.evidence:
+            return 0
+        if record.target is not None:
+            return int(embedded_answer(record.instruction or "") is not None
+                       and record.form == "pointwise")
+        return len(record.responses) if record.response_scores is not None else 0
 
     def target(self, record: PreferenceRecord) -> str:
         """The assistant turn the judge is trained to produce for this record."""
         if record.target is not None:
-            return record.target
+            return self._checked_verbatim(record) or record.target
         if record.form == "pairwise":
             verdict = pairwise_verdict(record.task, record.label)
         else:
             verdict = pointwise_verdict(record.score)
         return self.evidence_text(record) + verdict
 
+    def _checked_verbatim(self, record: PreferenceRecord) -> str | None:
+        """A verbatim pointwise target ("The image shows X. Final Score: 3") with its
+        embedded answer checked after the evidence, when checks are on and the answer's
+        claims can be read; else None. How right the answer is comes from its claims."""
+        if not self.checked_answers(record) or self.check_style != "claims":
+            return None
+        from ur.data.synthetic.oracle import answer_claims
+
+        lead = f"The {record.modality} shows {record.evidence[0]}. "
+        question, answer = embedded_answer(record.instruction)
+        claims = answer_claims(question, answer, record.evidence[0])
+        if not claims or not record.target.startswith(lead):
+            return None
+        held = sum(c == t for c, t in claims) / len(claims)
+        return lead + claims_check("Answer", claims, held) + " " + record.target[len(lead):]
+
+
+_EMBEDDED = re.compile(r"^Question: (?P<q>[^\n]+)\nAnswer: (?P<a>[^\n]+)\n")
+
+
+def embedded_answer(instruction: str) -> tuple[str, str] | None:
+    """(question, answer) from an instruction written with a pointwise understanding
+    template ("Question: ...\nAnswer: ...\n..."), or None."""
+    m = _EMBEDDED.match(instruction)
+    return (m["q"], m["a"]) if m else None
+
 
 def answer_check(name: str, text: str, score: float) -> str:
     """One answer restated and marked: "Answer 1: It is red. Right."."""
     return f"{name}: {as_sentence(text)} {answer_mark(score)}"
+
+
+def claims_check(name: str, claims: list[tuple[str, str]], score: float) -> str:
+    """One answer's claims checked: "Answer 2: blue vs red no, circle vs circle yes. Partly
+    right."."""
+    said = ", ".join(f"{c} vs {t} {'yes' if c == t else 'no'}" for c, t in claims)
+    return f"{name}: {said}. {answer_mark(score)}"
 
 
 def answer_mark(score: float) -> str:

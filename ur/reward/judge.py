@@ -52,7 +52,7 @@ from ur.data.answers import (
 )
 from ur.data.collate import JudgeCollator
 from ur.data.records import Media, PreferenceRecord, is_generation
-from ur.data.templates import PromptTemplates
+from ur.data.templates import PromptTemplates, embedded_answer
 
 # Where a verdict starts, and how far it must be written before the decision can be read
 # (a pairwise verdict can be read as soon as it is recognised).
@@ -215,7 +215,11 @@ class Judge:
             return 0
         if is_generation(record.task):
             return len(record.media)
-        return 1 + (2 * len(record.responses) if self.templates.answer_checks else 0)
+        if not self.templates.answer_checks:
+            return 1
+        answers = len(record.responses) or int(
+            embedded_answer(record.instruction or record.prompt) is not None)
+        return 1 + 2 * answers
 
     def _fast(self, records) -> list[Judgment]:
         # Pointwise scales whose values do not start with distinct tokens (with a

@@ -5,7 +5,7 @@ builds a tiny checkpoint (:mod:`ur.models.tiny`; its tokenizer trained on the wo
 text and our prompt templates), then pretrains it with dense supervision drawn from the
 world's training records: a description of every image and clip ("The image shows a red
 circle on the left."), the correct answer to every question, and (``answer_checks``)
-checks of given answers ("The image shows ... Answer: It is blue. Wrong."). It is saved
+checks of given answers ("The image shows ... Answer: blue vs red no. Wrong."). It is saved
 as a plain Hugging Face folder at the requested path, cached (rebuilt only when its spec changes),
 and recorded as a run of its own (``<checkpoint>/pretrain_run/``: the loss curve and
 ``metrics.json``, which includes :func:`perception`: how often the base's own
@@ -27,7 +27,7 @@ import torch
 
 from ur.data.collate import Conversation, ConversationCollator, size_key
 from ur.data.records import PreferenceRecord
-from ur.data.templates import PromptTemplates, answer_check
+from ur.data.templates import PromptTemplates
 
 SPEC_FILE = "ur_pretrain.json"
 
@@ -41,11 +41,14 @@ def check_instruction(question: str, answer: str) -> str:
 
 
 def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True,
-                        checks: bool = False, descriptions: bool = True) -> list[Conversation]:
+                        checks: bool = False, descriptions: bool = True,
+                        check_style: str = "claims") -> list[Conversation]:
     """Descriptions of every distinct image/clip with evidence, (``answers``) the correct
     answers to the understanding questions, and (``checks``) each answer of a pair that
     knows how right its answers are, checked: "The image shows ... Answer: It is red.
-    Right." (the reading skill an understanding judgment needs, on its own)."""
+    Right." (the reading skill an understanding judgment needs, on its own), written in
+    ``check_style`` (:class:`PromptTemplates`)."""
+    templates = PromptTemplates(answer_checks=True, check_style=check_style)
     seen, out = set(), []
     for r in records:
         for m, ev in zip(r.media, r.evidence or () if descriptions else (), strict=False):
@@ -65,7 +68,35 @@ def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True
                 out.append(Conversation(
                     r.media, check_instruction(r.prompt, text),
                     f"The {r.modality} shows {r.evidence[0]}. "
-                    + answer_check("Answer", text, score), r))
+                    + templates.check("Answer", r.prompt, text, score, r.evidence[0]), r))
+    return out
+
+
+def comparison_drills(n: int, seed: int = 0) -> list[Conversation]:
+    """``n`` text-only drills of the step every answer check rests on: are two words the
+    same? "Compare: red and blue; circle and circle." -> "red vs blue no, circle vs
+    circle yes. Partly right." (one to three pairs of one attribute's values each, half of
+    them equal; the mark as a check writes it). The judge's checks compare a claimed and
+    a seen value in exactly this form, after words it wrote itself."""
+    import random
+
+    from ur.data.synthetic.scene import COLOUR_NAMES, MOTIONS, NUMBER_WORDS, PLACES, SHAPES
+    from ur.data.templates import answer_mark
+
+    kinds = (COLOUR_NAMES, SHAPES, tuple(PLACES), tuple(MOTIONS), NUMBER_WORDS[1:])
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        pairs = []
+        for _ in range(rng.randint(1, 3)):
+            values = kinds[rng.randrange(len(kinds))]
+            a = rng.choice(values)
+            pairs.append((a, a if rng.random() < 0.5 else rng.choice(
+                [v for v in values if v != a])))
+        said = ", ".join(f"{a} vs {b} {'yes' if a == b else 'no'}" for a, b in pairs)
+        held = sum(a == b for a, b in pairs) / len(pairs)
+        out.append(Conversation((), "Compare: " + "; ".join(f"{a} and {b}" for a, b in pairs)
+                                + ".", f"{said}. {answer_mark(held)}"))
     return out
 
 
@@ -84,6 +115,7 @@ def tokenizer_texts(records: list[PreferenceRecord], templates: PromptTemplates)
         texts.extend(f"Final Score: {format_score(v)}" for v in range(int(lo), int(hi) + 1))
     texts += [describe_instruction("image"), describe_instruction("video"),
               check_instruction("What is shown?", "It is.")]
+    texts += [c.instruction + " " + c.target for c in comparison_drills(200)]
     return texts
 
 
@@ -104,8 +136,8 @@ def attribute_hits(said: str, truth: str, kind: str = "image") -> dict[str, bool
 
 @torch.no_grad()
 def perception(model, processor, records: list[PreferenceRecord], *, per_kind: int = 48,
-               checks: bool = True, num_frames: int = 4, batch_size: int = 24
-               ) -> dict[str, float]:
+               checks: bool = True, num_frames: int = 4, batch_size: int = 24,
+               check_style: str = "claims") -> dict[str, float]:
     """What a model perceives and reads, greedily, on ``records`` (a validation split):
 
     - ``image/colour``, ``image/shape``, ``image/place``, ``video/colour``,
@@ -119,8 +151,8 @@ def perception(model, processor, records: list[PreferenceRecord], *, per_kind: i
     from collections import defaultdict
 
     described = dense_conversations(records, answers=False, checks=False)
-    checked = (dense_conversations(records, answers=False, checks=True, descriptions=False)
-               if checks else [])
+    checked = (dense_conversations(records, answers=False, checks=True, descriptions=False,
+                                   check_style=check_style) if checks else [])
     chosen = []
     for convs in (described, checked):
         chosen += [c for c in convs if c.media[0].kind == "image"][:per_kind]
@@ -179,15 +211,20 @@ def _ensure(checkpoint: Path, spec) -> Path:
     tmp = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     raw = build_tiny_vlm(tmp / "init", family=spec.family,
-                         texts=tokenizer_texts(records, PromptTemplates(answer_checks=True)),
+                         texts=tokenizer_texts(records, PromptTemplates(
+                             answer_checks=True, check_style=spec.check_style)),
                          hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed,
                          rope_theta=spec.rope_theta,
                          image_size=world.image_size)
-    conversations = dense_conversations(records, checks=spec.answer_checks)
+    conversations = dense_conversations(records, checks=spec.answer_checks,
+                                        check_style=spec.check_style)
+    conversations += comparison_drills(round(spec.comparison_drills * len(conversations)),
+                                       seed=spec.seed)
     module, metrics = _pretrain(raw, conversations, spec, world, tmp / "pretrain_run")
     val = [r for recs in load_records(world.sources("val"))[0] for r in recs]
     metrics["perception"] = perception(module.model, module.processor, val,
                                        checks=spec.answer_checks,
+                                       check_style=spec.check_style,
                                        num_frames=world.num_frames)
     print(f"what the tiny base perceives (greedy, val): "
           f"{metrics['perception']}", file=sys.stderr)

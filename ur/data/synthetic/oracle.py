@@ -598,3 +598,43 @@ def score_answer(scene: Scene, question: str | Question, answer: str) -> float:
     said = _mentioned(q.asks, answer)
     truth = getattr(obj, q.asks)
     return 1.0 / len(said) if truth in said else 0.0
+
+
+def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, str]] | None:
+    """What ``answer`` claims, each value beside the one ``evidence`` (a description in the
+    world's grammar) gives: ``[("purple", "orange")]`` for "It is purple." about an
+    orange shape; for a description, one pair per attribute of every object it names
+    (objects matched to the evidence's as the oracle matches them), ``"none"`` where a
+    side names nothing. None when the evidence or the answer is outside the grammar."""
+    q = parse_question(question)
+    truth = parse_text(evidence)
+    if not truth:
+        return None
+    if q.asks == "count":
+        n = _count_in(answer)
+        said = NUMBER_WORDS[n] if n is not None and n < len(NUMBER_WORDS) else "none"
+        return [(said, NUMBER_WORDS[min(len(truth), len(NUMBER_WORDS) - 1)])]
+    if q.asks == "describe":
+        named = parse_text(answer)[:MAX_OBJECTS]
+        if not named:
+            return None
+        spatial = "motion" if any(e.motion for e in truth) else "place"
+        attrs = ("colour", "shape", spatial)
+        size = max(len(named), len(truth))
+
+        def held(perm):
+            return sum(getattr(named[j], a) == getattr(t, a)
+                       for t, j in zip(truth, perm) if j < len(named) for a in attrs)
+
+        best = max(itertools.permutations(range(size), len(truth)), key=held)
+        pairs = []
+        for j, e in enumerate(named):
+            t = truth[best.index(j)] if j in best else Element()
+            pairs += [(getattr(e, a) or "none", getattr(t, a) or "none") for a in attrs]
+        return pairs
+    matches = [t for t in truth if all(getattr(t, k) == v for k, v in
+                                       q.about.attributes().items())]
+    said = sorted(_mentioned(q.asks, answer))
+    if not matches or not said:
+        return None
+    return [(s, getattr(matches[0], q.asks) or "none") for s in said]
