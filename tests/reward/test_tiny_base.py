@@ -1,9 +1,7 @@
 """Scoring the tiny base's descriptions against the world's evidence."""
 
-import re
-
 from ur.data.records import Media, PreferenceRecord
-from ur.reward.tiny_base import _last_mark, attribute_hits, comparison_drills, dense_conversations
+from ur.reward.tiny_base import _last_mark, attribute_hits, dense_conversations
 
 
 def test_attribute_hits_compare_the_first_object():
@@ -58,27 +56,6 @@ def test_dense_supervision_describes_answers_and_checks():
                                    check_style="restate")
     assert restated[1].target == ("The image shows a red circle on the left. Answer: It is "
                                   "blue. Wrong.")
-
-
-def test_comparison_drills_say_whether_each_pair_agrees():
-    drills = comparison_drills(300, seed=3)
-    assert drills == comparison_drills(300, seed=3) and drills != comparison_drills(300, seed=4)
-    marks = set()
-    for c in drills:
-        assert c.media == () and c.record is None
-        asked = re.findall(r"(\w+) and (\w+)", c.instruction)
-        said = re.findall(r"(\w+) vs (\w+) (yes|no)", c.target)
-        assert [(a, b) for a, b, _ in said] == asked and 1 <= len(asked) <= 3
-        assert all((a == b) == (verdict == "yes") for a, b, verdict in said)
-        mark = _last_mark(c.target)
-        held = sum(a == b for a, b in asked)
-        assert mark == ("Right" if held == len(asked) else "Wrong" if held == 0
-                        else "Partly right")
-        marks.add(mark)
-    assert marks == {"Right", "Wrong", "Partly right"}
-    same = sum(a == b for c in drills for a, b in re.findall(r"(\w+) and (\w+)", c.instruction))
-    pairs = sum(len(re.findall(r" and ", c.instruction)) for c in drills)
-    assert 0.4 < same / pairs < 0.6
 
 
 def test_the_last_mark_is_read():

@@ -82,10 +82,6 @@ class TinyBaseSpec:
     """Also pretrain on checks of given answers against the image ("The image shows a red
     circle ... Answer: blue vs red no. Wrong."), the reading skill behind understanding
     judgments."""
-    comparison_drills: float = 0.0
-    """Add text-only drills of the comparison a check makes ("Compare: red and blue." ->
-    "red vs blue no. Wrong."), this fraction of the other pretraining conversations in
-    number (:func:`ur.reward.tiny_base.comparison_drills`)."""
     check_style: str = "claims"
     """How checks are written (:class:`ur.data.templates.PromptTemplates`): ``claims`` or
     ``restate``; keep it the judge's."""

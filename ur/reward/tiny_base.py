@@ -72,34 +72,6 @@ def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True
     return out
 
 
-def comparison_drills(n: int, seed: int = 0) -> list[Conversation]:
-    """``n`` text-only drills of the step every answer check rests on: are two words the
-    same? "Compare: red and blue; circle and circle." -> "red vs blue no, circle vs
-    circle yes. Partly right." (one to three pairs of one attribute's values each, half of
-    them equal; the mark as a check writes it). The judge's checks compare a claimed and
-    a seen value in exactly this form, after words it wrote itself."""
-    import random
-
-    from ur.data.synthetic.scene import COLOUR_NAMES, MOTIONS, NUMBER_WORDS, PLACES, SHAPES
-    from ur.data.templates import answer_mark
-
-    kinds = (COLOUR_NAMES, SHAPES, tuple(PLACES), tuple(MOTIONS), NUMBER_WORDS[1:])
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        pairs = []
-        for _ in range(rng.randint(1, 3)):
-            values = kinds[rng.randrange(len(kinds))]
-            a = rng.choice(values)
-            pairs.append((a, a if rng.random() < 0.5 else rng.choice(
-                [v for v in values if v != a])))
-        said = ", ".join(f"{a} vs {b} {'yes' if a == b else 'no'}" for a, b in pairs)
-        held = sum(a == b for a, b in pairs) / len(pairs)
-        out.append(Conversation((), "Compare: " + "; ".join(f"{a} and {b}" for a, b in pairs)
-                                + ".", f"{said}. {answer_mark(held)}"))
-    return out
-
-
 def tokenizer_texts(records: list[PreferenceRecord], templates: PromptTemplates) -> list[str]:
     """Everything the judge will read or write: prompts, answers, verdicts, descriptions."""
     from ur.data.answers import format_score
@@ -115,7 +87,6 @@ def tokenizer_texts(records: list[PreferenceRecord], templates: PromptTemplates)
         texts.extend(f"Final Score: {format_score(v)}" for v in range(int(lo), int(hi) + 1))
     texts += [describe_instruction("image"), describe_instruction("video"),
               check_instruction("What is shown?", "It is.")]
-    texts += [c.instruction + " " + c.target for c in comparison_drills(200)]
     return texts
 
 
@@ -218,8 +189,6 @@ def _ensure(checkpoint: Path, spec) -> Path:
                          image_size=world.image_size)
     conversations = dense_conversations(records, checks=spec.answer_checks,
                                         check_style=spec.check_style)
-    conversations += comparison_drills(round(spec.comparison_drills * len(conversations)),
-                                       seed=spec.seed)
     module, metrics = _pretrain(raw, conversations, spec, world, tmp / "pretrain_run")
     val = [r for recs in load_records(world.sources("val"))[0] for r in recs]
     metrics["perception"] = perception(module.model, module.processor, val,
