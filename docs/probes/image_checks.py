@@ -3,10 +3,12 @@ image and video understanding verdicts?
 
 Trains a judge from ``--base`` on the world's understanding pairs only (both image and
 video, candidate order balanced), targets with answer checks ("The image shows ...
-Answer 1: ... Right. Answer 2: ... Wrong. Answer 1 is better"), full fine-tuning with
+Answer 1: ... Right. Answer 2: ... Wrong. Answer 1 is better"; ``--check-style claims``:
+"Answer 1: red vs red yes. Right. ..."), full fine-tuning with
 ``RewardSFTModule`` (lr 1e-3, 5% warmup, cosine). Every ``--every`` steps it judges 64
 image and 64 video test pairs (ties left out) greedily and prints one JSON line: verdicts
-right per task and question kind, and how often both answers were copied exactly.
+right per task and question kind, and (restated checks) how often both answers were
+copied exactly.
 Results are in docs/tiny_base.md.
 
     python docs/probes/image_checks.py --base checkpoints/tiny/qwen2_vl-world-checks \\
@@ -63,7 +65,8 @@ class Probe(L.Callback):
                 ok = parse_pairwise(said) == r.label
                 right[f"{r.modality}-{parse_question(r.prompt).asks}"].append(ok)
                 right["all"].append(ok)
-                right["copied"].append(all(a in said for a in r.responses))
+                if self.templates.check_style == "restate":
+                    right["copied"].append(all(a in said for a in r.responses))
         module.model.train()
         loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
         print(json.dumps({"step": step, "loss": round(loss, 3),

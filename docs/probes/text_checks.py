@@ -5,12 +5,14 @@ Text only (no image): the user turn is "Text: <the scene's description>. Questio
 Answer 1: ... Answer 2: ... Which answer is more correct for the text? End with ...";
 the target is the verdict alone (``--target bare``) or each answer restated and marked
 first (``--target mark``: "Answer 1: It is red. Right. Answer 2: It is blue. Wrong.
+Answer 1 is better"), or each answer's claims set beside the text's values first
+(``--target claims``: "Answer 1: red vs red yes. Right. Answer 2: blue vs red no. Wrong.
 Answer 1 is better"). A tiny Qwen2-VL is built from scratch (RoPE base ``--rope-theta``)
 and trained on the world's understanding pairs (ties left out, candidate order
 balanced); every ``--every`` steps it judges 128 test pairs greedily. Prints one JSON
 line per evaluation. Results are in docs/tiny_base.md.
 
-    python docs/probes/text_checks.py --target mark [--steps 1000] [--rope-theta 4] \\
+    python docs/probes/text_checks.py --target mark|claims|bare [--steps 1000] [--rope-theta 4] \\
         [--hidden-size 128] [--num-layers 4] [--num-heads 4] [--mark-weight 1]
 
 Needs the world (data/world; `ur fit --config experiments/quickstart.yaml` writes it).
@@ -111,7 +113,7 @@ def main(argv=None):
                 ok = parse_pairwise(said) == r.label
                 right[parse_question(r.prompt).asks].append(ok)
                 right["all"].append(ok)
-                if args.target != "bare":
+                if args.target == "mark":  # claims restate nothing
                     right["copied"].append(all(a in said for a in r.responses))
         model.train()
         print(json.dumps({"step": step, "loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),

@@ -135,9 +135,7 @@ class PromptTemplates:
     def checks_text(self, record: PreferenceRecord) -> str:
         """Each answer checked ("Answer 1: blue vs red no. Wrong. "), or "" when checks are
         off or the record does not know how right its answers are."""
-        if not self.answer_checks or is_generation(record.task):
-            return ""
-        if record.response_scores is None:
+        if not self.answer_checks or is_generation(record.task) or record.response_scores is None:
             return ""
         names = ["Answer"] if len(record.responses) == 1 else [
             f"Answer {i}" for i in range(1, len(record.responses) + 1)]
@@ -157,13 +155,15 @@ class PromptTemplates:
                                                                              score)
 
     def checked_answers(self, record: PreferenceRecord) -> int:
-        """How many answer checks this record's target holds (0 without checks)."""
-        if not self.answer_checks or is_generation(record.task) or not record.evidence:
+        """How many answers a judge trained with these templates checks before its verdict
+        on ``record``: each response, or the answer a verbatim pointwise instruction embeds
+        ("Question: ...\nAnswer: ...", claims style); 0 without checks."""
+        if not self.answer_checks or is_generation(record.task):
             return 0
-        if record.target is not None:
-            return int(embedded_answer(record.instruction or "") is not None
-                       and record.form == "pointwise")
-        return len(record.responses) if record.response_scores is not None else 0
+        if record.responses:
+            return len(record.responses)
+        return int(self.check_style == "claims" and record.form == "pointwise"
+                   and embedded_answer(record.instruction or record.prompt) is not None)
 
     def target(self, record: PreferenceRecord) -> str:
         """The assistant turn the judge is trained to produce for this record."""
@@ -179,7 +179,7 @@ class PromptTemplates:
         """A verbatim pointwise target ("The image shows X. Final Score: 3") with its
         embedded answer checked after the evidence, when checks are on and the answer's
         claims can be read; else None. How right the answer is comes from its claims."""
-        if not self.checked_answers(record) or self.check_style != "claims":
+        if not record.evidence or not self.checked_answers(record):
             return None
         from ur.data.synthetic.oracle import answer_claims
 

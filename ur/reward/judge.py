@@ -52,7 +52,7 @@ from ur.data.answers import (
 )
 from ur.data.collate import JudgeCollator
 from ur.data.records import Media, PreferenceRecord, is_generation
-from ur.data.templates import PromptTemplates, embedded_answer
+from ur.data.templates import PromptTemplates
 
 # Where a verdict starts, and how far it must be written before the decision can be read
 # (a pairwise verdict can be read as soon as it is recognised).
@@ -210,16 +210,12 @@ class Judge:
     def _sentences(self, record) -> int:
         """Evidence sentences kept when a model writes no verdict: one per image or clip
         judged, or one for the context of an understanding task and (with answer checks)
-        two per answer: its restatement and its mark."""
+        two per answer checked: its claims (or restatement) and its mark."""
         if self.templates.answer_style == "bare":
             return 0
         if is_generation(record.task):
             return len(record.media)
-        if not self.templates.answer_checks:
-            return 1
-        answers = len(record.responses) or int(
-            embedded_answer(record.instruction or record.prompt) is not None)
-        return 1 + 2 * answers
+        return 1 + 2 * self.templates.checked_answers(record)
 
     def _fast(self, records) -> list[Judgment]:
         # Pointwise scales whose values do not start with distinct tokens (with a

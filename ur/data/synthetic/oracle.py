@@ -624,7 +624,7 @@ def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, 
 
         def held(perm):
             return sum(getattr(named[j], a) == getattr(t, a)
-                       for t, j in zip(truth, perm) if j < len(named) for a in attrs)
+                       for t, j in zip(truth, perm, strict=True) if j < len(named) for a in attrs)
 
         best = max(itertools.permutations(range(size), len(truth)), key=held)
         pairs = []
