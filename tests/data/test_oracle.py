@@ -208,6 +208,16 @@ def test_answer_claims_pair_each_claim_with_the_evidence():
         ("still", "up")]
     assert oracle.answer_claims("Describe the video.", "A green circle moving up.", clip) == [
         ("green", "green"), ("circle", "triangle"), ("up", "up")]
+    # An object the answer leaves out is claimed as "none": agreement stays the oracle's.
+    assert oracle.answer_claims("Describe the image.", "A blue square at the top.", ev) == [
+        ("blue", "blue"), ("square", "square"), ("top", "top"),
+        ("none", "red"), ("none", "circle"), ("none", "left")]
+    # Counts are words or digits, never "no" (a verdict word); "no shape" counts zero.
+    assert oracle.answer_claims("How many shapes are there?", "There are 5.", ev) == [
+        ("5", "two")]
+    assert oracle.answer_claims("How many shapes are there?", "There is one.", "no shape") == [
+        ("one", "zero")]
+    assert oracle.answer_claims("Is the circle red?", "Yes, it is red.", ev) is None
     assert oracle.answer_claims("What colour is the shape?", "I do not know.", ev) is None
     assert oracle.answer_claims("Describe the image.", "Nothing.", ev) is None
     assert oracle.answer_claims("What colour is the shape?", "It is red.", "no shape") is None
@@ -224,7 +234,8 @@ def test_answer_claims_agree_with_the_oracles_scores():
             for asks in question_kinds(scene):
                 q = make_question(scene, asks, scene.objects[i % len(scene.objects)])
                 for said in (answer(scene, q), _paraphrase(answer(scene, q)),
-                             _wrong_answer(scene, q, rng, subtle=bool(i % 2), errors=1 + i % 3)):
+                             _wrong_answer(scene, q, rng, subtle=bool(i % 2), errors=1 + i % 3),
+                             answer(scene.with_objects(scene.objects[:1]), q)):  # one left out
                     claims = oracle.answer_claims(q.text, said, scene.caption())
                     held = sum(c == t for c, t in claims) / len(claims)
                     assert held == pytest.approx(oracle.score_answer(scene, q.text, said),

@@ -204,7 +204,13 @@ def test_a_verbatim_pointwise_target_gets_its_embedded_answer_checked():
     assert PromptTemplates().target(r) == r.target  # verbatim without checks
     assert PromptTemplates(answer_checks=True, check_style="restate").target(r) == r.target
     other = replace(r, target="Final Score: 0")  # not led by the evidence: left as it is
-    assert t.target(other) == "Final Score: 0"
+    assert t.target(other) == "Final Score: 0" and t.checked_answers(other) == 0
+    unread = replace(r, instruction=instruction.replace("It is blue.", "No idea."))
+    assert t.target(unread) == r.target and t.checked_answers(unread) == 0
+    assert t.checked_answers(replace(r, evidence=None)) == 1  # at inference: the judge checks
+    pair = replace(r, form="pairwise", score=None, scale=None, label="first",
+                   responses=("It is blue.", "It is red."), target="Answer 2 is better")
+    assert t.target(pair) == "Answer 2 is better" and t.checked_answers(pair) == 0
     free = replace(r, instruction="How good is this answer?", prompt="How good?")
     assert t.target(free) == r.target and t.checked_answers(free) == 0
     assert embedded_answer(instruction) == ("What colour is the shape?", "It is blue.")

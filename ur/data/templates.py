@@ -11,12 +11,14 @@ better". A tiny judge learns that form where a bare verdict stays at chance
 (MEASURED.md, Learnability); ``answer_style="bare"`` gives the verdict alone, for the
 ablation. With ``answer_checks``, understanding targets also check each answer against
 the evidence when the record knows how right its answers are: "The image shows a red
-circle on the left. Answer 1: It is red. Right. Answer 2: It is blue. Wrong. Answer 1
-is better". The restatement puts each answer next to its mark, so every comparison is
-local: a fresh tiny language model learns it from text where a verdict right after the
-evidence stays at chance, though not from images within the quickstart's budget
-(docs/tiny_base.md). Records that ship a verbatim conversation
-(``instruction``/``target``) are used as they are.
+circle on the left. Answer 1: red vs red yes. Right. Answer 2: blue vs red no. Wrong.
+Answer 1 is better" (``check_style="claims"``: each claimed value beside the value the
+evidence gives, so every comparison is between neighbouring words) or "... Answer 1: It
+is red. Right. ..." (``"restate"``). A tiny model learns claims from text in a few
+hundred steps and from images on understanding pairs alone, though not within the
+quickstart's budget (docs/tiny_base.md). Records that ship a verbatim conversation
+(``instruction``/``target``) are used as they are, except that with claims checks a
+pointwise target gets the answer its instruction embeds checked.
 
 Every template is a plain dataclass field, so an experiment YAML can override any of
 them (``data.init_args.templates.image_generation_pairwise: ...``).
@@ -81,8 +83,8 @@ class PromptTemplates:
     answer_checks: bool = False
     """Understanding targets (``evidence`` style, records that know how right their
     answers are): after the evidence, check each answer ("Right.", "Partly right." or
-    "Wrong."), then the verdict. Off by default (the published answer format); the
-    quickstart turns it on (docs/tiny_base.md)."""
+    "Wrong."), then the verdict. Off by default: the published answer format, and in the
+    quickstart's budget a tiny judge does not learn checks yet (docs/tiny_base.md)."""
     check_style: str = "claims"
     """How ``answer_checks`` writes a check. ``claims``: each value the answer claims beside
     the value the evidence gives, and whether they agree, then the mark ("Answer 1: blue
@@ -155,15 +157,25 @@ class PromptTemplates:
                                                                              score)
 
     def checked_answers(self, record: PreferenceRecord) -> int:
-        """How many answers a judge trained with these templates checks before its verdict
-        on ``record``: each response, or the answer a verbatim pointwise instruction embeds
-        ("Question: ...\nAnswer: ...", claims style); 0 without checks."""
+        """How many answers are checked before the verdict: in ``target(record)`` when the
+        record carries what its checks need, else (a record judged at inference) in what
+        a judge trained with these templates writes: each response, or the answer a
+        verbatim pointwise instruction embeds ("Question: ...\nAnswer: ...", claims
+        style). 0 without checks."""
         if not self.answer_checks or is_generation(record.task):
             return 0
-        if record.responses:
-            return len(record.responses)
-        return int(self.check_style == "claims" and record.form == "pointwise"
-                   and embedded_answer(record.instruction or record.prompt) is not None)
+        if record.target is not None:  # verbatim: only an embedded answer is ever checked
+            if record.evidence:
+                return int(self._checked_verbatim(record) is not None)
+            return int(self._embeds_answer(record))
+        if not record.responses:
+            return int(self._embeds_answer(record))
+        return len(record.responses)
+
+    def _embeds_answer(self, record: PreferenceRecord) -> bool:
+        return (self.check_style == "claims" and record.form == "pointwise"
+                and not record.responses
+                and embedded_answer(record.instruction or record.prompt) is not None)
 
     def target(self, record: PreferenceRecord) -> str:
         """The assistant turn the judge is trained to produce for this record."""
@@ -179,12 +191,13 @@ class PromptTemplates:
         """A verbatim pointwise target ("The image shows X. Final Score: 3") with its
         embedded answer checked after the evidence, when checks are on and the answer's
         claims can be read; else None. How right the answer is comes from its claims."""
-        if not record.evidence or not self.checked_answers(record):
+        if (not self.answer_checks or is_generation(record.task) or not record.evidence
+                or record.target is None or not self._embeds_answer(record)):
             return None
         from ur.data.synthetic.oracle import answer_claims
 
         lead = f"The {record.modality} shows {record.evidence[0]}. "
-        question, answer = embedded_answer(record.instruction)
+        question, answer = embedded_answer(record.instruction or record.prompt)
         claims = answer_claims(question, answer, record.evidence[0])
         if not claims or not record.target.startswith(lead):
             return None

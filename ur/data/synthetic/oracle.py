@@ -600,22 +600,29 @@ def score_answer(scene: Scene, question: str | Question, answer: str) -> float:
     return 1.0 / len(said) if truth in said else 0.0
 
 
+def _count_word(n: int) -> str:
+    """A count as a claim writes it ("zero", not "no", which is a verdict word)."""
+    return "zero" if n == 0 else NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+
+
 def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, str]] | None:
     """What ``answer`` claims, each value beside the one ``evidence`` (a description in the
     world's grammar) gives: ``[("purple", "orange")]`` for "It is purple." about an
-    orange shape; for a description, one pair per attribute of every object it names
-    (objects matched to the evidence's as the oracle matches them), ``"none"`` where a
-    side names nothing. None when the evidence or the answer is outside the grammar."""
+    orange shape; for a description, one pair per attribute of every object either side
+    names (objects matched to the evidence's as the oracle matches them), ``"none"`` where
+    a side names nothing. The share of pairs that agree is :func:`score_answer`'s score.
+    None when the question, the evidence or the answer is outside the grammar."""
     q = parse_question(question)
-    truth = parse_text(evidence)
-    if not truth:
-        return None
+    truth = parse_text(evidence)[:MAX_OBJECTS]
     if q.asks == "count":
         n = _count_in(answer)
-        said = NUMBER_WORDS[n] if n is not None and n < len(NUMBER_WORDS) else "none"
-        return [(said, NUMBER_WORDS[min(len(truth), len(NUMBER_WORDS) - 1)])]
+        return None if n is None else [(_count_word(n), _count_word(len(truth)))]
+    if not truth:
+        return None
     if q.asks == "describe":
-        named = parse_text(answer)[:MAX_OBJECTS]
+        if not re.search(r"^describe|what does the|what is shown", question.lower()):
+            return None  # parse_question's fallback: not a question of the grammar
+        named = parse_text(answer)[:6]
         if not named:
             return None
         spatial = "motion" if any(e.motion for e in truth) else "place"
@@ -631,6 +638,9 @@ def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, 
         for j, e in enumerate(named):
             t = truth[best.index(j)] if j in best else Element()
             pairs += [(getattr(e, a) or "none", getattr(t, a) or "none") for a in attrs]
+        for t, j in zip(truth, best, strict=True):
+            if j >= len(named):  # an object the answer leaves out
+                pairs += [("none", getattr(t, a) or "none") for a in attrs]
         return pairs
     matches = [t for t in truth if all(getattr(t, k) == v for k, v in
                                        q.about.attributes().items())]
