@@ -84,9 +84,11 @@ def unbatched_generate(model, processor, records, templates, num_frames: int,
     """The peer: one processor call and one ``generate`` per judgment (batch size 1).
     Returns the answers and the number of new tokens decoded."""
     from ur.data.collate import load_record_media, prompt_text, user_message
+    from ur.reward.judge import media_token_ids
 
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    suppress = media_token_ids(processor) or None  # as the Judge decodes
     nested = type(processor).__name__.startswith("LlavaOnevision")
     texts, new_tokens = [], 0
     for r in records:
@@ -100,7 +102,7 @@ def unbatched_generate(model, processor, records, templates, num_frames: int,
         inputs = processor(text=[prompt], return_tensors="pt", **kwargs)
         with torch.no_grad():
             seq = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad)
+                                 pad_token_id=pad, suppress_tokens=suppress)
         new = seq[0, inputs["input_ids"].shape[1]:]
         new_tokens += len(new)
         texts.append(tok.decode(new, skip_special_tokens=True))

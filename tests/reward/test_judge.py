@@ -122,3 +122,23 @@ def test_evidence_kept_without_a_verdict_counts_the_checks(trained):
     for r in records:
         if not is_generation(r.task):
             assert checks.templates.target(r).count(". ") == checks._sentences(r), r.id
+
+
+def test_decoding_never_writes_a_media_placeholder(tmp_path):
+    """An untrained model's greedy answers pick image and video placeholders on some of
+    these records (the next forward pass then finds more media tokens than media, and
+    transformers raises); the judge suppresses the placeholders, so both modes decode
+    to the end."""
+    from ur.data.datamodule import load_records
+    from ur.data.synthetic import write_world
+    from ur.reward.judge import media_token_ids
+
+    write_world(tmp_path / "world", size=160, seed=0, difficulty=1)
+    spec = WorldSpec(out=str(tmp_path / "world"), size=160)
+    train = [r for recs in load_records(spec.sources("train"))[0] for r in recs]
+    base = build_tiny_vlm(tmp_path / "tiny", texts=tokenizer_texts(train, PromptTemplates()))
+    picked = [r for r in train if r.task in ("video_understanding", "image_generation")][:64]
+    for mode in ("fast", "generate"):
+        judge = Judge.from_pretrained(base, mode=mode, batch_size=16, max_new_tokens=96)
+        assert len(media_token_ids(judge.processor)) == 2
+        assert len(judge.judge(picked)) == len(picked)

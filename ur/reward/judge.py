@@ -190,8 +190,7 @@ class Judge:
     def _generate(self, records) -> list[Judgment]:
         inputs = self._inputs(records)
         width = inputs["input_ids"].shape[1]
-        seqs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                   pad_token_id=self._pad_id())
+        seqs = self.model.generate(**inputs, **self._decoding())
         out = []
         for r, seq in zip(records, seqs, strict=True):
             text = self._decode(seq[width:])
@@ -201,6 +200,14 @@ class Judge:
                 out.append(Judgment(r.task, r.form, score=_clip(parse_score(text), r.scale),
                                     text=text))
         return out
+
+    def _decoding(self) -> dict:
+        """Greedy decoding settings shared by both modes. Media placeholders are never
+        written: one in the answer would ask the model for an image it was not given (a
+        weak or untrained model can pick one)."""
+        return dict(max_new_tokens=self.max_new_tokens, do_sample=False,
+                    pad_token_id=self._pad_id(),
+                    suppress_tokens=media_token_ids(self.processor) or None)
 
     def _pad_id(self):
         tok = self.tokenizer
@@ -244,8 +251,7 @@ class Judge:
     def _fast_decide(self, records) -> list[Judgment]:
         inputs = self._inputs(records)
         width = inputs["input_ids"].shape[1]
-        gen = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=self._pad_id(), return_dict_in_generate=True,
+        gen = self.model.generate(**inputs, **self._decoding(), return_dict_in_generate=True,
                                   output_logits=True,
                                   stopping_criteria=[_VerdictStop(self.tokenizer, records, width)])
         out: list[Judgment | None] = []
@@ -460,6 +466,13 @@ def _pair_probs(at_verdict, at_number, t_tie, noun_tokens, number_tokens) -> dic
     which = torch.softmax(at_number[list(number_tokens)].float(), dim=0)
     return {"first": (1 - p_tie) * float(which[0]), "second": (1 - p_tie) * float(which[1]),
             "tie": p_tie}
+
+
+def media_token_ids(processor) -> list[int]:
+    """The ids of the processor's image and video placeholder tokens."""
+    tokens = [getattr(processor, name, None) for name in ("image_token", "video_token")]
+    ids = [processor.tokenizer.convert_tokens_to_ids(t) for t in tokens if t]
+    return [i for i in ids if i is not None and i != processor.tokenizer.unk_token_id]
 
 
 def _cut_after_sentences(tokenizer, ids: list[int], n: int) -> list[int]:
