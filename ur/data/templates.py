@@ -191,8 +191,8 @@ class PromptTemplates:
         """A verbatim pointwise target ("The image shows X. Final Score: 3") with its
         embedded answer checked after the evidence, when checks are on and the answer's
         claims can be read; else None. How right the answer is comes from its claims."""
-        if (not self.answer_checks or is_generation(record.task) or not record.evidence
-                or record.target is None or not self._embeds_answer(record)):
+        if not (self.answer_checks and not is_generation(record.task) and record.evidence
+                and record.target is not None and self._embeds_answer(record)):
             return None
         from ur.data.synthetic.oracle import answer_claims
 

@@ -103,6 +103,9 @@ class Judge:
                                       num_frames=self.num_frames, with_targets=False,
                                       processor_kwargs=self.processor_kwargs)
         self.tokenizer = self.collator.tokenizer
+        # Media placeholders are never decoded: one in an answer would ask the model for an
+        # image it was not given (a weak or untrained model can pick one).
+        self._suppress = media_token_ids(self.processor) or None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype=None, trust_remote_code: bool = False,
@@ -202,12 +205,9 @@ class Judge:
         return out
 
     def _decoding(self) -> dict:
-        """Greedy decoding settings shared by both modes. Media placeholders are never
-        written: one in the answer would ask the model for an image it was not given (a
-        weak or untrained model can pick one)."""
+        """Greedy decoding settings shared by both modes."""
         return dict(max_new_tokens=self.max_new_tokens, do_sample=False,
-                    pad_token_id=self._pad_id(),
-                    suppress_tokens=media_token_ids(self.processor) or None)
+                    pad_token_id=self._pad_id(), suppress_tokens=self._suppress)
 
     def _pad_id(self):
         tok = self.tokenizer

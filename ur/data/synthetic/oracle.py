@@ -79,6 +79,7 @@ from ur.data.synthetic.scene import (
     Question,
     Scene,
     article,
+    asks_to_describe,
     find_object,
     motion_of,
     nearest_place,
@@ -92,6 +93,7 @@ COLOUR_DISTANCE = 80.0
 MIN_SHAPE_IOU = 0.6
 MIN_AREA_FRACTION = 0.004
 MAX_OBJECTS = 4
+MAX_NAMED = 6  # objects of a description that are read
 NOISE_FLOOR, NOISE_SCALE = 1.0, 20.0
 BLUR_FREE, BLUR_SCALE = 1.4, 2.0
 FLICKER_FREE, FLICKER_SCALE = 2.0, 40.0
@@ -567,7 +569,7 @@ def _count_in(text: str) -> int | None:
 
 
 def _describe_score(scene: Scene, text: str) -> float:
-    named = parse_text(text)[:6]
+    named = parse_text(text)[:MAX_NAMED]
     truth = scene.objects[:MAX_OBJECTS]
     if not named:
         return 0.0 if truth else 1.0
@@ -620,9 +622,9 @@ def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, 
     if not truth:
         return None
     if q.asks == "describe":
-        if not re.search(r"^describe|what does the|what is shown", question.lower()):
+        if not asks_to_describe(question):
             return None  # parse_question's fallback: not a question of the grammar
-        named = parse_text(answer)[:6]
+        named = parse_text(answer)[:MAX_NAMED]
         if not named:
             return None
         spatial = "motion" if any(e.motion for e in truth) else "place"

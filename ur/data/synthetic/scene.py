@@ -355,12 +355,20 @@ def question_kinds(scene: Scene) -> tuple[str, ...]:
     return kinds + ("count",) if len(scene.objects) > 1 else kinds
 
 
+def asks_to_describe(text: str) -> bool:
+    """Whether a question asks for a description in the world's grammar ("Describe the
+    image.", "What is shown?"); :func:`parse_question` also reads any question outside
+    the grammar as one."""
+    low = text.lower()
+    return low.startswith("describe") or "what does the" in low or "what is shown" in low
+
+
 def parse_question(text: str) -> Question:
     """The question kind and referent of a question in the world's grammar."""
     low = (text or "").lower().replace("colour", "color")
     if "how many" in low:
         asks = "count"
-    elif low.startswith("describe") or "what does the" in low or "what is shown" in low:
+    elif asks_to_describe(low):
         asks = "describe"
     elif "what color" in low:
         asks = "colour"
