@@ -129,3 +129,57 @@ def test_collate_skips_undecodable_media_only_when_asked(world, processor, tmp_p
     lenient = JudgeCollator(processor, skip_bad=True)
     batch = lenient([good, bad])
     assert len(batch["records"]) == 1 and lenient.skipped == 1
+
+
+def test_text_views_follow_each_training_batch(world, processor):
+    """Each training batch is the sampler's records, then ``text_views`` understanding
+    records (pairs and single answers) without media, their evidence in the prompt and
+    their target unchanged."""
+    from ur.data.collate import TextView
+
+    templates = PromptTemplates(answer_checks=True)
+    plain = PreferenceDataModule(world=world, batch_size=4, templates=templates)
+    viewed = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3)
+    for dm in (plain, viewed):
+        dm.processor = processor
+        dm.setup("fit")
+    data = viewed.datasets["train"]
+    sampler = viewed.train_dataloader().batch_sampler
+    batches = list(sampler)
+    assert len(batches) == len(plain.train_dataloader())
+    n = len(data)
+    # the records part is exactly the plain loader's order
+    assert [i for b in batches for i in b if i < n] == list(plain.sampler("train", shuffle=True))
+    for b in batches:
+        views = [data[i] for i in b[-3:]]
+        assert all(i < n for i in b[:-3]) and all(isinstance(v, TextView) for v in views)
+        assert len({v.record.id for v in views}) == 3
+        assert all(v.record.task.endswith("understanding") and v.record.evidence for v in views)
+    forms = {data[i].record.form for b in batches for i in b[-3:]}
+    assert forms == {"pairwise", "pointwise"}
+    # the same draw again for the same seed and epoch, another for the next epoch
+    again = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3)
+    again.processor = processor
+    again.setup("fit")
+    assert list(again.train_dataloader().batch_sampler) == batches
+    assert list(sampler) != batches
+
+    batch = viewed.collator()([data[batches[0][0]], data[batches[0][-1]]])
+    view = data[batches[0][-1]].record
+    ids, labels = batch["input_ids"][1], batch["labels"][1]
+    text = processor.tokenizer.decode(ids[batch["attention_mask"][1].bool()])
+    assert f"Text: {view.evidence[0]}.\n" + templates.instruction(view) in text
+    assert processor.image_token not in text and processor.video_token not in text
+    assert processor.tokenizer.decode(ids[labels != IGNORE_INDEX]) == templates.target(view) + "<|im_end|>"
+    # only the media record brings pixels
+    grids = batch.get("image_grid_thw", torch.zeros(0, 3)).shape[0] + batch.get(
+        "video_grid_thw", torch.zeros(0, 3)).shape[0]
+    assert grids == len(data[batches[0][0]].media)
+
+
+def test_text_views_need_evidence(broken_source, world):
+    dm = PreferenceDataModule(train=[broken_source], skip_bad=True, text_views=2)
+    with pytest.raises(ValueError, match="text_views=2 needs understanding records with evidence"):
+        dm.setup("fit")
+    with pytest.raises(ValueError, match="text_views must be >= 0"):
+        PreferenceDataModule(world=world, text_views=-1)

@@ -232,3 +232,21 @@ def test_verbatim_conversation_is_used_as_is():
     assert t.instruction(r) == "Rate it" and t.target(r) == "Good. Final Score: 70"
     with pytest.raises(ValueError):
         PromptTemplates(answer_style="terse")
+
+
+def test_a_text_view_writes_the_evidence_before_the_instruction():
+    from ur.data.collate import Conversation, TextView
+
+    r = PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="7",
+                         prompt="What colour is the shape?", media=(img(),),
+                         responses=("It is red.", "It is blue."), label="first",
+                         evidence=("a red circle on the left",), response_scores=(1.0, 0.0))
+    t = PromptTemplates(answer_checks=True)
+    c = Conversation.of(TextView(r), t)
+    assert c.media == () and c.record is r and c.target == t.target(r)
+    assert c.instruction == "Text: a red circle on the left.\n" + t.instruction(r)
+    assert Conversation.of(TextView(r), PromptTemplates(text_view="Seen: {evidence}. ")
+                           ).instruction.startswith("Seen: a red circle on the left. Question:")
+    with pytest.raises(RecordError, match="text view needs the record's evidence") as e:
+        Conversation.of(TextView(replace(r, evidence=None)), t)
+    assert e.value.row == "7" and e.value.field == "evidence"

@@ -60,8 +60,23 @@ class Conversation:
     record: PreferenceRecord | None = None
 
     @classmethod
-    def of(cls, record: PreferenceRecord, templates: PromptTemplates) -> Conversation:
+    def of(cls, record: PreferenceRecord | TextView, templates: PromptTemplates) -> Conversation:
+        if isinstance(record, TextView):
+            r = record.record
+            return cls((), templates.text_view_instruction(r), templates.target(r), r)
         return cls(record.media, templates.instruction(record), templates.target(record), record)
+
+
+@dataclass(frozen=True)
+class TextView:
+    """A record shown without its media: its evidence (what the synthetic world's scene
+    or clip holds) written as text before its instruction, its target unchanged. Text
+    views of understanding records teach the comparison behind understanding verdicts (an
+    answer's claims against the evidence) far more cheaply than images do
+    (docs/tiny_base.md, "Text views"); ``PreferenceDataModule(text_views=...)`` adds
+    them to training batches."""
+
+    record: PreferenceRecord
 
 
 def size_key(conversation: Conversation) -> tuple[int, int, int]:
@@ -222,9 +237,10 @@ class ConversationCollator:
 
 @dataclass
 class JudgeCollator(ConversationCollator):
-    """Records -> conversations through the prompt templates -> a batch."""
+    """Records (or their text views) -> conversations through the prompt templates -> a
+    batch."""
 
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
-    def __call__(self, records: list[PreferenceRecord]) -> dict:
+    def __call__(self, records: list[PreferenceRecord | TextView]) -> dict:
         return super().__call__([Conversation.of(r, self.templates) for r in records])

@@ -10,6 +10,8 @@ Mixing: each epoch a source contributes ``round(weight * n)`` of its ``n`` recor
 is shuffled with ``seed + epoch``. Pairwise records are put in a seeded random order
 (swapped with probability 1/2, keyed by seed and record id) so sources that always
 list the preferred candidate first (VideoDPO, ShareGPTVideo) do not teach position.
+With ``text_views``, each training batch also carries that many understanding records
+of the world shown as text (their evidence in the prompt, no media), drawn per batch.
 
 Bad input: strict by default (any unusable record stops setup with every problem
 listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``.
@@ -29,8 +31,8 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ur.data.collate import Conversation, JudgeCollator, size_key
-from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError
+from ur.data.collate import Conversation, JudgeCollator, TextView, size_key
+from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError, is_generation
 from ur.data.sources import read_source
 from ur.data.templates import PromptTemplates
 
@@ -134,14 +136,19 @@ def randomize_order(record: PreferenceRecord, seed: int) -> PreferenceRecord:
 
 
 class RecordDataset(Dataset):
-    def __init__(self, records: list[PreferenceRecord]):
-        self.records = records
+    """The records of a split; index ``len(records) + k`` is the text view of the
+    ``k``-th of ``views`` (record indices), for :class:`TextViewBatches`."""
+
+    def __init__(self, records: list[PreferenceRecord], views: Sequence[int] = ()):
+        self.records, self.views = records, list(views)
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, i):
-        return self.records[i]
+        if i < len(self.records):
+            return self.records[i]
+        return TextView(self.records[self.views[i - len(self.records)]])
 
 
 class MixtureSampler(Sampler[int]):
@@ -208,6 +215,32 @@ class MixtureSampler(Sampler[int]):
         return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights, strict=True))
 
 
+class TextViewBatches(Sampler[list[int]]):
+    """A sampler's indices cut into batches of ``batch_size``, each followed by ``count``
+    text views (dataset indices ``first_view + k`` for ``k < views``), drawn without
+    replacement within a batch, seeded by ``seed`` and the sampler's epoch."""
+
+    def __init__(self, sampler: MixtureSampler, batch_size: int, *, first_view: int,
+                 views: int, count: int, seed: int = 0):
+        if views < 1:
+            raise ValueError("text views need at least one record to view")
+        self.sampler, self.batch_size = sampler, batch_size
+        self.first_view, self.views, self.count, self.seed = first_view, views, count, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.sampler.epoch, 1])
+        order = list(self.sampler)
+        for start in range(0, len(order), self.batch_size):
+            drawn = rng.choice(self.views, self.count, replace=self.count > self.views)
+            yield order[start:start + self.batch_size] + [self.first_view + int(k) for k in drawn]
+
+    def __len__(self):
+        return -(-len(self.sampler) // self.batch_size)
+
+
 class PreferenceDataModule(LightningDataModule):
     """Preference records from public sources or the synthetic world, as judge batches.
 
@@ -240,6 +273,12 @@ class PreferenceDataModule(LightningDataModule):
             by media and prompt length (less padding, see :class:`MixtureSampler`); 0
             shuffles freely.
         processor_kwargs: Extra keywords for the processor call (e.g. max_pixels).
+        text_views: Add this many text views to every training batch: understanding
+            records (pairs and single answers) of the training split shown without
+            their media, their evidence written as text before the instruction, the
+            same target (:class:`ur.data.collate.TextView`). They teach the comparison
+            behind understanding verdicts cheaply; only records with evidence (the
+            synthetic world's) can be viewed so. 0 (default) adds none.
     """
 
     def __init__(
@@ -265,6 +304,7 @@ class PreferenceDataModule(LightningDataModule):
         max_bad: int = 1000,
         processor_kwargs: dict | None = None,
         length_grouping: int = 8,
+        text_views: int = 0,
     ):
         super().__init__()
         for name, values, allowed in (("tasks", tasks, TASKS), ("train_tasks", train_tasks, TASKS),
@@ -290,6 +330,9 @@ class PreferenceDataModule(LightningDataModule):
         if length_grouping < 0:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         self.length_grouping = length_grouping
+        if text_views < 0:
+            raise ValueError(f"text_views must be >= 0, got {text_views}")
+        self.text_views = text_views
         self.datasets: dict[str, RecordDataset] = {}
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
@@ -331,7 +374,15 @@ class PreferenceDataModule(LightningDataModule):
                               for recs in per_source]
             records = [randomize_order(r, seed) for recs in per_source for r in recs]
             self.sizes[split] = [len(r) for r in per_source]
-            self.datasets[split] = RecordDataset(records)
+            views = ()
+            if split == "train" and self.text_views:
+                views = [i for i, r in enumerate(records)
+                         if not is_generation(r.task) and r.evidence]
+                if not views:
+                    raise ValueError(f"text_views={self.text_views} needs understanding "
+                                     "records with evidence in the training split (the "
+                                     "synthetic world's); these sources have none")
+            self.datasets[split] = RecordDataset(records, views)
 
     def summary(self, split: str) -> dict:
         """Counts by task and form of a split that has been set up."""
@@ -382,7 +433,15 @@ class PreferenceDataModule(LightningDataModule):
 
     def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
         sampler = self.sampler(split, shuffle=shuffle)
-        return DataLoader(self.datasets[split],
+        dataset = self.datasets[split]
+        if shuffle and dataset.views:
+            batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
+                                      views=len(dataset.views), count=self.text_views,
+                                      seed=self.seed)
+            return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator(),
+                              num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
+        return DataLoader(dataset,
                           batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           sampler=sampler, collate_fn=self.collator(), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,

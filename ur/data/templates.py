@@ -15,10 +15,11 @@ circle on the left. Answer 1: red vs red yes. Right. Answer 2: blue vs red no. W
 Answer 1 is better" (``check_style="claims"``: each claimed value beside the value the
 evidence gives, so every comparison is between neighbouring words) or "... Answer 1: It
 is red. Right. ..." (``"restate"``). A tiny model learns claims from text in a few
-hundred steps and from images on understanding pairs alone, though not within the
-quickstart's budget (docs/tiny_base.md). Records that ship a verbatim conversation
-(``instruction``/``target``) are used as they are, except that with claims checks a
-pointwise target gets the answer its instruction embeds checked.
+hundred steps; the quickstart's judge learns them from images within its budget when
+text views of understanding records (the evidence written in the prompt,
+``text_view``) are mixed into its batches (docs/tiny_base.md). Records that ship a
+verbatim conversation (``instruction``/``target``) are used as they are, except that
+with claims checks a pointwise target gets the answer its instruction embeds checked.
 
 Every template is a plain dataclass field, so an experiment YAML can override any of
 them (``data.init_args.templates.image_generation_pairwise: ...``).
@@ -30,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
-from ur.data.records import PreferenceRecord, is_generation
+from ur.data.records import PreferenceRecord, RecordError, is_generation
 
 _PAIR_END = ('Describe each {kind}, then end with "{noun} 1 is better", "{noun} 2 is better" or '
              '"Both {plural} are equally good".')
@@ -83,8 +84,9 @@ class PromptTemplates:
     answer_checks: bool = False
     """Understanding targets (``evidence`` style, records that know how right their
     answers are): after the evidence, check each answer ("Right.", "Partly right." or
-    "Wrong."), then the verdict. Off by default: the published answer format, and in the
-    quickstart's budget a tiny judge does not learn checks yet (docs/tiny_base.md)."""
+    "Wrong."), then the verdict. Off by default (the published answer format); the
+    quickstart turns it on, with text views of understanding records, and its tiny judge
+    learns understanding verdicts that way (docs/tiny_base.md, "Text views")."""
     check_style: str = "claims"
     """How ``answer_checks`` writes a check. ``claims``: each value the answer claims beside
     the value the evidence gives, and whether they agree, then the mark ("Answer 1: blue
@@ -92,6 +94,10 @@ class PromptTemplates:
     neighbouring words. Claims are read with the synthetic world's grammar; an answer
     outside it is restated. ``restate``: the answer restated, then its mark ("Answer 1:
     It is blue. Wrong."), slower to learn (docs/tiny_base.md)."""
+
+    text_view: str = "Text: {evidence}.\n"
+    """What a text view's user turn starts with, before the instruction, in place of the
+    media (``PreferenceDataModule(text_views=...)``). Placeholder: {evidence}."""
 
     def __post_init__(self):
         if self.answer_style not in ("evidence", "bare"):
@@ -121,6 +127,15 @@ class PromptTemplates:
             else:
                 fields.update(response=responses[0])
         return self.template(task, form).format(**fields)
+
+    def text_view_instruction(self, record: PreferenceRecord) -> str:
+        """The user turn of a record's text view: its evidence as text, then its own
+        instruction (which still names the image or video). Needs evidence."""
+        if not record.evidence:
+            raise RecordError("a text view needs the record's evidence (the synthetic "
+                              "world's records carry it)", row=record.id,
+                              field="evidence")
+        return self.text_view.format(evidence=" ".join(record.evidence)) + self.instruction(record)
 
     def evidence_text(self, record: PreferenceRecord) -> str:
         """The sentences stating what each image or clip shows, or "" without evidence."""
