@@ -141,7 +141,7 @@ def linear_us(repeats: int = 300) -> float:
 
 
 def measure(checkpoint: Path, records: list, max_new_tokens: int, batch_size: int,
-            repeats: int, answer_style: str = "evidence") -> dict:
+            repeats: int, answer_style: str = "evidence", answer_checks: bool = False) -> dict:
     from ur.data.answers import parse_pairwise, parse_score
     from ur.data.templates import PromptTemplates
     from ur.models.loading import load_vlm
@@ -149,7 +149,7 @@ def measure(checkpoint: Path, records: list, max_new_tokens: int, batch_size: in
 
     model, processor = load_vlm(str(checkpoint))
     model.eval()
-    templates = PromptTemplates(answer_style=answer_style)
+    templates = PromptTemplates(answer_style=answer_style, answer_checks=answer_checks)
     num_frames = 4
     common = dict(templates=templates, num_frames=num_frames, max_new_tokens=max_new_tokens,
                   both_orders=False)
@@ -252,6 +252,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--answer-style", choices=("evidence", "bare"), default="evidence",
                     help="the judge's answer style: fast mode decodes evidence sentences "
                          "first (evidence) or reads the verdict at once (bare)")
+    ap.add_argument("--answer-checks", action="store_true",
+                    help="the judge checks each understanding answer before its verdict "
+                         "(as the quickstart's judge does): fast mode decodes the checks too")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -279,12 +282,12 @@ def main(argv=None) -> dict:
                "checkpoint_kind": kind, "records": len(records), "pairs": args.pairs,
                "points": args.points, "max_new_tokens": args.max_new_tokens,
                "batch_size": args.batch_size, "repeats": args.repeats,
-               "answer_style": args.answer_style,
+               "answer_style": args.answer_style, "answer_checks": args.answer_checks,
                "threads": args.threads,
                "unbatched_peer": "explicit loop: processor + model.generate per record, batch 1"}
         load, probe = round(os.getloadavg()[0], 2), linear_us()
         out.update(measure(checkpoint, records, args.max_new_tokens, args.batch_size,
-                           args.repeats, args.answer_style))
+                           args.repeats, args.answer_style, args.answer_checks))
         out["loadavg_1m_start_end"] = [load, round(os.getloadavg()[0], 2)]
         out["tiny_linear_us_start_end"] = [probe, linear_us()]
     return out
