@@ -1,7 +1,7 @@
 """Full experiments, out of the default run (`python -m pytest -m slow` runs them).
 
 The quickstart as the README runs it, in a scratch folder so nothing of the checkout's
-own world or base is reused: 11 to 14 minutes on 2 cores."""
+own world or base is reused: 13 to 14 minutes on 2 cores."""
 
 import json
 import os
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quickstart_first_run_judges_generation_above_chance(tmp_path):
+def test_quickstart_first_run_judges_every_task_above_chance(tmp_path):
     run = subprocess.run([sys.executable, "-m", "ur.cli", "fit", "--config",
                           str(REPO / "experiments" / "quickstart.yaml")],
                          cwd=tmp_path, capture_output=True, text=True,
@@ -23,8 +23,11 @@ def test_quickstart_first_run_judges_generation_above_chance(tmp_path):
     assert run.returncode == 0, run.stderr[-5000:]
     run_dir = Path(run.stdout.strip().splitlines()[-1])
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
-    # Measured 0.75 / 0.63 pairwise and 0.80 / 0.54 Spearman (README); chance is 0.5 / 0.
-    for task in ("image_generation", "video_generation"):
+    # Measured per task (README; docs/tiny_base.md, "Text views"): pairwise 0.56-0.77,
+    # Spearman 0.41-0.86 in two runs with two different bases; chance is 0.5 / 0. The
+    # base is not bitwise reproducible, so a weak one can fail this (0.56 was one).
+    for task in ("image_generation", "video_generation", "image_understanding",
+                 "video_understanding"):
         assert test[f"test/{task}/pair_acc_diff"] > 0.58, test
         assert test[f"test/{task}/point_spearman"] > 0.2, test
     assert "step 800/800" in run.stderr  # progress lines without a terminal
