@@ -218,7 +218,9 @@ class MixtureSampler(Sampler[int]):
 class TextViewBatches(Sampler[list[int]]):
     """A sampler's indices cut into batches of ``batch_size``, each followed by ``count``
     text views (dataset indices ``first_view + k`` for ``k < views``), drawn without
-    replacement within a batch, seeded by ``seed`` and the sampler's epoch."""
+    replacement within a batch (with replacement only when ``count`` exceeds ``views``),
+    seeded by ``seed`` and the sampler's epoch. Single-process training only: it is not a
+    ``BatchSampler`` a distributed sampler could replace."""
 
     def __init__(self, sampler: MixtureSampler, batch_size: int, *, first_view: int,
                  views: int, count: int, seed: int = 0):
@@ -381,7 +383,9 @@ class PreferenceDataModule(LightningDataModule):
                 if not views:
                     raise ValueError(f"text_views={self.text_views} needs understanding "
                                      "records with evidence in the training split (the "
-                                     "synthetic world's); these sources have none")
+                                     "synthetic world's); none are left after reading "
+                                     f"the sources and filtering by tasks={tasks} "
+                                     f"forms={self.forms}")
             self.datasets[split] = RecordDataset(records, views)
 
     def summary(self, split: str) -> dict:
@@ -435,12 +439,16 @@ class PreferenceDataModule(LightningDataModule):
         sampler = self.sampler(split, shuffle=shuffle)
         dataset = self.datasets[split]
         if shuffle and dataset.views:
+            if self.trainer is not None and self.trainer.world_size > 1:
+                raise ValueError("text_views works in single-process training only (got "
+                                 f"{self.trainer.world_size} processes); set it to 0")
             batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
                                       views=len(dataset.views), count=self.text_views,
                                       seed=self.seed)
             return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator(),
                               num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0)
+                              persistent_workers=self.num_workers > 0,
+                              generator=torch.Generator().manual_seed(self.seed))
         return DataLoader(dataset,
                           batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           sampler=sampler, collate_fn=self.collator(), num_workers=self.num_workers,

@@ -135,7 +135,7 @@ class PromptTemplates:
             raise RecordError("a text view needs the record's evidence (the synthetic "
                               "world's records carry it)", row=record.id,
                               field="evidence")
-        return self.text_view.format(evidence=" ".join(record.evidence)) + self.instruction(record)
+        return self.text_view.format(evidence="; ".join(record.evidence)) + self.instruction(record)
 
     def evidence_text(self, record: PreferenceRecord) -> str:
         """The sentences stating what each image or clip shows, or "" without evidence."""
