@@ -177,9 +177,16 @@ def test_text_views_follow_each_training_batch(world, processor):
     assert grids == len(data[batches[0][0]].media)
 
 
-def test_text_views_need_evidence(broken_source, world):
+def test_text_views_need_evidence(broken_source, world, processor):
     dm = PreferenceDataModule(train=[broken_source], skip_bad=True, text_views=2)
     with pytest.raises(ValueError, match="text_views=2 needs understanding records with evidence"):
         dm.setup("fit")
+    # a generation-only arm of a task ablation has nothing to view: plain batches
+    arm = PreferenceDataModule(world=world, batch_size=4, train_tasks=["image_generation"],
+                               text_views=2)
+    arm.processor = processor
+    arm.setup("fit")
+    batch = next(iter(arm.train_dataloader()))
+    assert len(batch["records"]) == 4 and all(r.media for r in batch["records"])
     with pytest.raises(ValueError, match="text_views must be >= 0"):
         PreferenceDataModule(world=world, text_views=-1)

@@ -280,7 +280,8 @@ class PreferenceDataModule(LightningDataModule):
             their media, their evidence written as text before the instruction, the
             same target (:class:`ur.data.collate.TextView`). They teach the comparison
             behind understanding verdicts cheaply; only records with evidence (the
-            synthetic world's) can be viewed so. 0 (default) adds none.
+            synthetic world's) can be viewed so. 0 (default) adds none, and so does a
+            training split without understanding records (a generation-only arm).
     """
 
     def __init__(
@@ -378,14 +379,15 @@ class PreferenceDataModule(LightningDataModule):
             self.sizes[split] = [len(r) for r in per_source]
             views = ()
             if split == "train" and self.text_views:
-                views = [i for i, r in enumerate(records)
-                         if not is_generation(r.task) and r.evidence]
-                if not views:
+                understanding = [i for i, r in enumerate(records) if not is_generation(r.task)]
+                views = [i for i in understanding if records[i].evidence]
+                if understanding and not views:
                     raise ValueError(f"text_views={self.text_views} needs understanding "
                                      "records with evidence in the training split (the "
-                                     "synthetic world's); none are left after reading "
-                                     f"the sources and filtering by tasks={tasks} "
-                                     f"forms={self.forms}")
+                                     "synthetic world's); these sources have none")
+                if not understanding:  # e.g. a generation-only arm of a task ablation
+                    log.info("text_views: the training split (tasks=%s) has no "
+                             "understanding records to view; none added", tasks)
             self.datasets[split] = RecordDataset(records, views)
 
     def summary(self, split: str) -> dict:
