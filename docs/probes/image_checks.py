@@ -92,6 +92,20 @@ class MarkWeighted(RewardSFTModule):
         return loss
 
 
+def understanding_pairs(world, split, coin, *, ties):
+    """The world's understanding pairs of a split, each swapped when ``coin`` says so."""
+    keep = [r for recs in load_records(world.sources(split))[0] for r in recs
+            if r.task.endswith("understanding") and r.form == "pairwise"
+            and (ties or r.label != "tie")]
+    return [r.swapped() if coin.random() < 0.5 else r for r in keep]
+
+
+def image_and_video(pairs, n=64):
+    """The probe's test set: the first ``n`` image pairs and the first ``n`` video pairs."""
+    return ([r for r in pairs if r.modality == "image"][:n]
+            + [r for r in pairs if r.modality == "video"][:n])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True)
@@ -107,17 +121,8 @@ def main(argv=None):
     templates = PromptTemplates(answer_checks=True, check_style=args.check_style)
     world = WorldSpec(out=args.world)
     coin = random.Random(0)
-
-    def pairs(split, *, ties):
-        keep = [r for recs in load_records(world.sources(split))[0] for r in recs
-                if r.task.endswith("understanding") and r.form == "pairwise"
-                and (ties or r.label != "tie")]
-        return [r.swapped() if coin.random() < 0.5 else r for r in keep]
-
-    train = pairs("train", ties=True)
-    test = pairs("test", ties=False)
-    test = ([r for r in test if r.modality == "image"][:64]
-            + [r for r in test if r.modality == "video"][:64])
+    train = understanding_pairs(world, "train", coin, ties=True)
+    test = image_and_video(understanding_pairs(world, "test", coin, ties=False))
     L.seed_everything(0)
     module = MarkWeighted(checkpoint=args.base, finetune="full", export=False,
                           optimizer=OptimizerSpec(lr=1e-3, warmup_ratio=0.05,

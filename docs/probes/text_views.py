@@ -18,9 +18,9 @@ import argparse
 import random
 
 import lightning as L
-from image_checks import Probe  # docs/probes/image_checks.py
+from image_checks import Probe, image_and_video, understanding_pairs  # docs/probes/
 
-from ur.data.datamodule import PreferenceDataModule, WorldSpec, load_records
+from ur.data.datamodule import PreferenceDataModule, WorldSpec
 from ur.data.templates import PromptTemplates
 from ur.reward.sft import OptimizerSpec, RewardSFTModule
 
@@ -35,12 +35,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     templates = PromptTemplates(answer_checks=True)
     world = WorldSpec(out=args.world)
-    coin = random.Random(0)
-    test = [r for recs in load_records(world.sources("test"))[0] for r in recs
-            if r.task.endswith("understanding") and r.form == "pairwise" and r.label != "tie"]
-    test = [r.swapped() if coin.random() < 0.5 else r for r in test]
-    test = ([r for r in test if r.modality == "image"][:64]
-            + [r for r in test if r.modality == "video"][:64])
+    test = image_and_video(understanding_pairs(world, "test", random.Random(0), ties=False))
     L.seed_everything(0)
     module = RewardSFTModule(checkpoint=args.base, finetune="full", export=False,
                              optimizer=OptimizerSpec(lr=1e-3, warmup_ratio=0.05,

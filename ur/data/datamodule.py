@@ -440,22 +440,20 @@ class PreferenceDataModule(LightningDataModule):
     def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
         sampler = self.sampler(split, shuffle=shuffle)
         dataset = self.datasets[split]
-        if shuffle and dataset.views:
-            if self.trainer is not None and self.trainer.world_size > 1:
-                raise ValueError("text_views works in single-process training only (got "
-                                 f"{self.trainer.world_size} processes); set it to 0")
-            batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
-                                      views=len(dataset.views), count=self.text_views,
-                                      seed=self.seed)
-            return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator(),
-                              num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0,
-                              generator=torch.Generator().manual_seed(self.seed))
-        return DataLoader(dataset,
-                          batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=sampler, collate_fn=self.collator(), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+        common = dict(collate_fn=self.collator(), num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(self.seed))
+        if not (shuffle and dataset.views):
+            return DataLoader(dataset, sampler=sampler,
+                              batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                              **common)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ValueError("text_views works in single-process training only (got "
+                             f"{self.trainer.world_size} processes); set it to 0")
+        batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
+                                  views=len(dataset.views), count=self.text_views,
+                                  seed=self.seed)
+        return DataLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
