@@ -151,6 +151,30 @@ def test_writer_is_deterministic_idempotent_and_careful(world, tmp_path):
     assert not stale.exists() and read_manifest(tmp_path / "fresh") is not None
 
 
+def test_clips_decode_to_exactly_their_frames(world):
+    """Clips are lossless: each decodes to its item's frames as yuv420p, bit for bit (a
+    lossy encoder gave other pixels from run to run, and a base trained on them other
+    weights)."""
+    import av
+
+    out, manifest = world
+    rows = json.loads((out / "train" / "video_generation_pairwise.json").read_text())
+    assert rows
+    for row in rows[:4]:
+        item = build_item("video_generation", "pairwise", int(row["id"].rsplit("-", 1)[1]),
+                          seed=4, difficulty=1, image_size=manifest["image_size"],
+                          num_frames=manifest["num_frames"])
+        for rel in (row["chosen"], row["rejected"]):
+            frames = item.media[int(Path(rel).stem.rsplit("_", 1)[1])]
+            with av.open(str(out / "train" / rel)) as container:
+                decoded = [f.to_ndarray() for f in container.decode(video=0)]
+            assert len(decoded) == len(frames)
+            for got, frame in zip(decoded, frames, strict=True):
+                want = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
+                    format="yuv420p").to_ndarray()
+                np.testing.assert_array_equal(got, want)
+
+
 def test_synthesize_entry_point(world, capsys):
     out, manifest = world
     path = synthesize(out, size=96, seed=4, difficulty=1, workers=1)

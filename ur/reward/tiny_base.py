@@ -170,7 +170,10 @@ def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
 
 
 def _ensure(checkpoint: Path, spec) -> Path:
-    wanted = _spec_dict(spec)
+    from ur.data.synthetic.writer import VERSION as world_format
+
+    # A base pretrained on a world of an older format is rebuilt with the world.
+    wanted = {**_spec_dict(spec), "world_format": world_format}
     marker = checkpoint / SPEC_FILE
     if marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
         return checkpoint

@@ -52,10 +52,18 @@ from ur.data.records import TASKS, Media
 from ur.data.synthetic.world import FORMS, Item, build_item, pair_label, split_counts
 from ur.data.templates import PromptTemplates
 
-VERSION = 2
+VERSION = 3  # 3: lossless clips
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 CHUNK = 64
+# Clips are encoded losslessly (libx264 at CRF 0): they decode to exactly their frames'
+# yuv420p conversion, so the same world decodes to the same pixels on every run. Lossy
+# CRF 18 did not: 10-30 of a world's clips came out with other pixels from run to run
+# (one thread did not help; filling the row padding past the 84-pixel width removed most
+# of it, not all), and the tiny base pretrained on them came out with other weights.
+# Lossless costs about a third more bytes; CRF 18 had added little error (2.1 grey levels
+# a pixel against 2.0 from the colour subsampling alone).
+CRF = 0
 
 SCHEMAS: dict[tuple[str, str], tuple[str, str]] = {
     ("image_generation", "pairwise"): ("pickapic_v2", "image_generation_pairwise.parquet"),
@@ -154,7 +162,7 @@ def _rows(item: Item, split_dir: Path, split: str, fps: int) -> dict[str, dict]:
     elif task == "video_generation" and form == "pairwise":
         paths = [rel_dir / f"{item.id}_{k}.mp4" for k in range(2)]
         for p, m in zip(paths, item.media, strict=True):
-            write_video(split_dir / p, m, fps=fps)
+            write_video(split_dir / p, m, fps=fps, crf=CRF)
         if item.label != "tie":
             c, r = _ordered(item)
             rows[source] = {"id": item.id, "caption": item.prompt, "chosen": str(paths[c]),
@@ -195,7 +203,7 @@ def _rows(item: Item, split_dir: Path, split: str, fps: int) -> dict[str, dict]:
                             "conversations": _conversation(item, media, "<image>"), **common}
     else:  # video_understanding
         path = rel_dir / f"{item.id}.mp4"
-        write_video(split_dir / path, item.media[0], fps=fps)
+        write_video(split_dir / path, item.media[0], fps=fps, crf=CRF)
         if form == "pairwise":
             if item.label != "tie":
                 c, r = _ordered(item)
