@@ -221,7 +221,8 @@ def test_bad_arguments():
 
 def test_background_is_zero_and_patches_start_as_colour_pools(qwen2_vl):
     """The tiny processor maps the world's grey background to 0, and the first channels of
-    the patch embedding start as per-quadrant colour means (then frame changes)."""
+    the patch embedding start as per-quadrant colour means, then frame changes, then a
+    silhouette (the mean over the three colours of each 4 x 4 cell of the first frame)."""
     _, model, processor = qwen2_vl
     grey = np.full((84, 84, 3), 240, dtype=np.uint8)
     out = processor.image_processor(images=[grey], return_tensors="pt")
@@ -236,3 +237,6 @@ def test_background_is_zero_and_patches_start_as_colour_pools(qwen2_vl):
     assert torch.allclose(emb[:, 3 * 3 + 2], x[:, 2, :, 7:, 7:].mean(dim=(1, 2, 3)), atol=1e-5)
     change = x[:, 1, 1, :7, 7:].mean(dim=(1, 2)) - x[:, 1, 0, :7, 7:].mean(dim=(1, 2))
     assert torch.allclose(emb[:, 12 + 3 * 1 + 1], change, atol=1e-5)
+    # cell (1, 2) of the 4 x 4 grid spans rows 4-6 and columns 7-9 of a 14-pixel patch
+    cell = x[:, :, 0, 4:7, 7:10].mean(dim=(1, 2, 3))
+    assert torch.allclose(emb[:, 24 + 4 * 1 + 2], cell, atol=1e-5)
