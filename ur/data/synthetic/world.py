@@ -18,8 +18,9 @@ Errors are applied content first, then blur, noise, flicker, stutter, so noise i
 never blurred away. Labels are the oracle's, not the construction's: a pair is a tie
 when the two scores are within :data:`TIE_MARGIN`; ``Item.intended`` keeps the
 construction's label so the two can be compared. The oracle scores the rendered
-arrays (the mp4 codec changes them slightly; the evidence agrees with the decoded
-clips on nearly every item, see tests/data/test_oracle.py).
+arrays (the clips are encoded losslessly, but in yuv420p, whose colour subsampling
+changes them slightly; the evidence agrees with the decoded clips on nearly every item,
+see tests/data/test_oracle.py).
 
 Understanding tasks: a clean scene (its evidence is its own description, which is what
 the oracle reads from a clean render), a question of a kind the scene supports, and
