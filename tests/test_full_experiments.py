@@ -23,9 +23,9 @@ def test_quickstart_first_run_judges_every_task_above_chance(tmp_path):
     assert run.returncode == 0, run.stderr[-5000:]
     run_dir = Path(run.stdout.strip().splitlines()[-1])
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
-    # Measured per task (README; docs/tiny_base.md, "Text views"): pairwise 0.56-0.77,
-    # Spearman 0.41-0.86 in two runs with two different bases; chance is 0.5 / 0. The
-    # base is not bitwise reproducible, so a weak one can fail this (0.56 was one).
+    # Measured per task (README; docs/tiny_base.md, "The quickstart with the
+    # silhouette"): pairwise 0.69-0.82, Spearman 0.58-0.80; chance is 0.5 / 0. A first
+    # run is reproducible (same world, same base), so these are the figures to expect.
     for task in ("image_generation", "video_generation", "image_understanding",
                  "video_understanding"):
         assert test[f"test/{task}/pair_acc_diff"] > 0.58, test
