@@ -1,7 +1,7 @@
 """Full experiments, out of the default run (`python -m pytest -m slow` runs them).
 
 The quickstart as the README runs it, in a scratch folder so nothing of the checkout's
-own world or base is reused: 13 to 14 minutes on 2 cores."""
+own world or base is reused: 14 to 17 minutes on 2 cores (README)."""
 
 import json
 import os

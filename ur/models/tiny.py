@@ -421,11 +421,11 @@ def _pooling_patch_embedding(model, family: str, cells: int = 4) -> None:
     if w.dim() == 5:
         filters += [("change", q, c) for q in quads for c in range(3)]
     filters += [("silhouette", g, None) for g in grid]
+    first = () if w.dim() == 4 else (0,)  # qwen: the first frame of a pair
     with torch.no_grad():
         for k, (kind, (rows, cols), c) in enumerate(filters[:w.shape[0]]):
             w[k].zero_()
             area = (rows.stop - rows.start) * (cols.stop - cols.start)
-            first = () if w.dim() == 4 else (0,)  # qwen: the first frame of a pair
             if kind == "silhouette":
                 w[(k, slice(None), *first, rows, cols)] = 1.0 / (3 * area)
             elif w.dim() == 4:
