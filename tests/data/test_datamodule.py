@@ -17,16 +17,20 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def processor(tmp_path_factory, world):
-    from transformers import AutoProcessor
-
+def tiny(tmp_path_factory, world):
     from ur.data.datamodule import load_records
     from ur.reward.tiny_base import tokenizer_texts
 
     records = [r for recs in load_records(world.sources("train"))[0] for r in recs]
-    path = build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "m",
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "m",
                           texts=tokenizer_texts(records, PromptTemplates()))
-    return AutoProcessor.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny)
 
 
 def test_labels_cover_exactly_the_assistant_answer(world, processor):
@@ -166,15 +170,45 @@ def test_text_views_follow_each_training_batch(world, processor):
 
     batch = viewed.collator()([data[batches[0][0]], data[batches[0][-1]]])
     view = data[batches[0][-1]].record
-    ids, labels = batch["input_ids"][1], batch["labels"][1]
-    text = processor.tokenizer.decode(ids[batch["attention_mask"][1].bool()])
+    part = batch["text_views"]  # the view comes padded on its own
+    ids, labels = part["input_ids"][0], part["labels"][0]
+    text = processor.tokenizer.decode(ids[part["attention_mask"][0].bool()])
     assert f"Text: {view.evidence[0]}.\n" + templates.instruction(view) in text
     assert processor.image_token not in text and processor.video_token not in text
     assert processor.tokenizer.decode(ids[labels != IGNORE_INDEX]) == templates.target(view) + "<|im_end|>"
+    assert [r.id for r in batch["records"]] == [data[batches[0][0]].id]
     # only the media record brings pixels
     grids = batch.get("image_grid_thw", torch.zeros(0, 3)).shape[0] + batch.get(
         "video_grid_thw", torch.zeros(0, 3)).shape[0]
     assert grids == len(data[batches[0][0]].media)
+    assert not {"pixel_values", "pixel_values_videos"} & set(part)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):
+    """A training batch's text views are padded to their own longest row, not the
+    records', and the training loss over both parts is the mean token loss of the same
+    rows padded as one batch."""
+    from ur.data.collate import Conversation, ConversationCollator
+    from ur.reward.sft import RewardSFTModule
+
+    module = RewardSFTModule(checkpoint=str(tiny), export=False)
+    templates = PromptTemplates(answer_checks=True)
+    dm = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3)
+    dm.processor = module.processor
+    dm.setup("fit")
+    items = [dm.datasets["train"][i] for i in next(iter(dm.train_dataloader().batch_sampler))]
+    batch = dm.collator()(items)
+    rows = [batch["attention_mask"].sum(1), batch["text_views"]["attention_mask"].sum(1)]
+    assert [len(r) for r in rows] == [4, 3]
+    assert [int(r.max()) for r in rows] == [batch["input_ids"].shape[1],
+                                            batch["text_views"]["input_ids"].shape[1]]
+    whole = ConversationCollator(module.processor)([Conversation.of(x, templates) for x in items])
+    assert whole["input_ids"].shape[1] == max(int(r.max()) for r in rows)
+    with torch.no_grad():
+        apart = module.training_step(batch, 0)
+        expected = module(whole).loss
+    assert apart.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_text_views_need_evidence(broken_source, world, processor):

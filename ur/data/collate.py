@@ -243,4 +243,14 @@ class JudgeCollator(ConversationCollator):
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def __call__(self, records: list[PreferenceRecord | TextView]) -> dict:
-        return super().__call__([Conversation.of(r, self.templates) for r in records])
+        """A batch of the records; text views among them come padded on their own under
+        ``text_views`` (a batch of the same keys), since they are rarely as long as the
+        records they ride with (``RewardSFTModule.training_step`` sums both parts' loss
+        over the whole batch's target tokens, so the loss is unchanged)."""
+        media = [Conversation.of(r, self.templates) for r in records if not isinstance(r, TextView)]
+        views = [Conversation.of(r, self.templates) for r in records if isinstance(r, TextView)]
+        if not (media and views):
+            return super().__call__(media or views)
+        batch = super().__call__(media)
+        batch["text_views"] = super().__call__(views)
+        return batch

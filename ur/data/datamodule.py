@@ -11,7 +11,8 @@ is shuffled with ``seed + epoch``. Pairwise records are put in a seeded random o
 (swapped with probability 1/2, keyed by seed and record id) so sources that always
 list the preferred candidate first (VideoDPO, ShareGPTVideo) do not teach position.
 With ``text_views``, each training batch also carries that many understanding records
-of the world shown as text (their evidence in the prompt, no media), drawn per batch.
+of the world shown as text (their evidence in the prompt, no media), drawn per batch
+and padded apart from the batch's records (``batch["text_views"]``).
 
 Bad input: strict by default (any unusable record stops setup with every problem
 listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``.
@@ -282,6 +283,8 @@ class PreferenceDataModule(LightningDataModule):
             behind understanding verdicts cheaply; only records with evidence (the
             synthetic world's) can be viewed so. 0 (default) adds none, and so does a
             training split without understanding records (a generation-only arm).
+            Views are padded to their own longest row under ``batch["text_views"]``;
+            the module's loss covers both parts.
     """
 
     def __init__(

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 
+from ur.data.collate import IGNORE_INDEX
 from ur.reward.judge import Judge
 from ur.reward.metrics import JudgeMetrics
 
@@ -181,15 +182,22 @@ class RewardSFTModule(LightningModule):
     # -- training --------------------------------------------------------------------------
     @staticmethod
     def model_inputs(batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k != "records"}
+        return {k: v for k, v in batch.items() if k not in ("records", "text_views")}
 
-    def forward(self, batch: dict):
-        return self.model(**self.model_inputs(batch))
+    def forward(self, batch: dict, **kwargs):
+        return self.model(**self.model_inputs(batch), **kwargs)
 
     def training_step(self, batch, batch_idx):
         if not batch.get("records"):  # every record of the batch was skipped as bad
             return None
-        loss = self(batch).loss
+        parts = [batch, batch["text_views"]] if "text_views" in batch else [batch]
+        if len(parts) == 1:
+            loss = self(batch).loss
+        else:
+            # Each part is padded to its own length; the token losses are summed over both
+            # and divided by the batch's target tokens, the mean one padded batch gives.
+            targets = sum((p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts)
+            loss = sum(self(p, num_items_in_batch=targets).loss for p in parts)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
         return loss
 
