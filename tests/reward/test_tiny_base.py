@@ -62,3 +62,29 @@ def test_the_last_mark_is_read():
     assert _last_mark("The image shows x. Answer: It is red. Partly right.") == "Partly right"
     assert _last_mark("Answer: Right. Wrong.") == "Wrong"
     assert _last_mark("The image shows x. Answer: It is red") is None
+
+
+def test_a_base_built_by_an_older_tiny_builder_is_rebuilt(tmp_path):
+    """The cache marker holds the spec, the world format and the tiny build format: the
+    same call returns the cached base, and a base whose marker names another tiny format
+    is pretrained again."""
+    import json
+
+    from ur.models.tiny import VERSION
+    from ur.reward.sft import TinyBaseSpec
+    from ur.reward.tiny_base import SPEC_FILE, ensure_tiny_base
+
+    spec = TinyBaseSpec(hidden_size=32, num_layers=1, pretrain_steps=1, batch_size=4,
+                        num_workers=0,
+                        world={"out": str(tmp_path / "world"), "size": 48, "seed": 0})
+    base = ensure_tiny_base(tmp_path / "base", spec)
+    marker = base / SPEC_FILE
+    wanted = json.loads(marker.read_text())["spec"]
+    assert wanted["tiny_format"] == VERSION
+    weights = (base / "model.safetensors").stat().st_mtime_ns
+    ensure_tiny_base(tmp_path / "base", spec)
+    assert (base / "model.safetensors").stat().st_mtime_ns == weights
+    marker.write_text(json.dumps({"spec": {**wanted, "tiny_format": VERSION - 1}}))
+    ensure_tiny_base(tmp_path / "base", spec)
+    assert json.loads(marker.read_text())["spec"] == wanted
+    assert (base / "model.safetensors").stat().st_mtime_ns != weights

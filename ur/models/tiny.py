@@ -93,7 +93,7 @@ from ur.models.loading import parameter_counts
 FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 
 MANIFEST = "ur_tiny.json"
-_FORMAT = 2  # 2: silhouette channels in the pooling patch embedding
+VERSION = 2  # 2: silhouette channels in the pooling patch embedding
 
 # Qwen2 / Qwen2-VL pre-tokenizer split (as in the released tokenizer.json): contractions,
 # letter runs with one leading non-letter, single digits, punctuation runs, newlines,
@@ -251,7 +251,7 @@ def build_tiny_vlm(
 
     out_dir = Path(out_dir)
     spec = {
-        "format": _FORMAT,
+        "format": VERSION,
         "family": family,
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,

@@ -171,9 +171,11 @@ def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
 
 def _ensure(checkpoint: Path, spec) -> Path:
     from ur.data.synthetic.writer import VERSION as world_format
+    from ur.models.tiny import VERSION as tiny_format
 
-    # A base pretrained on a world of an older format is rebuilt with the world.
-    wanted = {**_spec_dict(spec), "world_format": world_format}
+    # A base pretrained on a world of an older format, or built by an older tiny
+    # builder, is rebuilt.
+    wanted = {**_spec_dict(spec), "world_format": world_format, "tiny_format": tiny_format}
     marker = checkpoint / SPEC_FILE
     if marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
         return checkpoint
