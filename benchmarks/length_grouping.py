@@ -9,6 +9,12 @@ step is a forward, a backward and an AdamW step of the checkpoint's model; colla
 done before timing. Prints padded tokens over real tokens and seconds per step of both,
 and the ratio grouped / free (goal: below 1), as one JSON object on the last line.
 
+A third part takes the quickstart's own training batches (16 records and 12 text views,
+answer checks): ours pads the views apart from the records (``JudgeCollator``, two
+forwards in ``RewardSFTModule.training_step``), the peer pads all 28 rows as one batch;
+``apart_over_one`` is the ratio of seconds per step (goal: below 1), also given in CPU
+seconds, which the host's share of the cores moves less.
+
     python benchmarks/length_grouping.py [--checkpoint checkpoints/tiny/qwen2_vl-world]
         [--batches 24] [--group 8] [--repeats 2]
 
@@ -72,6 +78,48 @@ def _measure(model, collate, conversations, batch_size, group, batches, repeats,
     return out
 
 
+def _views_apart(checkpoint, world, batches, repeats):
+    from ur.data.datamodule import PreferenceDataModule
+    from ur.reward.sft import RewardSFTModule
+
+    module = RewardSFTModule(checkpoint=checkpoint, export=False)
+    templates = PromptTemplates(answer_checks=True)
+    dm = PreferenceDataModule(world=WorldSpec(out=world), batch_size=16, text_views=12,
+                              templates=templates, seed=0)
+    dm.processor = module.processor
+    dm.setup("fit")
+    data, apart = dm.datasets["train"], dm.collator()
+    one = ConversationCollator(module.processor, num_frames=4)
+    prepared = {"one": [], "apart": []}
+    for _, b in zip(range(batches), dm.train_dataloader().batch_sampler, strict=False):
+        items = [data[i] for i in b]
+        prepared["apart"].append(apart(items))
+        prepared["one"].append(one([Conversation.of(x, templates) for x in items]))
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
+    out = {}
+    for name, steps in prepared.items():
+        parts = [p for b in steps for p in (b, b.get("text_views")) if p is not None]
+        padding = (sum(p["attention_mask"].numel() for p in parts)
+                   / sum(int(p["attention_mask"].sum()) for p in parts))
+        wall, cpu = [], []
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for batch in steps:
+                loss = module.training_step(batch, 0) if name == "apart" else module(batch).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            wall.append((time.perf_counter() - start) / len(steps))
+            cpu.append((time.process_time() - start_cpu) / len(steps))
+        out[name] = {"padded_over_real_tokens": round(padding, 3),
+                     "s_per_step": round(statistics.median(wall), 4),
+                     "cpu_s_per_step": round(statistics.median(cpu), 4)}
+    out["apart_over_one"] = round(out["apart"]["s_per_step"] / out["one"]["s_per_step"], 3)
+    out["apart_over_one_cpu"] = round(out["apart"]["cpu_s_per_step"]
+                                      / out["one"]["cpu_s_per_step"], 3)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/tiny/qwen2_vl-world")
@@ -94,6 +142,8 @@ def main(argv=None):
         "judge_training": _measure(model, collate,
                                    [Conversation.of(r, templates) for r in records], 16,
                                    args.group, args.batches, args.repeats),
+        "judge_training_with_views": _views_apart(args.checkpoint, args.world, args.batches,
+                                                  args.repeats),
         "group": args.group, "batches": args.batches, "threads": torch.get_num_threads(),
     }
     for part in ("base_pretraining", "judge_training"):
@@ -102,6 +152,11 @@ def main(argv=None):
               f"(padding x{r['free']['padded_over_real_tokens']}), grouped "
               f"{r['grouped']['s_per_step']:.3f} s/step "
               f"(x{r['grouped']['padded_over_real_tokens']}): {r['grouped_over_free']}")
+    r = result["judge_training_with_views"]
+    print(f"judge batches with 12 text views: one padded batch {r['one']['s_per_step']:.3f} "
+          f"s/step (padding x{r['one']['padded_over_real_tokens']}), views apart "
+          f"{r['apart']['s_per_step']:.3f} s/step (x{r['apart']['padded_over_real_tokens']}): "
+          f"{r['apart_over_one']} ({r['apart_over_one_cpu']} in CPU seconds)")
     print(json.dumps(result))
 
 
