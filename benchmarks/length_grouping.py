@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -83,6 +84,7 @@ def _views_apart(checkpoint, world, batches, repeats):
     from ur.reward.sft import RewardSFTModule
 
     module = RewardSFTModule(checkpoint=checkpoint, export=False)
+    warnings.filterwarnings("ignore", message="You are trying to `self.log")  # no Trainer here
     templates = PromptTemplates(answer_checks=True)
     dm = PreferenceDataModule(world=WorldSpec(out=world), batch_size=16, text_views=12,
                               templates=templates, seed=0)
