@@ -252,5 +252,7 @@ class JudgeCollator(ConversationCollator):
         if not (media and views):
             return super().__call__(media or views)
         batch = super().__call__(media)
-        batch["text_views"] = super().__call__(views)
+        viewed = super().__call__(views)
+        if viewed["records"]:
+            batch["text_views"] = viewed
         return batch

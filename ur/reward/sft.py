@@ -190,12 +190,12 @@ class RewardSFTModule(LightningModule):
     def training_step(self, batch, batch_idx):
         if not batch.get("records"):  # every record of the batch was skipped as bad
             return None
-        parts = [batch, batch["text_views"]] if "text_views" in batch else [batch]
-        if len(parts) == 1:
+        if "text_views" not in batch:
             loss = self(batch).loss
         else:
             # Each part is padded to its own length; the token losses are summed over both
             # and divided by the batch's target tokens, the mean one padded batch gives.
+            parts = (batch, batch["text_views"])
             targets = sum((p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts)
             loss = sum(self(p, num_items_in_batch=targets).loss for p in parts)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
