@@ -252,7 +252,5 @@ class JudgeCollator(ConversationCollator):
         if not (media and views):
             return super().__call__(media or views)
         batch = super().__call__(media)
-        viewed = super().__call__(views)
-        if viewed["records"]:
-            batch["text_views"] = viewed
+        batch["text_views"] = super().__call__(views)  # no media, so nothing is skipped
         return batch
