@@ -1,8 +1,8 @@
 """Full experiments, out of the default run (`python -m pytest -m slow` runs them).
 
 The quickstart as the README runs it, in a scratch folder so nothing of the checkout's
-own world or base is reused: 14.5 to 18 minutes on 2 cores, as fast as the machine is
-that hour (README; docs/tiny_base.md, "The 15-minute budget")."""
+own world or base is reused: 8 to 18 minutes on 2 cores, as fast as the machine is
+that day (README; docs/tiny_base.md, "The 15-minute budget")."""
 
 import json
 import os
