@@ -148,3 +148,35 @@ def test_lora_refuses_nothing_to_do(checkpoints):
         lora_wrap(model, r=2, alpha=4, dropout=0.0, train_language=False, train_projector=True)
     with pytest.raises(ValueError, match="no linear layer"):
         lora_wrap(model, r=2, alpha=4, dropout=0.0, target_modules=["not_a_layer"])
+
+
+def test_export_merges_lora_into_a_plain_checkpoint(checkpoints, tmp_path):
+    from ur.models.export import save_hf
+
+    model, processor = load_vlm(checkpoints["qwen2_vl"])
+    batch = _batch(processor, "qwen2_vl")
+    peft_model = lora_wrap(model, r=4, alpha=8, dropout=0.0)
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    peft_model.eval()
+    with torch.no_grad():
+        tuned = peft_model(**batch).logits
+
+    merged = save_hf(peft_model, processor, tmp_path / "merged")
+    assert not (merged / "adapter_config.json").exists()
+    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(merged).eval()
+    assert not any("lora_" in n for n, _ in reloaded.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, tuned, atol=1e-5, rtol=1e-5)
+    # The model being trained is left wrapped: the merge happened on a copy.
+    assert any("lora_" in n for n, _ in peft_model.named_parameters())
+
+    adapter = save_hf(peft_model, processor, tmp_path / "adapter", merge_lora=False)
+    assert (adapter / "adapter_config.json").exists()
+    assert not (adapter / "model.safetensors").exists()
+    from peft import PeftModel
+
+    again = PeftModel.from_pretrained(load_vlm(checkpoints["qwen2_vl"])[0], adapter).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, tuned, atol=1e-5, rtol=1e-5)
