@@ -224,3 +224,32 @@ def test_text_views_need_evidence(broken_source, world, processor):
     assert len(batch["records"]) == 4 and all(r.media for r in batch["records"])
     with pytest.raises(ValueError, match="text_views must be >= 0"):
         PreferenceDataModule(world=world, text_views=-1)
+
+
+@pytest.mark.parametrize("text_views", [0, 3])
+def test_training_batches_follow_an_epoch_set_after_the_iterator(world, processor, text_views):
+    """Lightning creates the training iterator, then sets the sampler's epoch. With a
+    worker, the batches must still be that epoch's (a resumed run replayed epoch 0's)."""
+    def first_ids(set_epoch_after_iter: bool) -> list[str]:
+        dm = PreferenceDataModule(world=world, batch_size=4, num_workers=1,
+                                  text_views=text_views)
+        dm.processor = processor
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        sampler = loader.batch_sampler if text_views else loader.sampler
+        if not set_epoch_after_iter:
+            sampler.set_epoch(3)
+        it = iter(loader)
+        if set_epoch_after_iter:
+            sampler.set_epoch(3)
+        batch = next(it)
+        ids = [r.id for r in batch["records"]]
+        del it, loader  # stop the worker
+        return ids
+
+    at_epoch_3 = first_ids(set_epoch_after_iter=False)
+    assert first_ids(set_epoch_after_iter=True) == at_epoch_3
+    dm = PreferenceDataModule(world=world, batch_size=4, text_views=text_views)
+    dm.processor = processor
+    dm.setup("fit")
+    assert [r.id for r in next(iter(dm.train_dataloader()))["records"]] != at_epoch_3

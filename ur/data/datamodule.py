@@ -244,6 +244,35 @@ class TextViewBatches(Sampler[list[int]]):
         return -(-len(self.sampler) // self.batch_size)
 
 
+class EpochLoader(DataLoader):
+    """A DataLoader whose iterator starts drawing batches at its first ``next``, not when
+    it is created.
+
+    Lightning creates the training iterator before it sets the sampler's epoch (once
+    per process, in ``FitLoop.setup_data``), and a loader with workers hands its workers
+    their first batches of indices the moment its iterator is created. A run resumed
+    at epoch N would then draw epoch 0's order for epoch N (the sampler's epoch was not
+    set yet) and end with other weights than an uninterrupted run. Deferring the
+    iterator to the first batch lets the epoch be set first; without workers nothing
+    changes, since a sampler's indices are drawn lazily there anyway."""
+
+    def __iter__(self):
+        return _Deferred(super().__iter__)
+
+
+class _Deferred:
+    def __init__(self, start):
+        self._start, self._it = start, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._start()
+        return next(self._it)
+
+
 class PreferenceDataModule(LightningDataModule):
     """Preference records from public sources or the synthetic world, as judge batches.
 
@@ -447,16 +476,17 @@ class PreferenceDataModule(LightningDataModule):
                       persistent_workers=self.num_workers > 0,
                       generator=torch.Generator().manual_seed(self.seed))
         if not (shuffle and dataset.views):
-            return DataLoader(dataset, sampler=sampler,
-                              batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                              **common)
+            loader = EpochLoader if shuffle else DataLoader
+            return loader(dataset, sampler=sampler,
+                          batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          **common)
         if self.trainer is not None and self.trainer.world_size > 1:
             raise ValueError("text_views works in single-process training only (got "
                              f"{self.trainer.world_size} processes); set it to 0")
         batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
                                   views=len(dataset.views), count=self.text_views,
                                   seed=self.seed)
-        return DataLoader(dataset, batch_sampler=batches, **common)
+        return EpochLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
