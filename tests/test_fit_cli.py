@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from minirun import mini_overlay
 from safetensors.torch import load_file
 
@@ -88,41 +89,56 @@ KILLER = """
 import os, signal
 from lightning.pytorch.callbacks import Callback
 
-class KillAtEpoch(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
+class KillAt(Callback):
+    \"\"\"SIGKILL the run as the given optimizer step starts.\"\"\"
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 """
+
+# Two ways a run is cut (epochs of 4 training batches of the mini world):
+# - "epoch": 3 epochs of 2 batches, killed as step 5 starts; the last checkpoint was
+#   written at the end of epoch 1 (step 4).
+# - "mid_epoch": 2 epochs of 4 batches, validated (and checkpointed) every 2 batches,
+#   killed as step 7 starts; the last checkpoint was written in the middle of epoch 1
+#   (step 6), so the resumed run must skip the batches epoch 1 had already used.
+CUTS = {"epoch": ("max_epochs: 3\n  limit_train_batches: 2\n  val_check_interval: null", 5),
+        "mid_epoch": ("max_epochs: 2\n  limit_train_batches: 4\n  val_check_interval: 2", 7)}
 
 
 # With a loader worker (the quickstart's one), the resumed run used to replay epoch 0's
 # batches: Lightning creates the iterator before it sets the sampler's epoch, and workers
-# are handed indices at once (ur.data.datamodule.EpochLoader defers that).
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, shared, workers):
+# are handed indices at once (ur.data.datamodule.EpochLoader defers that, and skips what
+# the epoch had used when resumed mid-epoch).
+@pytest.mark.parametrize("workers, cut", [(0, "epoch"), (1, "epoch"), (1, "mid_epoch")])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, shared, workers, cut):
     (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    # 4 training records per epoch... the world's train split decides; 3 epochs in all
-    cfg = overlay(tmp_path, shared, steps=-1, extra="  \ntrainer_extra: null\n").read_text()
-    cfg = cfg.replace("trainer_extra: null\n", "")
+    schedule, kill_step = CUTS[cut]
+    cfg = overlay(tmp_path, shared, steps=-1).read_text()
+    cfg = cfg.replace("  val_check_interval: null\n", "")
     path = tmp_path / "resume.yaml"
-    path.write_text(cfg.replace("max_steps: -1", "max_steps: -1\n  max_epochs: 3\n  limit_train_batches: 2"))
+    path.write_text(cfg.replace("max_steps: -1", "max_steps: -1\n  " + schedule))
     base = ["fit", "--config", str(QUICKSTART), "--config", str(path), "--run.test_after_fit",
             "false", "--model.init_args.judge.batch_size", "8", "--data.init_args.num_workers",
             str(workers)]
     whole = ur(*base, "--run.name", "whole", cwd=tmp_path)
     whole_dir = Path(whole.stdout.strip().splitlines()[-1])
-    killed = ur(*base, "--run.name", "cut", "--trainer.callbacks+=killer.KillAtEpoch",
-                "--trainer.callbacks.epoch=2", cwd=tmp_path, check=False, env=env)
+    killed = ur(*base, "--run.name", "cut", "--trainer.callbacks+=killer.KillAt",
+                f"--trainer.callbacks.step={kill_step}", cwd=tmp_path, check=False, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
     cut_dirs = list((tmp_path / "checkpoints" / "cut").iterdir())
     assert len(cut_dirs) == 1 and (cut_dirs[0] / "checkpoints" / "last.ckpt").exists()
     assert not (cut_dirs[0] / "export").exists()
+    ckpt = torch.load(cut_dirs[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == kill_step - 1
     resumed = ur(*base, "--run.name", "cut", "--ckpt_path", "last", cwd=tmp_path)
     assert Path(resumed.stdout.strip().splitlines()[-1]) == cut_dirs[0]
+    assert "dataloader is not resumable" not in resumed.stderr
     a = load_file(whole_dir / "export" / "model.safetensors")
     b = load_file(cut_dirs[0] / "export" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -253,3 +253,44 @@ def test_training_batches_follow_an_epoch_set_after_the_iterator(world, processo
     dm.processor = processor
     dm.setup("fit")
     assert [r.id for r in next(iter(dm.train_dataloader()))["records"]] != at_epoch_3
+
+
+@pytest.mark.parametrize("text_views", [0, 3])
+def test_training_loader_resumes_within_an_epoch(world, processor, text_views):
+    """A training loader given another's state (the epoch and the batches it handed out)
+    gives the rest of that epoch; given it at another epoch, that whole epoch."""
+    def loader():
+        dm = PreferenceDataModule(world=world, batch_size=4, num_workers=1,
+                                  text_views=text_views)
+        dm.processor = processor
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    def ids(batches):
+        return [[r.id for r in b["records"]] + [r.id for r in b.get("text_views", {}).get(
+            "records", [])] for b in batches]
+
+    def epoch_sampler(dl):
+        return dl.batch_sampler if text_views else dl.sampler
+
+    first = loader()
+    epoch_sampler(first).set_epoch(2)
+    it = iter(first)
+    head = [next(it), next(it)]
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches": 2}
+    whole = ids(head + list(it))
+    assert len(whole) == len(first) > 3
+
+    again = loader()
+    again.load_state_dict(state)
+    epoch_sampler(again).set_epoch(2)
+    assert ids(again) == whole[2:]
+    assert again.state_dict() == {"epoch": 2, "batches": len(whole)}
+    epoch_sampler(again).set_epoch(2)
+    assert ids(again) == whole  # the next pass over that epoch starts at its beginning
+
+    later = loader()
+    later.load_state_dict(state)
+    epoch_sampler(later).set_epoch(3)
+    assert len(ids(later)) == len(whole)

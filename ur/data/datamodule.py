@@ -245,32 +245,94 @@ class TextViewBatches(Sampler[list[int]]):
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader whose iterator starts drawing batches at its first ``next``, not when
-    it is created.
+    """The training DataLoader: it starts drawing at its first batch, and it resumes in
+    the middle of an epoch.
 
-    Lightning creates the training iterator before it sets the sampler's epoch (once
-    per process, in ``FitLoop.setup_data``), and a loader with workers hands its workers
-    their first batches of indices the moment its iterator is created. A run resumed
-    at epoch N would then draw epoch 0's order for epoch N (the sampler's epoch was not
-    set yet) and end with other weights than an uninterrupted run. Deferring the
-    iterator to the first batch lets the epoch be set first; without workers nothing
-    changes, since a sampler's indices are drawn lazily there anyway."""
+    - Lightning creates the training iterator before it sets the sampler's epoch (once
+      per process, in ``FitLoop.setup_data``), and a loader with workers hands them
+      their first batches of indices the moment its iterator is created: a run resumed
+      at epoch N drew epoch 0's order. This loader's iterator starts at its first
+      ``next``, once the epoch is set.
+    - Its state (``state_dict``, which Lightning keeps in checkpoints) is the sampler's
+      epoch and the batches handed out in it. Restored, it skips that many batches of
+      indices (no data is read for them) when that epoch starts again, so a run resumed
+      from a checkpoint written mid-epoch sees the rest of the epoch, as an
+      uninterrupted run does. Resumed at another epoch (from the end of one), it skips
+      nothing.
+
+    The epoch is read from the sampler Lightning sets it on (``epoch``); a sampler
+    without one counts as epoch None.
+    """
+
+    _epoch: int | None = None
+    _taken = 0  # batches handed out in the current epoch
+    _skip = 0  # batches of indices the next pass of the index sampler leaves out
+    _restored: dict | None = None
 
     def __iter__(self):
-        return _Deferred(super().__iter__)
+        return _Deferred(self)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches": self._taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state)
+
+    def _start(self):
+        epoch = _sampler_epoch(self)
+        restored, self._restored = self._restored, None
+        skip = restored["batches"] if restored and restored.get("epoch") == epoch else 0
+        self._epoch, self._taken, self._skip = epoch, skip, skip
+        return super().__iter__()
+
+    @property
+    def _index_sampler(self):
+        # What torch's iterators draw batches of indices from; a persistent worker
+        # iterator keeps it, so the skip is looked up on every pass.
+        return _Skipping(self, super()._index_sampler)
 
 
 class _Deferred:
-    def __init__(self, start):
-        self._start, self._it = start, None
+    def __init__(self, loader: EpochLoader):
+        self._loader, self._it = loader, None
 
     def __iter__(self):
         return self
 
     def __next__(self):
         if self._it is None:
-            self._it = self._start()
-        return next(self._it)
+            self._it = self._loader._start()
+        batch = next(self._it)
+        self._loader._taken += 1
+        return batch
+
+
+class _Skipping:
+    """An index sampler that leaves out the first ``loader._skip`` batches of its next
+    pass (drawn, so seeded draws after them stay the same). Lazy, like a generator:
+    torch's iterators call ``iter`` twice and use the second."""
+
+    def __init__(self, loader: EpochLoader, sampler):
+        self.loader, self.sampler = loader, sampler
+
+    def __iter__(self):
+        skip, self.loader._skip = self.loader._skip, 0
+        it = iter(self.sampler)
+        for _ in range(skip):
+            next(it, None)
+        yield from it
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+def _sampler_epoch(loader: DataLoader) -> int | None:
+    for obj in (getattr(loader.batch_sampler, "sampler", None), loader.batch_sampler,
+                loader.sampler):
+        epoch = getattr(obj, "epoch", None)
+        if isinstance(epoch, int):
+            return epoch
+    return None
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -489,7 +551,26 @@ class PreferenceDataModule(LightningDataModule):
         return EpochLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self._train_state is not None:
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        return loader
+
+    # The training loader's place in its epoch, kept in checkpoints. Lightning also keeps
+    # it as the loader's own state, but restores that only when it creates the loader
+    # after the checkpoint is read, and a fit with max_epochs creates it before (to count
+    # the steps for the schedule); the datamodule's state is read before either. (Where
+    # Lightning rebuilds the loader with a distributed sampler, the rebuilt one starts
+    # without it, and only Lightning's own restore applies.)
+    _train_state: dict | None = None
+
+    def state_dict(self) -> dict:
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_loader": loader.state_dict()} if isinstance(loader, EpochLoader) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_state = state.get("train_loader")
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)
