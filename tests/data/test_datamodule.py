@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch  # what Lightning calls
 
 from ur.data.collate import IGNORE_INDEX, JudgeCollator
 from ur.data.datamodule import CorpusError, PreferenceDataModule, SourceSpec, WorldSpec
@@ -226,22 +227,24 @@ def test_text_views_need_evidence(broken_source, world, processor):
         PreferenceDataModule(world=world, text_views=-1)
 
 
+def train_loader(world, processor, **kwargs):
+    dm = PreferenceDataModule(world=world, batch_size=4, **kwargs)
+    dm.processor = processor
+    dm.setup("fit")
+    return dm.train_dataloader()
+
+
 @pytest.mark.parametrize("text_views", [0, 3])
 def test_training_batches_follow_an_epoch_set_after_the_iterator(world, processor, text_views):
     """Lightning creates the training iterator, then sets the sampler's epoch. With a
     worker, the batches must still be that epoch's (a resumed run replayed epoch 0's)."""
     def first_ids(set_epoch_after_iter: bool) -> list[str]:
-        dm = PreferenceDataModule(world=world, batch_size=4, num_workers=1,
-                                  text_views=text_views)
-        dm.processor = processor
-        dm.setup("fit")
-        loader = dm.train_dataloader()
-        sampler = loader.batch_sampler if text_views else loader.sampler
+        loader = train_loader(world, processor, num_workers=1, text_views=text_views)
         if not set_epoch_after_iter:
-            sampler.set_epoch(3)
+            _set_sampler_epoch(loader, 3)
         it = iter(loader)
         if set_epoch_after_iter:
-            sampler.set_epoch(3)
+            _set_sampler_epoch(loader, 3)
         batch = next(it)
         ids = [r.id for r in batch["records"]]
         del it, loader  # stop the worker
@@ -249,10 +252,8 @@ def test_training_batches_follow_an_epoch_set_after_the_iterator(world, processo
 
     at_epoch_3 = first_ids(set_epoch_after_iter=False)
     assert first_ids(set_epoch_after_iter=True) == at_epoch_3
-    dm = PreferenceDataModule(world=world, batch_size=4, text_views=text_views)
-    dm.processor = processor
-    dm.setup("fit")
-    assert [r.id for r in next(iter(dm.train_dataloader()))["records"]] != at_epoch_3
+    epoch_0 = next(iter(train_loader(world, processor, text_views=text_views)))
+    assert [r.id for r in epoch_0["records"]] != at_epoch_3
 
 
 @pytest.mark.parametrize("text_views", [0, 3])
@@ -260,21 +261,14 @@ def test_training_loader_resumes_within_an_epoch(world, processor, text_views):
     """A training loader given another's state (the epoch and the batches it handed out)
     gives the rest of that epoch; given it at another epoch, that whole epoch."""
     def loader():
-        dm = PreferenceDataModule(world=world, batch_size=4, num_workers=1,
-                                  text_views=text_views)
-        dm.processor = processor
-        dm.setup("fit")
-        return dm.train_dataloader()
+        return train_loader(world, processor, num_workers=1, text_views=text_views)
 
     def ids(batches):
         return [[r.id for r in b["records"]] + [r.id for r in b.get("text_views", {}).get(
             "records", [])] for b in batches]
 
-    def epoch_sampler(dl):
-        return dl.batch_sampler if text_views else dl.sampler
-
     first = loader()
-    epoch_sampler(first).set_epoch(2)
+    _set_sampler_epoch(first, 2)
     it = iter(first)
     head = [next(it), next(it)]
     state = first.state_dict()
@@ -284,13 +278,13 @@ def test_training_loader_resumes_within_an_epoch(world, processor, text_views):
 
     again = loader()
     again.load_state_dict(state)
-    epoch_sampler(again).set_epoch(2)
+    _set_sampler_epoch(again, 2)
     assert ids(again) == whole[2:]
     assert again.state_dict() == {"epoch": 2, "batches": len(whole)}
-    epoch_sampler(again).set_epoch(2)
+    _set_sampler_epoch(again, 2)
     assert ids(again) == whole  # the next pass over that epoch starts at its beginning
 
     later = loader()
     later.load_state_dict(state)
-    epoch_sampler(later).set_epoch(3)
+    _set_sampler_epoch(later, 3)
     assert len(ids(later)) == len(whole)
