@@ -358,7 +358,7 @@ def _results(args) -> int:
         df = results.formatted(results.synergy_table(df, args.summary))
     text = df.to_csv(index=args.summary is not None) if args.format == "csv" else df.to_markdown()
     if args.out:
-        from ur.runs import write_text_atomic
+        from ur.io import write_text_atomic
 
         write_text_atomic(args.out, text)
         print(args.out)
@@ -394,6 +394,7 @@ def _lightning_cli_class():
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
     from ur import runs
+    from ur.io import write_json_atomic
 
     class SaveRunConfig(SaveConfigCallback):
         """Saves the resolved config into the run folder and logs it to W&B once."""
@@ -491,7 +492,7 @@ def _lightning_cli_class():
             sweep = _sweep_record()
             if sweep:
                 cfg.run.meta = {**dict(cfg.run.meta or {}), "sweep": sweep}
-                runs.write_json_atomic(run_dir / "sweep.json", sweep)
+                write_json_atomic(run_dir / "sweep.json", sweep)
             self.save_config_kwargs["run_dir"] = str(run_dir)
 
         def _finish(self, stage: str) -> None:

@@ -14,14 +14,14 @@ and two runs started in the same second do not collide.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
 import secrets
 import time
 from pathlib import Path
+
+from ur.io import write_json_atomic
 
 WANDB_ENV_DIRS = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
@@ -54,33 +54,6 @@ def point_wandb_at(run_dir: Path) -> None:
         sub = run_dir / "wandb" / f".{var[6:-4].lower()}"
         sub.mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(sub.resolve())
-
-
-@contextlib.contextmanager
-def exclusive(path: str | Path):
-    """Hold an exclusive lock on ``<path>.lock`` (a sibling file), so that runs started
-    side by side (``ur sweep --jobs 2``) build a shared world or tiny base once: the
-    others wait, then find it built."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write through a temporary sibling and rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _plain(value):

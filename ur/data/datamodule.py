@@ -74,7 +74,7 @@ class WorldSpec:
 
     def manifest(self) -> dict:
         from ur.data.synthetic.writer import write_world
-        from ur.runs import exclusive
+        from ur.io import exclusive
 
         with exclusive(self.out):
             return write_world(self.out, size=self.size, seed=self.seed,

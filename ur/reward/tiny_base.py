@@ -162,7 +162,7 @@ def _spec_dict(spec) -> dict:
 def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
     """Return ``checkpoint``, building and pretraining it first if it is missing or was
     built from another spec."""
-    from ur.runs import exclusive
+    from ur.io import exclusive
 
     checkpoint = Path(checkpoint)
     with exclusive(checkpoint):

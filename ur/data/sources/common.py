@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from ur.data.answers import parse_pairwise, parse_score
 from ur.data.records import Media, PreferenceRecord, RecordError
+from ur.io import UnsafePathError, safe_join
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 Item = PreferenceRecord | RecordError
@@ -157,12 +158,11 @@ def resolve_path(value: str, root: Path, field: str) -> str:
     """An absolute path for a media reference, refusing one that escapes ``root``."""
     if not isinstance(value, str) or not value.strip():
         raise RecordError("media path is missing or empty", field=field)
-    candidate = Path(value)
-    full = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not full.is_relative_to(root):
+    try:
+        return str(safe_join(root, value))
+    except UnsafePathError:
         raise RecordError(f"media path {value!r} escapes the source root {str(root)!r}",
-                          field=field)
-    return str(full)
+                          field=field) from None
 
 
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
