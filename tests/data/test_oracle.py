@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ur.data.records import Media
-from ur.data.synthetic import degrade, oracle
+from ur.data.synthetic import degrade, language, oracle
 from ur.data.synthetic.render import render_clip, render_image
 from ur.data.synthetic.scene import (
     Obj,
@@ -186,41 +186,42 @@ def test_caption_grammar_round_trips():
 
 
 def test_answer_claims_pair_each_claim_with_the_evidence():
+    assert oracle.answer_claims is language.answer_claims  # the oracle's name for it too
     ev = "a blue square at the top and a red circle on the left"
-    assert oracle.answer_claims("What colour is the circle?", "It is blue.", ev) == [
+    assert language.answer_claims("What colour is the circle?", "It is blue.", ev) == [
         ("blue", "red")]
-    assert oracle.answer_claims("What shape is the blue one?", "A square.", ev) == [
+    assert language.answer_claims("What shape is the blue one?", "A square.", ev) == [
         ("square", "square")]
-    assert oracle.answer_claims("Where is the square?", "On the left or at the top.", ev) == [
+    assert language.answer_claims("Where is the square?", "On the left or at the top.", ev) == [
         ("left", "top"), ("top", "top")]
-    assert oracle.answer_claims("How many shapes are there?", "Just one.", ev) == [
+    assert language.answer_claims("How many shapes are there?", "Just one.", ev) == [
         ("one", "two")]
     # Objects are matched as the oracle matches them, whatever order the answer uses.
     said = "A red square on the left and a blue square at the top."
-    assert oracle.answer_claims("Describe the image.", said, ev) == [
+    assert language.answer_claims("Describe the image.", said, ev) == [
         ("red", "red"), ("square", "circle"), ("left", "left"),
         ("blue", "blue"), ("square", "square"), ("top", "top")]
     extra = "A red circle on the left, a blue square at the top and a green diamond."
-    assert oracle.answer_claims("Describe the image.", extra, ev)[-3:] == [
+    assert language.answer_claims("Describe the image.", extra, ev)[-3:] == [
         ("green", "none"), ("diamond", "none"), ("none", "none")]
     clip = "a green triangle moving up"
-    assert oracle.answer_claims("Which way does the triangle move?", "It is still.", clip) == [
+    assert language.answer_claims("Which way does the triangle move?", "It is still.", clip) == [
         ("still", "up")]
-    assert oracle.answer_claims("Describe the video.", "A green circle moving up.", clip) == [
+    assert language.answer_claims("Describe the video.", "A green circle moving up.", clip) == [
         ("green", "green"), ("circle", "triangle"), ("up", "up")]
     # An object the answer leaves out is claimed as "none": agreement stays the oracle's.
-    assert oracle.answer_claims("Describe the image.", "A blue square at the top.", ev) == [
+    assert language.answer_claims("Describe the image.", "A blue square at the top.", ev) == [
         ("blue", "blue"), ("square", "square"), ("top", "top"),
         ("none", "red"), ("none", "circle"), ("none", "left")]
     # Counts are words or digits, never "no" (a verdict word); "no shape" counts zero.
-    assert oracle.answer_claims("How many shapes are there?", "There are 5.", ev) == [
+    assert language.answer_claims("How many shapes are there?", "There are 5.", ev) == [
         ("5", "two")]
-    assert oracle.answer_claims("How many shapes are there?", "There is one.", "no shape") == [
+    assert language.answer_claims("How many shapes are there?", "There is one.", "no shape") == [
         ("one", "zero")]
-    assert oracle.answer_claims("Is the circle red?", "Yes, it is red.", ev) is None
-    assert oracle.answer_claims("What colour is the shape?", "I do not know.", ev) is None
-    assert oracle.answer_claims("Describe the image.", "Nothing.", ev) is None
-    assert oracle.answer_claims("What colour is the shape?", "It is red.", "no shape") is None
+    assert language.answer_claims("Is the circle red?", "Yes, it is red.", ev) is None
+    assert language.answer_claims("What colour is the shape?", "I do not know.", ev) is None
+    assert language.answer_claims("Describe the image.", "Nothing.", ev) is None
+    assert language.answer_claims("What colour is the shape?", "It is red.", "no shape") is None
 
 
 def test_answer_claims_agree_with_the_oracles_scores():
@@ -236,7 +237,7 @@ def test_answer_claims_agree_with_the_oracles_scores():
                 for said in (answer(scene, q), _paraphrase(answer(scene, q)),
                              _wrong_answer(scene, q, rng, subtle=bool(i % 2), errors=1 + i % 3),
                              answer(scene.with_objects(scene.objects[:1]), q)):  # one left out
-                    claims = oracle.answer_claims(q.text, said, scene.caption())
+                    claims = language.answer_claims(q.text, said, scene.caption())
                     held = sum(c == t for c, t in claims) / len(claims)
                     assert held == pytest.approx(oracle.score_answer(scene, q.text, said),
                                                  abs=1e-9), (q.text, said, claims)

@@ -347,6 +347,35 @@ def test_sharegptvideo_dpo(tmp_path):
     assert recs["s1"].swapped().responses == ("Pink.", "Grey.")
 
 
+# --- image-understanding DPO pairs -----------------------------------------------------
+
+def test_image_dpo(tmp_path):
+    image(tmp_path / "imgs" / "1.png")
+    rows = [
+        {"id": "i0", "image": "imgs/1.png", "prompt": "<image>\nWhat colour is it?",
+         "chosen": "It is red.", "rejected": "It is blue.", "chosen_score": 1.0,
+         "ur_evidence": ["a red square in the center"], "ur_scores": [1.0, 0.0]},
+        {"id": "i1", "image": "imgs/1.png", "prompt": "Q?", "chosen": "a", "rejected": " "},
+        {"id": "i2", "image": ESCAPE, "prompt": "Q?", "chosen": "a", "rejected": "b"},
+        {"id": "i3", "prompt": "Q?", "chosen": "a", "rejected": "b"},
+        {"id": "i4", "image": "imgs/1.png", "prompt": "<image>", "chosen": "a",
+         "rejected": "b"},
+        {"id": "i5", "image": ["imgs/1.png"], "prompt": "Q?", "chosen": "a", "rejected": "b"},
+    ]
+    f = write_jsonl(tmp_path / "pairs.jsonl", rows, extra_lines=["[1, 2]"])
+    records, errors = read("image_dpo", f)
+    assert_errors(errors, f, {1: "rejected", 2: "image", 3: "image", 4: "prompt",
+                              5: "image", 6: None})
+    (i0,) = records
+    assert (i0.task, i0.form, i0.label, i0.source) == ("image_understanding", "pairwise",
+                                                        "first", "image_dpo")
+    assert i0.prompt == "What colour is it?" and i0.responses == ("It is red.", "It is blue.")
+    assert i0.media[0].kind == "image"
+    assert i0.media[0].path == str((tmp_path / "imgs" / "1.png").resolve())
+    assert i0.evidence == ("a red square in the center",) and i0.response_scores == (1.0, 0.0)
+    assert i0.meta == {"chosen_score": 1.0}
+
+
 # --- GenAI-Bench -----------------------------------------------------------------------
 
 def test_genai_bench(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,9 +14,8 @@ import numpy as np
 import pytest
 
 from ur.data.records import TASKS, RecordError
-from ur.data.synthetic import build_item, read_manifest, synthesize, write_world
-from ur.data.synthetic.world import SCALES, TIE_MARGIN, pair_label, split_counts
-from ur.data.synthetic.writer import BENCHMARKS, SCHEMAS
+from ur.data.synthetic.world import SCALES, TIE_MARGIN, build_item, pair_label, split_counts
+from ur.data.synthetic.writer import BENCHMARKS, SCHEMAS, read_manifest, synthesize, write_world
 
 
 def test_items_are_deterministic_and_seeded():
@@ -211,3 +212,13 @@ def test_every_manifest_entry_reads_back_through_its_adapter(world):
             # The judge's target states the evidence, then the score.
             assert all(r.target.startswith(f"The {r.modality} shows {r.evidence[0]}.")
                        and "Final Score:" in r.target for r in items)
+
+
+def test_the_templates_load_the_worlds_language_only():
+    """The prompt templates read answers with the world's grammar, without loading the
+    oracle, the world or its writer (which imports the templates)."""
+    code = ("import sys, ur.data.templates; print(' '.join(sorted(m for m in sys.modules "
+            "if m.startswith('ur.data.synthetic'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["ur.data.synthetic", "ur.data.synthetic.language", "ur.data.synthetic.scene"]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
 from ur.data.records import PreferenceRecord, RecordError, is_generation
+from ur.data.synthetic.language import answer_claims
 
 _PAIR_END = ('Describe each {kind}, then end with "{noun} 1 is better", "{noun} 2 is better" or '
              '"Both {plural} are equally good".')
@@ -164,8 +165,6 @@ class PromptTemplates:
     def check(self, name: str, question: str, answer: str, score: float,
               evidence: str | None) -> str:
         """One answer checked in ``check_style``, named ``name`` ("Answer 1")."""
-        from ur.data.synthetic.oracle import answer_claims  # the world imports templates
-
         claims = (self.check_style == "claims" and evidence is not None
                   and answer_claims(question, answer, evidence))
         return claims_check(name, claims, score) if claims else answer_check(name, answer,
@@ -209,8 +208,6 @@ class PromptTemplates:
         if not (self.answer_checks and not is_generation(record.task) and record.evidence
                 and record.target is not None and self._embeds_answer(record)):
             return None
-        from ur.data.synthetic.oracle import answer_claims
-
         lead = f"The {record.modality} shows {record.evidence[0]}. "
         question, answer = embedded_answer(record.instruction or record.prompt)
         claims = answer_claims(question, answer, record.evidence[0])

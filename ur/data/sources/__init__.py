@@ -5,15 +5,21 @@ Every adapter module defines ``NAME``, ``TASKS`` (the tasks it can yield) and
 ``read(path, *, split=None, media_root=None, **options)``, which yields records and, for
 rows that cannot be used, :class:`RecordError` items (so a caller can list every
 problem, or skip and count them). :func:`read_source` is the one entry point.
+
+The DPO pair schemas (:data:`PAIR_SCHEMAS`, one per task) are written too: their
+modules define ``write_pairs(path, pairs, *, media_root=None, **options) -> Path``,
+which writes pairwise records (the preferred candidate as the chosen one) in the
+schema, so that ``read`` gives the same judgments back. :func:`write_pairs` is the
+entry point.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ur.data.records import RecordError
+from ur.data.records import PreferenceRecord, RecordError
 from ur.data.sources.common import Item
 
 SOURCE_NAMES: tuple[str, ...] = (
@@ -24,11 +30,19 @@ SOURCE_NAMES: tuple[str, ...] = (
     "videodpo",
     "llava_critic",
     "sharegptvideo_dpo",
+    "image_dpo",
     "genai_bench",
     "videogen_rewardbench",
     "vl_rewardbench",
     "llava_sft",
 )
+# The schema DPO pairs of each task are written in (FACTS.md section 7, "DPO pairs").
+PAIR_SCHEMAS: dict[str, str] = {
+    "image_generation": "pickapic_v2",
+    "video_generation": "videodpo",
+    "image_understanding": "image_dpo",
+    "video_understanding": "sharegptvideo_dpo",
+}
 
 
 def get_source(name: str):
@@ -47,3 +61,14 @@ def read_source(name: str, path: str | Path, *, split: str | None = None,
         yield e.located(file=path)
     except (OSError, UnicodeDecodeError) as e:
         yield RecordError(f"cannot read: {e}", file=path)
+
+
+def write_pairs(name: str, path: str | Path, pairs: Iterable[PreferenceRecord], *,
+                media_root: str | Path | None = None, **options) -> Path:
+    """Write pairwise records to ``path`` in the schema of source ``name`` (one of
+    :data:`PAIR_SCHEMAS`' values) and return the path."""
+    adapter = get_source(name)
+    if not hasattr(adapter, "write_pairs"):
+        raise ValueError(f"source {name!r} is read only; pairs are written in "
+                         f"{', '.join(sorted(set(PAIR_SCHEMAS.values())))}")
+    return adapter.write_pairs(path, pairs, media_root=media_root, **options)

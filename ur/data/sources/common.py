@@ -5,6 +5,11 @@ Rows come from a single file (parquet, JSON list or dict-of-columns, JSONL, CSV)
 folder of such files, a ``datasets.save_to_disk`` folder, or, when the path does not
 exist locally and looks like ``owner/name``, a Hugging Face hub id loaded through
 ``datasets`` (the only code path that touches the network, and only on request).
+
+The DPO pair schemas are written as well as read: :func:`write_json_rows` and the
+helpers after it are what their ``write_pairs`` functions share (the preferred candidate
+first, media as paths relative to the folder the reader resolves against, the synthetic
+world's extra columns, files replaced atomically).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from ur.data.answers import parse_pairwise, parse_score
-from ur.data.records import Media, PreferenceRecord, RecordError
-from ur.io import UnsafePathError, safe_join
+from ur.data.records import Media, PreferenceRecord, RecordError, task_modality
+from ur.io import UnsafePathError, safe_join, write_text_atomic
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 Item = PreferenceRecord | RecordError
@@ -425,3 +430,164 @@ def judgment(target: str, form: str | None, scale: tuple[float, float] | None,
         raise RecordError("the answer holds no verdict (\"... 1 is better\", \"... 2 is "
                           "better\", a tie, or \"Final Score: X\")", field=field)
     return "pairwise", label, None
+
+
+# ------------------------------------------------------------------------------ writing
+
+def candidate_scores_of(row: dict) -> tuple[float, ...] | None:
+    """How good each candidate of a generation pair is (the synthetic world's oracle),
+    from the extra ``ur_scores`` column in the row's order; readers keep it in
+    ``meta["ur_scores"]`` (generation records have no responses to score) and the pair
+    writers write it back."""
+    return response_scores_of(row)
+
+
+def check_pair(record, task: str, path: Path) -> None:
+    """Refuse anything but a pairwise ``task`` record, naming the record id."""
+    if not isinstance(record, PreferenceRecord):
+        raise ValueError(f"{path}: expected PreferenceRecords, got {type(record).__name__}")
+    if record.task != task or record.form != "pairwise":
+        raise ValueError(f"{path}: record {record.id!r} is a {record.form} {record.task} "
+                         f"record; this schema holds pairwise {task} pairs")
+    if record.instruction is not None:
+        raise ValueError(f"{path}: record {record.id!r} holds a verbatim judge conversation, "
+                         "not two candidates that can be written as a pair")
+
+
+def refuse_tie(record: PreferenceRecord, path: Path) -> None:
+    if record.label == "tie":
+        raise ValueError(f"{path}: record {record.id!r} is a tie; a DPO pair needs a chosen "
+                         "and a rejected candidate")
+
+
+def preferred_first(record: PreferenceRecord, path: Path) -> PreferenceRecord:
+    """The record with its preferred candidate first (label ``first``), which is how a
+    chosen/rejected schema stores it and reads it back; a tie is refused."""
+    refuse_tie(record, path)
+    return record if record.label == "first" else record.swapped()
+
+
+def generation_scores(record: PreferenceRecord, path: Path) -> list | None:
+    """``meta["ur_scores"]`` of a generation pair (one score per candidate, in the
+    record's order; see :func:`candidate_scores_of`), or None."""
+    scores = record.meta.get("ur_scores")
+    if scores is None:
+        return None
+    scores = list(scores)
+    if len(scores) != len(record.media):
+        raise ValueError(f"{path}: record {record.id!r} has {len(scores)} ur_scores for "
+                         f"{len(record.media)} candidates")
+    return scores
+
+
+def media_base(path: str | Path, media_root: str | Path | None) -> Path:
+    """The folder a written table's media paths are relative to: ``media_root`` if given,
+    else the table's own folder, which is what a reader resolves them against by default
+    (:func:`source_root`)."""
+    return Path(media_root).resolve() if media_root is not None else \
+        Path(path).parent.resolve()
+
+
+def _relative(value: str, base: Path, path: Path, record_id: str, field: str | None) -> str:
+    full = Path(value).resolve()
+    if not full.is_relative_to(base):
+        raise ValueError(f"{path}: record {record_id!r}: {field or 'media'} {value!r} lies "
+                         f"outside {str(base)!r}, the folder its path is written relative "
+                         "to; keep the media under it, or pass media_root= (and read with "
+                         "the same media root)")
+    return full.relative_to(base).as_posix()
+
+
+def media_path_value(media: Media, base: Path, path: Path, record_id: str) -> str | list[str]:
+    """How a path schema stores one media reference: its path relative to ``base`` (a
+    file, or a folder of frames), or for an explicit frame list, the list of relative
+    frame paths. Nothing is copied; media outside ``base`` and inline image bytes are
+    refused."""
+    if media.data is not None:
+        raise ValueError(f"{path}: record {record_id!r}: {media.field or 'media'} holds image "
+                         "bytes, and this schema stores paths; write the image to a file "
+                         f"under {str(base)!r} and reference it by path")
+    if media.frames is not None:
+        return [_relative(f, base, path, record_id, media.field) for f in media.frames]
+    return _relative(media.path, base, path, record_id, media.field)
+
+
+def extra_columns(evidence, scores) -> dict:
+    """The synthetic world's extra columns (``ur_evidence``, ``ur_scores``), each only
+    when known, in the order the row holds its candidates."""
+    out = {}
+    if evidence is not None:
+        out["ur_evidence"] = list(evidence)
+    if scores is not None:
+        out["ur_scores"] = list(scores)
+    return out
+
+
+def write_json_rows(path: str | Path, rows: list[dict]) -> Path:
+    """Write rows as a JSON list (``.json``) or one object a line (``.jsonl``), replacing
+    the file atomically so a reader never sees half of it."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    elif path.suffix == ".json":
+        text = json.dumps(rows, indent=1)
+    else:
+        raise ValueError(f"{path}: write pairs to a .json or .jsonl file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, text)
+
+
+def _answer(row: dict, key: str) -> str:
+    text = require(row, key, str)
+    if not text.strip():
+        raise RecordError("answer is empty", field=key)
+    return text
+
+
+ANSWER_PAIR_META = ("chosen_score", "rejected_score", "answer")
+
+
+def read_answer_pairs(path, *, split, media_root, source: str, task: str,
+                      media_field: str) -> Iterator[Item]:
+    """Rows ``{id, <media_field>, prompt, chosen, rejected}`` of an understanding DPO
+    schema as pairwise records (chosen first, label ``first``); ``<image>``/``<video>``
+    placeholders are removed from the prompt; ``chosen_score``, ``rejected_score`` and
+    ``answer``, where present, are kept in ``meta``."""
+    root = source_root(path, media_root)
+    kind = task_modality(task)
+
+    def build(row, file, i):
+        prompt = strip_placeholders(require(row, "prompt", str))
+        if not prompt.strip():
+            raise RecordError("the question is empty", field="prompt")
+        media = media_ref(require(row, media_field), kind=kind, root=root, field=media_field)
+        meta = {k: row[k] for k in ANSWER_PAIR_META if row.get(k) is not None}
+        return PreferenceRecord(
+            task=task, form="pairwise", source=source, id=row_id(row, file, i),
+            prompt=prompt, media=(media,), responses=(_answer(row, "chosen"),
+                                                      _answer(row, "rejected")),
+            label="first", evidence=evidence_of(row),
+            response_scores=response_scores_of(row), meta=meta, file=file, row=i)
+
+    yield from map_rows(load_rows(path, split=split), build)
+
+
+def write_answer_pairs(path, pairs: Iterable[PreferenceRecord], *, media_root, task: str,
+                       media_field: str) -> Path:
+    """Write pairwise understanding records as rows ``{id, <media_field>, prompt, chosen,
+    rejected}`` (the preferred answer is ``chosen``), with ``meta``'s
+    ``chosen_score``/``rejected_score``/``answer`` and the world's extra columns where
+    known. Ties, media outside the base folder and inline image bytes are refused; the
+    file is written only when every record could be."""
+    path = Path(path)
+    base = media_base(path, media_root)
+    rows = []
+    for record in pairs:
+        check_pair(record, task, path)
+        rec = preferred_first(record, path)
+        row = {"id": rec.id, media_field: media_path_value(rec.media[0], base, path, rec.id),
+               "prompt": rec.prompt, "chosen": rec.responses[0], "rejected": rec.responses[1]}
+        row.update({k: rec.meta[k] for k in ANSWER_PAIR_META if rec.meta.get(k) is not None})
+        row.update(extra_columns(rec.evidence, rec.response_scores))
+        rows.append(row)
+    return write_json_rows(path, rows)

@@ -7,49 +7,34 @@ frames (the release ships frame folders named by video id), resolved against
 in the prompt (a model-format artefact) are removed. Responses are (chosen, rejected),
 label ``first``; the DataModule swaps the order (seeded). Scores and the reference
 ``answer``, where present, are kept in ``meta``.
+
+:func:`write_pairs` writes pairwise video-understanding records in this schema: the
+preferred answer as ``chosen``, the video as a path relative to the output's folder (or
+``media_root``), ``meta``'s scores and ``answer`` back in their columns. A tie cannot be
+written (ValueError naming the record).
 """
 
 from __future__ import annotations
 
-from ur.data.records import PreferenceRecord, RecordError
-from ur.data.sources.common import (
-    evidence_of,
-    load_rows,
-    map_rows,
-    media_ref,
-    require,
-    response_scores_of,
-    row_id,
-    source_root,
-    strip_placeholders,
-)
+from collections.abc import Iterable
+from pathlib import Path
+
+from ur.data.records import PreferenceRecord
+from ur.data.sources.common import read_answer_pairs, write_answer_pairs
 
 NAME = "sharegptvideo_dpo"
 TASKS = ("video_understanding",)
 
 
-def _answer(row: dict, key: str) -> str:
-    text = require(row, key, str)
-    if not text.strip():
-        raise RecordError("answer is empty", field=key)
-    return text
-
-
 def read(path, *, split=None, media_root=None):
-    root = source_root(path, media_root)
+    yield from read_answer_pairs(path, split=split, media_root=media_root, source=NAME,
+                                 task="video_understanding", media_field="video")
 
-    def build(row, file, i):
-        prompt = strip_placeholders(require(row, "prompt", str))
-        if not prompt.strip():
-            raise RecordError("the question is empty", field="prompt")
-        video = media_ref(require(row, "video"), kind="video", root=root, field="video")
-        meta = {k: row[k] for k in ("chosen_score", "rejected_score", "answer")
-                if row.get(k) is not None}
-        return PreferenceRecord(
-            task="video_understanding", form="pairwise", source=NAME, id=row_id(row, file, i),
-            prompt=prompt, media=(video,), responses=(_answer(row, "chosen"),
-                                                      _answer(row, "rejected")),
-            label="first", evidence=evidence_of(row),
-            response_scores=response_scores_of(row), meta=meta, file=file, row=i)
 
-    yield from map_rows(load_rows(path, split=split), build)
+def write_pairs(path: str | Path, pairs: Iterable[PreferenceRecord], *,
+                media_root: str | Path | None = None) -> Path:
+    """Write ``pairs`` to ``path`` (``.jsonl``, or a ``.json`` list) and return the path;
+    video paths are written relative to ``media_root`` if given, else the output's folder,
+    and a video outside that folder's tree is refused."""
+    return write_answer_pairs(path, pairs, media_root=media_root,
+                              task="video_understanding", media_field="video")

@@ -53,7 +53,8 @@ Understanding (``score_answer``): the question is parsed with the world's gramma
 answer's vocabulary words are compared with the scene: 1 for the right value, ``1/k``
 when the right value is among ``k`` named, else 0; a description scores the fraction
 of right attributes over the scene's objects (extra objects count as wrong). Negation
-is not understood.
+is not understood. Answers are read with :mod:`.language`, which also holds
+:func:`~ur.data.synthetic.language.answer_claims` (importable from here too).
 """
 
 from __future__ import annotations
@@ -66,20 +67,20 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ur.data.synthetic.language import MAX_NAMED, MAX_OBJECTS, count_in, mentioned
+from ur.data.synthetic.language import answer_claims as answer_claims  # re-exported
 from ur.data.synthetic.render import unit_template
 from ur.data.synthetic.scene import (
     BACKGROUND,
     COLOUR_NAMES,
     COLOURS,
     MOTION_PHRASES,
-    NUMBER_WORDS,
     PLACE_PHRASES,
     SHAPES,
     Element,
     Question,
     Scene,
     article,
-    asks_to_describe,
     find_object,
     motion_of,
     nearest_place,
@@ -92,8 +93,6 @@ FOREGROUND_DISTANCE = 90.0
 COLOUR_DISTANCE = 80.0
 MIN_SHAPE_IOU = 0.6
 MIN_AREA_FRACTION = 0.004
-MAX_OBJECTS = 4
-MAX_NAMED = 6  # objects of a description that are read
 NOISE_FLOOR, NOISE_SCALE = 1.0, 20.0
 BLUR_FREE, BLUR_SCALE = 1.4, 2.0
 FLICKER_FREE, FLICKER_SCALE = 2.0, 40.0
@@ -538,36 +537,6 @@ def describe_video(frames) -> str:
 
 # ----------------------------------------------------------------------- understanding
 
-_ATTR_PATTERNS = {
-    "colour": "|".join(COLOUR_NAMES),
-    "shape": "|".join(SHAPES),
-    "place": "left|right|top|bottom|center|centre|middle",
-}
-_CANON_PLACE = {"centre": "center", "middle": "center"}
-
-
-def _mentioned(asks: str, text: str) -> set[str]:
-    low = text.lower()
-    if asks == "motion":
-        found = set(re.findall(r"\b(?:mov(?:ing|es?)|going|heads?|heading)\s+(left|right|up|down)\b",
-                               low))
-        if re.search(r"\b(still|static|stationary|not moving|does not move|stays?)\b", low):
-            found.add("still")
-        return found
-    return {_CANON_PLACE.get(w, w) for w in re.findall(rf"\b({_ATTR_PATTERNS[asks]})s?\b", low)}
-
-
-def _count_in(text: str) -> int | None:
-    low = text.lower()
-    m = re.search(r"\b(\d+)\b", low)
-    if m:
-        return int(m.group(1))
-    for i, w in enumerate(NUMBER_WORDS):
-        if re.search(rf"\b{w}\b", low):
-            return i
-    return None
-
-
 def _describe_score(scene: Scene, text: str) -> float:
     named = parse_text(text)[:MAX_NAMED]
     truth = scene.objects[:MAX_OBJECTS]
@@ -591,62 +560,12 @@ def score_answer(scene: Scene, question: str | Question, answer: str) -> float:
     q = question if isinstance(question, Question) else parse_question(question)
     answer = answer or ""
     if q.asks == "count":
-        return float(_count_in(answer) == len(scene.objects))
+        return float(count_in(answer) == len(scene.objects))
     if q.asks == "describe":
         return float(_describe_score(scene, answer))
     obj = find_object(scene, q.about)
     if obj is None:
         return float(bool(re.search(r"\b(no|none|nothing|not)\b", answer.lower())))
-    said = _mentioned(q.asks, answer)
+    said = mentioned(q.asks, answer)
     truth = getattr(obj, q.asks)
     return 1.0 / len(said) if truth in said else 0.0
-
-
-def _count_word(n: int) -> str:
-    """A count as a claim writes it ("zero", not "no", which is a verdict word)."""
-    return "zero" if n == 0 else NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
-
-
-def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, str]] | None:
-    """What ``answer`` claims, each value beside the one ``evidence`` (a description in the
-    world's grammar) gives: ``[("purple", "orange")]`` for "It is purple." about an
-    orange shape; for a description, one pair per attribute of every object either side
-    names (objects matched to the evidence's as the oracle matches them), ``"none"`` where
-    a side names nothing. The share of pairs that agree is :func:`score_answer`'s score.
-    None when the question, the evidence or the answer is outside the grammar."""
-    q = parse_question(question)
-    truth = parse_text(evidence)[:MAX_OBJECTS]
-    if q.asks == "count":
-        n = _count_in(answer)
-        return None if n is None else [(_count_word(n), _count_word(len(truth)))]
-    if not truth:
-        return None
-    if q.asks == "describe":
-        if not asks_to_describe(question):
-            return None  # parse_question's fallback: not a question of the grammar
-        named = parse_text(answer)[:MAX_NAMED]
-        if not named:
-            return None
-        spatial = "motion" if any(e.motion for e in truth) else "place"
-        attrs = ("colour", "shape", spatial)
-        size = max(len(named), len(truth))
-
-        def held(perm):
-            return sum(getattr(named[j], a) == getattr(t, a)
-                       for t, j in zip(truth, perm, strict=True) if j < len(named) for a in attrs)
-
-        best = max(itertools.permutations(range(size), len(truth)), key=held)
-        pairs = []
-        for j, e in enumerate(named):
-            t = truth[best.index(j)] if j in best else Element()
-            pairs += [(getattr(e, a) or "none", getattr(t, a) or "none") for a in attrs]
-        for t, j in zip(truth, best, strict=True):
-            if j >= len(named):  # an object the answer leaves out
-                pairs += [("none", getattr(t, a) or "none") for a in attrs]
-        return pairs
-    matches = [t for t in truth if all(getattr(t, k) == v for k, v in
-                                       q.about.attributes().items())]
-    said = sorted(_mentioned(q.asks, answer))
-    if not matches or not said:
-        return None
-    return [(s, getattr(matches[0], q.asks) or "none") for s in said]

@@ -20,7 +20,9 @@ is the source root the adapters resolve media against)::
 Every row carries ``ur_evidence`` (a JSON list of strings, one per media item in the
 record's media order: what the oracle says each image or clip shows) and
 ``ur_scores`` (the oracle's scores in [0, 1], one per candidate, in the row's own
-order: chosen first where the schema has chosen and rejected). The conversation
+order: chosen first where the schema has chosen and rejected). The DPO pair schemas
+(Pick-a-Pic v2, VideoDPO, ShareGPTVideo DPO) are written by their adapters'
+``write_pairs``, as any set of pairs is. The conversation
 schemas are built through :class:`ur.data.templates.PromptTemplates`, so their targets
 state the evidence before "Final Score: X".
 
@@ -48,7 +50,8 @@ import numpy as np
 from PIL import Image
 
 from ur.data.media import write_frames, write_video
-from ur.data.records import TASKS, Media
+from ur.data.records import TASKS, Media, PreferenceRecord
+from ur.data.sources import pickapic_v2, sharegptvideo_dpo, videodpo
 from ur.data.synthetic.world import FORMS, Item, build_item, pair_label, split_counts
 from ur.data.templates import PromptTemplates
 
@@ -79,6 +82,8 @@ SCHEMAS: dict[tuple[str, str], tuple[str, str]] = {
 }
 # Schemas with no way to say "tie": tie pairs are left out of them and counted.
 NO_TIES = {"videodpo", "sharegptvideo_dpo"}
+# The DPO pair schemas, written by their adapters' own writers.
+PAIR_WRITERS = {m.NAME: m for m in (pickapic_v2, videodpo, sharegptvideo_dpo)}
 BENCHMARKS: dict[str, tuple[str, str, str]] = {  # name -> (source, task, file)
     "genai_bench_image": ("genai_bench", "image_generation", "genai_bench_image.json"),
     "genai_bench_video": ("genai_bench", "video_generation", "genai_bench_video.json"),
@@ -102,10 +107,6 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------- rows
 
-def _label_pair(label: str) -> tuple[float, float]:
-    return {"first": (1.0, 0.0), "second": (0.0, 1.0), "tie": (0.5, 0.5)}[label]
-
-
 def _model(errors) -> str:
     return "synthetic:" + ("+".join(errors) if errors else "clean")
 
@@ -124,23 +125,34 @@ def _ordered(item: Item) -> tuple[int, int]:
     return (0, 1) if item.label == "first" else (1, 0)
 
 
-def _rows(item: Item, split_dir: Path, split: str, fps: int) -> dict[str, dict]:
+def _pair(item: Item, source: str, media: tuple[Media, ...], meta: dict,
+          response_scores=None) -> PreferenceRecord:
+    """A pairwise item as the record its DPO pair schema's writer takes: media
+    references (files already written, or image bytes), the oracle's label and
+    evidence, and the columns the schema keeps in ``meta``."""
+    return PreferenceRecord(
+        task=item.task, form=item.form, source=source, id=item.id, prompt=item.prompt,
+        media=media, responses=item.responses, label=item.label, evidence=item.evidence,
+        response_scores=response_scores, meta=meta)
+
+
+def _rows(item: Item, split_dir: Path, split: str,
+          fps: int) -> dict[str, dict | PreferenceRecord]:
     """Write the item's media under ``split_dir`` and return its rows, by table name
-    (the item's own schema, plus benchmark tables for the test split)."""
+    (the item's own schema, plus benchmark tables for the test split). A DPO pair
+    schema's row is a pairwise record, which its adapter's ``write_pairs`` writes."""
     task, form = item.task, item.form
     source, _ = SCHEMAS[(task, form)]
     rel_dir = Path("media") / f"{task}-{form}"
     common = {"ur_evidence": list(item.evidence), "ur_scores": [round(s, 4) for s in
                                                                 item.oracle_scores]}
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict | PreferenceRecord] = {}
     if task == "image_generation" and form == "pairwise":
-        l0, l1 = _label_pair(item.label)
-        rows[source] = {"ranking_id": item.id, "caption": item.prompt,
-                        "jpg_0": png_bytes(item.media[0]), "jpg_1": png_bytes(item.media[1]),
-                        "label_0": l0, "label_1": l1, "model_0": _model(item.errors[0]),
-                        "model_1": _model(item.errors[1]),
-                        "ur_evidence": json.dumps(item.evidence),
-                        "ur_scores": json.dumps(common["ur_scores"])}
+        media = tuple(Media(kind="image", data=png_bytes(m), field=f"jpg_{k}")
+                      for k, m in enumerate(item.media))
+        rows[source] = _pair(item, source, media, {
+            "model_0": _model(item.errors[0]), "model_1": _model(item.errors[1]),
+            "ur_scores": common["ur_scores"]})
         if split == "test":
             paths = [rel_dir / f"{item.id}_{k}.png" for k in range(2)]
             for p, m in zip(paths, item.media, strict=True):
@@ -165,12 +177,13 @@ def _rows(item: Item, split_dir: Path, split: str, fps: int) -> dict[str, dict]:
             write_video(split_dir / p, m, fps=fps, crf=CRF)
         if item.label != "tie":
             c, r = _ordered(item)
-            rows[source] = {"id": item.id, "caption": item.prompt, "chosen": str(paths[c]),
-                            "rejected": str(paths[r]),
-                            "chosen_score": round(item.oracle_scores[c], 4),
-                            "rejected_score": round(item.oracle_scores[r], 4),
-                            "ur_evidence": [item.evidence[c], item.evidence[r]],
-                            "ur_scores": [common["ur_scores"][c], common["ur_scores"][r]]}
+            media = tuple(Media(kind="video", path=str(split_dir / p),
+                                field="chosen" if k == c else "rejected")
+                          for k, p in enumerate(paths))
+            rows[source] = _pair(item, source, media, {
+                "chosen_score": round(item.oracle_scores[c], 4),
+                "rejected_score": round(item.oracle_scores[r], 4),
+                "ur_scores": common["ur_scores"]})
         if split == "test":
             rows["genai_bench_video"] = {
                 "id": item.id, "prompt": item.prompt, "left_video": str(paths[0]),
@@ -207,12 +220,11 @@ def _rows(item: Item, split_dir: Path, split: str, fps: int) -> dict[str, dict]:
         if form == "pairwise":
             if item.label != "tie":
                 c, r = _ordered(item)
-                rows[source] = {"id": item.id, "video": str(path), "prompt": item.prompt,
-                                "chosen": item.responses[c], "rejected": item.responses[r],
-                                "chosen_score": item.oracle_scores[c],
-                                "rejected_score": item.oracle_scores[r],
-                                "ur_evidence": common["ur_evidence"],
-                                "ur_scores": [common["ur_scores"][c], common["ur_scores"][r]]}
+                media = (Media(kind="video", path=str(split_dir / path), field="video"),)
+                rows[source] = _pair(item, source, media, {
+                    "chosen_score": item.oracle_scores[c],
+                    "rejected_score": item.oracle_scores[r]},
+                    response_scores=common["ur_scores"])
         else:
             media = Media(kind="video", path=str(path), field="video")
             rows[source] = {"id": item.id, "video": str(path),
@@ -244,11 +256,11 @@ def _videogen_verdicts(item: Item) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- chunks
 
-def _chunk(args) -> tuple[dict[str, list[dict]], dict]:
+def _chunk(args) -> tuple[dict[str, list], dict]:
     """Build and write items [start, stop) of one (task, form, split): worker entry."""
     root, task, form, split, start, stop, world, fps = args
     split_dir = Path(root) / split
-    tables: dict[str, list[dict]] = {}
+    tables: dict[str, list] = {}
     stats = {"ties": 0, "pairs": 0, "agree": 0, "items": 0}
     for i in range(start, stop):
         item = build_item(task, form, i, **world)
@@ -262,16 +274,16 @@ def _chunk(args) -> tuple[dict[str, list[dict]], dict]:
     return tables, stats
 
 
-def _write_table(path: Path, rows: list[dict]) -> None:
+def _write_table(path: Path, rows: list, source: str) -> None:
+    """Write one table: the DPO pair schemas through their adapters' writers (rows are
+    pairwise records there), the others from row dicts."""
+    if source in PAIR_WRITERS:
+        # Pick-a-Pic holds ties (0.5/0.5), as the public set does.
+        options = {"ties": True} if source == "pickapic_v2" else {}
+        PAIR_WRITERS[source].write_pairs(path, rows, **options)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    elif path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif path.suffix == ".csv":
+    if path.suffix == ".csv":
         with path.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["id"])
             writer.writeheader()
@@ -393,7 +405,7 @@ def _build(root: Path, args: dict, workers: int | None) -> dict:
             results = list(pool.map(_chunk, jobs))
     else:
         results = [_chunk(j) for j in jobs]
-    tables: dict[tuple, list[dict]] = {}
+    tables: dict[tuple, list] = {}
     stats: dict[tuple, dict] = {}
     for (task, form, split), (chunk_tables, chunk_stats) in zip(keys, results, strict=True):
         for name, rows in chunk_tables.items():
@@ -405,7 +417,7 @@ def _build(root: Path, args: dict, workers: int | None) -> dict:
     for (split, task, form), st in stats.items():
         source, file = SCHEMAS[(task, form)]
         rows = tables.get((split, task, form, source), [])
-        _write_table(root / split / file, rows)
+        _write_table(root / split / file, rows, source)
         entry = {"split": split, "task": task, "form": form, "source": source,
                  "path": f"{split}/{file}", "records": len(rows), "items": st["items"]}
         if form == "pairwise":
@@ -416,7 +428,7 @@ def _build(root: Path, args: dict, workers: int | None) -> dict:
         for name, (bsource, btask, bfile) in BENCHMARKS.items():
             brows = tables.get((split, task, form, name))
             if btask == task and brows:
-                _write_table(root / split / bfile, brows)
+                _write_table(root / split / bfile, brows, bsource)
                 entries.append({"split": split, "task": task, "form": form,
                                 "source": bsource, "path": f"{split}/{bfile}",
                                 "records": len(brows), "benchmark": True,
