@@ -165,8 +165,8 @@ def measure(checkpoint: Path, records: list, max_new_tokens: int, batch_size: in
 
     # Warm-up (lazy imports, first-call allocations), one record of each form, untimed.
     warm = [next(r for r in records if r.form == f) for f in ("pairwise", "pointwise")]
-    fast.judge(warm)
-    gen.judge(warm)
+    fast(warm)
+    gen(warm)
     unbatched_generate(model, processor, warm[:1], templates, num_frames, 4)
 
     # The arms take turns, one batch of records at a time (in rotating order), and each
@@ -185,9 +185,9 @@ def measure(checkpoint: Path, records: list, max_new_tokens: int, batch_size: in
                 before = steps.count
                 t0 = time.perf_counter()
                 if arm == "fast":
-                    out = fast.judge(chunk)
+                    out = fast(chunk)
                 elif arm == "generate":
-                    out = gen.judge(chunk)
+                    out = gen(chunk)
                 else:
                     out = unbatched_generate(model, processor, chunk, templates, num_frames,
                                              max_new_tokens)

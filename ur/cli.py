@@ -328,13 +328,17 @@ def _add_results(sub) -> None:
         "results", help="gather run folders into one table (CSV or markdown)",
         description="Find every run folder under DIR... and print one row per run: arm (the "
                     "tasks it trained on), seed, sweep parameters, and the stage's metrics per "
-                    "task. With --summary METRIC, the ablation table instead: arms x tasks, "
-                    "mean ± std (seeds). --wandb ENTITY/PROJECT reads the W&B API instead.")
+                    "task, accuracies and correlations with their 95% bootstrap interval "
+                    "(markdown: '0.80 [0.76, 0.84]'; CSV: the bounds as <metric>_ci_low and "
+                    "<metric>_ci_high columns). With --summary METRIC, the ablation table "
+                    "instead: arms x tasks, mean ± std over seeds (number of seeds). "
+                    "--wandb ENTITY/PROJECT reads the W&B API instead.")
     p.add_argument("dirs", nargs="*", type=Path, metavar="DIR", help="run folders or their parents")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from the W&B API")
     p.add_argument("--stage", default="test", help="metrics of this stage (default: test)")
     p.add_argument("--summary", metavar="METRIC",
-                   help="e.g. pair_acc_diff or point_spearman: arms x tasks, mean ± std")
+                   help="e.g. pair_acc_diff or point_spearman: arms x tasks, mean ± std over "
+                        "seeds (number of seeds)")
     p.add_argument("--format", choices=("csv", "markdown"), default="markdown")
     p.add_argument("--out", type=Path, help="write here instead of printing")
     p.set_defaults(func=_results)
@@ -355,7 +359,12 @@ def _results(args) -> int:
     if df.empty:
         raise SystemExit(f"ur results: no run with {args.stage} metrics found")
     if args.summary:
-        df = results.formatted(results.synergy_table(df, args.summary))
+        try:
+            df = results.formatted(results.synergy_table(df, args.summary))
+        except KeyError as e:
+            raise SystemExit(f"ur results: {e.args[0]}") from None
+    elif args.format == "markdown":
+        df = results.with_intervals(df)
     text = df.to_csv(index=args.summary is not None) if args.format == "csv" else df.to_markdown()
     if args.out:
         from ur.io import write_text_atomic

@@ -4,9 +4,12 @@
 ``config.yaml`` and ``metrics.json``) and returns one row per run: where it is, its
 name, seed, arm (the tasks it trained on), sweep and parameters, and its metrics per
 task as ``<task>/<metric>`` columns (``image_generation/pair_acc_diff``, ...), from one
-stage (``test`` by default). ``collect_wandb(project)`` builds the same table from the
-W&B API for users with an online project. ``synergy_table`` turns either into the
-ablation table: arms x tasks, mean and spread over seeds.
+stage (``test`` by default). Accuracies and correlations come with the bounds of their
+95% bootstrap interval, ``<task>/<metric>_ci_low`` and ``_ci_high``: part of the metric,
+not metrics of their own. ``collect_wandb(project)`` builds the same table from the
+W&B API for users with an online project. ``with_intervals`` writes each single run's
+value with its interval ("0.80 [0.76, 0.84]"); ``synergy_table`` turns either table into
+the ablation table: arms x tasks, mean and spread over seeds.
 
 ``ur results DIR... [--format csv|markdown] [--out FILE] [--summary METRIC]`` is the
 command-line face of the same functions.
@@ -119,9 +122,42 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
 
 PRIMARY = {"pairwise": "pair_acc_diff", "pointwise": "point_spearman"}
 
+INTERVAL_BOUNDS = ("_ci_low", "_ci_high")
+"""Suffixes of the columns holding a metric's 95% bootstrap interval."""
+
+
+def is_interval_bound(column: str) -> bool:
+    """Whether a column holds a bound of a metric's interval rather than a metric."""
+    return column.endswith(INTERVAL_BOUNDS)
+
+
+def with_intervals(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The table of single runs for reading: each metric that has an interval becomes
+    ``"0.80 [0.76, 0.84]"`` (value, then its 95% interval; empty where the run has no
+    value), and the bound columns go."""
+    out = df.copy()
+    for col in df.columns:
+        low, high = f"{col}_ci_low", f"{col}_ci_high"
+        if is_interval_bound(col) or low not in df or high not in df:
+            continue
+        out[col] = [_value_and_interval(v, lo, hi, digits)
+                    for v, lo, hi in zip(df[col], df[low], df[high], strict=True)]
+    return out.drop(columns=[c for c in df.columns if is_interval_bound(c)])
+
+
+def _value_and_interval(value, low, high, digits: int) -> str:
+    if pd.isna(value):
+        return ""
+    if pd.isna(low) or pd.isna(high):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
 
 def synergy_table(df: pd.DataFrame, metric: str = "pair_acc_diff") -> pd.DataFrame:
     """Arms x tasks: mean, standard deviation and number of seeds of ``metric``."""
+    if is_interval_bound(metric):
+        raise KeyError(f"{metric} is a bound of a metric's interval, not a metric; summarise "
+                       f"{metric.rsplit('_ci_', 1)[0]}")
     cols = [f"{t}/{metric}" for t in TASKS if f"{t}/{metric}" in df]
     if not cols:
         raise KeyError(f"no column ends in /{metric}; have {sorted(df.columns)}")
@@ -144,7 +180,8 @@ def gains(df: pd.DataFrame, metric: str = "pair_acc_diff") -> pd.DataFrame:
 
 
 def formatted(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """``mean ± std (n)`` strings from a synergy table."""
+    """``mean ± std (n)`` strings from a synergy table: the mean and standard deviation
+    over seeds, and the number of seeds."""
     mean, std, n = table["mean"], table["std"], table["count"]
     out = mean.copy().astype(object)
     for arm in mean.index:

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from ur.data.answers import pairwise_verdict, parse_pairwise, parse_score, pointwise_verdict
-from ur.data.records import Media, PreferenceRecord, RecordError
+from ur.data.records import JudgeQuery, Media, PreferenceRecord, RecordError
 from ur.data.templates import PromptTemplates, embedded_answer
 
 
@@ -250,3 +250,55 @@ def test_a_text_view_writes_the_evidence_before_the_instruction():
     with pytest.raises(RecordError, match="text view needs the record's evidence") as e:
         Conversation.of(TextView(replace(r, evidence=None)), t)
     assert e.value.row == "7" and e.value.field == "evidence"
+
+
+def test_a_query_is_the_record_without_its_answer():
+    from ur.data.collate import Conversation
+
+    r = PreferenceRecord(task="image_understanding", form="pairwise", source="s", id="1",
+                         prompt="What colour is the shape?", media=(img(),),
+                         responses=("It is red.", "It is blue."), label="first",
+                         evidence=("a red circle on the left",), response_scores=(1.0, 0.0),
+                         file="f.json", row=3)
+    q = r.query()
+    assert isinstance(q, JudgeQuery) and q.target is None and not hasattr(q, "label")
+    assert (q.source, q.id, q.responses, q.media, q.file, q.row) == ("s", "1", r.responses,
+                                                                    r.media, "f.json", 3)
+    t = PromptTemplates(answer_checks=True)
+    assert t.instruction(q) == t.instruction(r)
+    assert t.checked_answers(q) == t.checked_answers(r) == 2
+    c = Conversation.of(q, t)
+    assert c.target == "" and c.record is q and c.instruction == t.instruction(r)
+    assert q.swapped().responses == ("It is blue.", "It is red.")
+    assert q.swapped() == r.swapped().query()
+
+
+def test_a_one_off_query_needs_no_label_and_is_validated():
+    q = JudgeQuery(task="image_generation", form="pointwise", prompt="a red circle",
+                   media=(img(),), scale=(1, 5))
+    assert q.scale == (1.0, 5.0) and (q.source, q.id) == ("query", "0")
+    assert PromptTemplates().instruction(q).startswith('Caption: "a red circle"')
+    with pytest.raises(ValueError, match="only pairwise"):
+        q.swapped()
+    pair = JudgeQuery(task="image_generation", form="pairwise", prompt="x",
+                      media=(img("a"), img("b")), evidence=("a", "b"))
+    assert pair.swapped().media == (img("b"), img("a")) and pair.swapped().evidence == ("b", "a")
+    for kwargs, field in ((dict(scale=None), "scale"), (dict(media=(img(), img())), "media"),
+                          (dict(task="image_understanding", media=(img(),)), "responses"),
+                          (dict(media=(vid(),)), "video")):
+        with pytest.raises(RecordError) as e:
+            JudgeQuery(**{**dict(task="image_generation", form="pointwise", prompt="p",
+                                 media=(img(),), scale=(1, 5)), **kwargs})
+        assert e.value.field == field
+
+
+@pytest.mark.parametrize("form, missing", [("pairwise", dict(label=None)),
+                                           ("pointwise", dict(score=None))])
+def test_a_labelled_row_without_its_label_is_still_an_error(form, missing):
+    kw = dict(task="image_generation", form=form, source="s", id="1", prompt="p",
+              media=(img(), img()) if form == "pairwise" else (img(),), file="f.json", row=2,
+              **(dict(label="first") if form == "pairwise" else dict(score=3, scale=(1, 5))))
+    kw.update(missing)
+    with pytest.raises(RecordError) as e:
+        PreferenceRecord(**kw)
+    assert e.value.field in ("label", "score") and "row 2" in str(e.value)

@@ -1,9 +1,12 @@
 """The judge on a briefly trained tiny model: fast decisions agree with generate-and-parse."""
 
+from dataclasses import replace
+
 import lightning as L
 import pytest
 import torch
 
+from ur.data.collate import IGNORE_INDEX, JudgeCollator
 from ur.data.datamodule import PreferenceDataModule, WorldSpec
 from ur.data.records import is_generation
 from ur.data.templates import PromptTemplates
@@ -37,9 +40,10 @@ def trained(tmp_path_factory):
 def test_fast_agrees_with_generate_where_generation_parses(trained):
     module, dm = trained
     records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:64]
-    fast = Judge(module.model, module.processor, mode="fast", batch_size=16).judge(records)
+    queries = [r.query() for r in records]
+    fast = Judge(module.model, module.processor, mode="fast", batch_size=16)(queries)
     slow = Judge(module.model, module.processor, mode="generate", batch_size=16,
-                 max_new_tokens=64).judge(records)
+                 max_new_tokens=64)(queries)
     parsed = [(f, g) for f, g in zip(fast, slow, strict=True) if g.label is not None]
     assert len(parsed) >= 0.5 * len(records), "the trained judge should mostly answer in format"
     agree = sum(f.label == g.label for f, g in parsed) / len(parsed)
@@ -57,7 +61,7 @@ def test_reading_during_decoding_matches_a_forced_forward(trained):
     records = ([r for r in dm.datasets["train"].records if r.form == "pairwise"][:16]
                + [r for r in dm.datasets["train"].records if r.form == "pointwise"
                   and judge._score_tokens(r.scale, " ") is not None][:8])
-    own = judge.judge(records)
+    own = judge(records)
     inputs = judge._inputs(records)
     width = inputs["input_ids"].shape[1]
     seqs = module.model.generate(**inputs, max_new_tokens=judge.max_new_tokens, do_sample=False,
@@ -79,9 +83,10 @@ def test_reading_during_decoding_matches_a_forced_forward(trained):
 def test_both_orders_report_the_swapped_verdict(trained):
     module, dm = trained
     records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:8]
-    judged = Judge(module.model, module.processor, mode="fast", both_orders=True).judge(records)
-    single = Judge(module.model, module.processor, mode="fast").judge(records)
-    back = Judge(module.model, module.processor, mode="fast").judge([r.swapped() for r in records])
+    queries = [r.query() for r in records]
+    judged = Judge(module.model, module.processor, mode="fast", both_orders=True)(queries)
+    single = Judge(module.model, module.processor, mode="fast")(queries)
+    back = Judge(module.model, module.processor, mode="fast")([q.swapped() for q in queries])
     flip = {"first": "second", "second": "first", "tie": "tie"}
     for j, s, b in zip(judged, single, back, strict=True):
         assert j.label_swapped == flip[b.label]
@@ -92,7 +97,7 @@ def test_both_orders_report_the_swapped_verdict(trained):
 def test_pointwise_scores_stay_on_the_scale(trained):
     module, dm = trained
     records = [r for r in dm.datasets["train"].records if r.form == "pointwise"][:16]
-    for j, r in zip(Judge(module.model, module.processor, mode="fast").judge(records), records,
+    for j, r in zip(Judge(module.model, module.processor, mode="fast")(records), records,
                     strict=True):
         assert j.score is None or r.scale[0] <= j.score <= r.scale[1]
 
@@ -101,7 +106,7 @@ def test_unparsed_answers_are_never_candidate_one(trained):
     module, dm = trained
     records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:8]
     # two new tokens cannot hold a verdict: every answer must come back unparsed
-    cut = Judge(module.model, module.processor, mode="generate", max_new_tokens=2).judge(records)
+    cut = Judge(module.model, module.processor, mode="generate", max_new_tokens=2)(records)
     assert all(j.label is None and not j.parsed for j in cut)
 
 
@@ -116,12 +121,49 @@ def test_evidence_kept_without_a_verdict_counts_the_checks(trained):
     embedded = next(r for r in records if r.task == "image_understanding"
                     and r.form == "pointwise")  # LLaVA-Critic style: the answer in the prompt
     generation = next(r for r in records if r.task == "image_generation" and r.form == "pairwise")
-    assert [checks._sentences(r) for r in (pair, embedded, generation)] == [5, 3, 2]
-    assert [plain._sentences(r) for r in (pair, embedded, generation)] == [1, 1, 2]
+    queries = [r.query() for r in (pair, embedded, generation)]
+    assert [checks._sentences(q) for q in queries] == [5, 3, 2]
+    assert [plain._sentences(q) for q in queries] == [1, 1, 2]
     # The count is what the targets hold, on every understanding record of the world.
     for r in records:
         if not is_generation(r.task):
-            assert checks.templates.target(r).count(". ") == checks._sentences(r), r.id
+            assert checks.templates.target(r).count(". ") == checks._sentences(r.query()), r.id
+
+
+def test_a_record_is_judged_as_its_query(trained):
+    """The judge never reads labels: a labelled record, its query and the record with
+    another label get the same judgment."""
+    module, dm = trained
+    judge = Judge(module.model, module.processor, mode="fast", both_orders=True)
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:4] + [
+        r for r in dm.datasets["train"].records if r.form == "pointwise"][:4]
+    relabelled = [replace(r, label={"first": "second", "second": "tie", "tie": "first"}[r.label])
+                  if r.form == "pairwise" else replace(r, score=r.scale[0]) for r in records]
+    by_record, by_query = judge(records), judge([r.query() for r in records])
+    assert by_record == by_query == judge(relabelled)
+
+
+def test_rank_and_score_ask_one_unlabelled_question(trained):
+    module, dm = trained
+    judge = Judge(module.model, module.processor, mode="fast")
+    records = dm.datasets["train"].records
+    gen = next(r for r in records if r.task == "image_generation" and r.form == "pairwise")
+    und = next(r for r in records if r.task == "image_understanding" and r.form == "pairwise"
+               and r.instruction is None)
+    point = next(r for r in records if r.task == "image_generation" and r.form == "pointwise"
+                 and r.instruction is None)
+    assert judge.rank(gen.task, gen.prompt, *gen.media) == judge([gen])[0]
+    assert judge.rank(und.task, und.prompt, *und.responses, media=und.media[0]) == judge([und])[0]
+    scored = judge.score(point.task, point.prompt, point.media[0], scale=point.scale)
+    assert scored == judge([point])[0] and point.scale[0] <= scored.score <= point.scale[1]
+
+
+def test_a_query_has_no_target_to_train_on(trained):
+    module, dm = trained
+    query = dm.datasets["train"].records[0].query()
+    assert JudgeCollator(module.processor, with_targets=False)([query])["input_ids"].shape[0] == 1
+    with pytest.raises(TypeError, match="no target"):
+        JudgeCollator(module.processor)([query])
 
 
 def test_decoding_never_writes_a_media_placeholder(tmp_path):
@@ -141,4 +183,20 @@ def test_decoding_never_writes_a_media_placeholder(tmp_path):
     for mode in ("fast", "generate"):
         judge = Judge.from_pretrained(base, mode=mode, batch_size=16, max_new_tokens=96)
         assert len(media_token_ids(judge.processor)) == 2
-        assert len(judge.judge(picked)) == len(picked)
+        assert len(judge(picked)) == len(picked)
+
+
+def test_the_test_loop_logs_the_loss_per_target_token_and_intervals(trained):
+    module, dm = trained
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    out = trainer.test(module, datamodule=dm, verbose=False)[0]
+    total, tokens = 0.0, 0
+    with torch.no_grad():  # by hand: each batch's mean token loss, weighted by its tokens
+        for batch in dm.test_dataloader():
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total, tokens = total + float(module(batch).loss) * n, tokens + n
+    assert out["test/loss"] == pytest.approx(total / tokens, rel=1e-4)
+    for task in ("image_generation", "video_understanding"):
+        name = f"test/{task}/pair_acc_tau"
+        assert out[f"{name}_ci_low"] <= out[name] <= out[f"{name}_ci_high"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ur.data.media import load_image, load_video
-from ur.data.records import Media, PreferenceRecord, RecordError
+from ur.data.records import JudgeQuery, Media, PreferenceRecord, RecordError
 from ur.data.templates import PromptTemplates
 
 IGNORE_INDEX = -100
@@ -52,19 +52,22 @@ class Conversation:
     """One user turn (media, then the instruction) and the assistant's target answer.
 
     Judge records become conversations through the prompt templates; other supervision
-    (the tiny base's scene descriptions) is written as conversations directly."""
+    (the tiny base's scene descriptions) is written as conversations directly. A judge
+    query becomes a conversation without a target: it is the question alone."""
 
     media: tuple[Media, ...]
     instruction: str
     target: str = ""
-    record: PreferenceRecord | None = None
+    record: PreferenceRecord | JudgeQuery | None = None
 
     @classmethod
-    def of(cls, record: PreferenceRecord | TextView, templates: PromptTemplates) -> Conversation:
+    def of(cls, record: PreferenceRecord | JudgeQuery | TextView,
+           templates: PromptTemplates) -> Conversation:
         if isinstance(record, TextView):
             r = record.record
             return cls((), templates.text_view_instruction(r), templates.target(r), r)
-        return cls(record.media, templates.instruction(record), templates.target(record), record)
+        target = "" if isinstance(record, JudgeQuery) else templates.target(record)
+        return cls(record.media, templates.instruction(record), target, record)
 
 
 @dataclass(frozen=True)
@@ -238,15 +241,19 @@ class ConversationCollator:
 @dataclass
 class JudgeCollator(ConversationCollator):
     """Records (or their text views) -> conversations through the prompt templates -> a
-    batch."""
+    batch. Without targets (``with_targets=False``, judging) it also takes
+    :class:`~ur.data.records.JudgeQuery` items, which carry no answer to train on."""
 
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
-    def __call__(self, records: list[PreferenceRecord | TextView]) -> dict:
+    def __call__(self, records: list[PreferenceRecord | JudgeQuery | TextView]) -> dict:
         """A batch of the records; text views among them come padded on their own under
         ``text_views`` (a batch of the same keys), since they are rarely as long as the
         records they ride with (``RewardSFTModule.training_step`` sums both parts' loss
         over the whole batch's target tokens, so the loss is unchanged)."""
+        if self.with_targets and any(isinstance(r, JudgeQuery) for r in records):
+            raise TypeError("a JudgeQuery has no target to train on; training batches need "
+                            "labelled PreferenceRecords")
         media = [Conversation.of(r, self.templates) for r in records if not isinstance(r, TextView)]
         views = [Conversation.of(r, self.templates) for r in records if isinstance(r, TextView)]
         if not (media and views):

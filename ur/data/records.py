@@ -23,10 +23,17 @@ turn, verbatim).
 Records validate themselves on construction and raise :class:`RecordError`, which
 names the file, the row and the field. Nothing downstream knows which source a record
 came from beyond the ``source`` string.
+
+A :class:`JudgeQuery` is what the judge is asked: a record without its answer (no
+label, score, target or response scores). ``record.query()`` gives a record's query;
+one-off questions build queries directly. Queries are validated like records (the
+same task, form, media, response and scale checks), and records keep their label or
+score mandatory: a row that lost its label is an error, never a question.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,6 +130,138 @@ class Media:
         return f"Media({self.kind}, {self.describe()!r}, field={self.field!r})"
 
 
+def _check_question(q) -> None:
+    """Validate (and normalise in place) what records and queries share: the task and
+    form, the id, the prompt, the media and responses each task needs, the scale of a
+    pointwise question, the evidence. Raises :class:`RecordError` through ``q._fail``."""
+    fail = q._fail
+    if q.task not in TASKS:
+        fail("task", f"unknown task {q.task!r}; expected one of {', '.join(TASKS)}")
+    if q.form not in FORMS:
+        fail("form", f"unknown form {q.form!r}; expected pairwise or pointwise")
+    if not isinstance(q.id, str) or not q.id:
+        fail("id", "a record needs a non-empty string id")
+    if not isinstance(q.prompt, str) or not q.prompt.strip():
+        fail("prompt", "the prompt (caption or question) is missing or empty")
+    object.__setattr__(q, "media", tuple(q.media))
+    object.__setattr__(q, "responses", tuple(q.responses))
+    n = 2 if q.form == "pairwise" else 1
+    modality = task_modality(q.task)
+    for m in q.media:
+        if not isinstance(m, Media):
+            fail("media", f"expected Media, got {type(m).__name__}")
+        want_video = modality == "video"
+        if want_video != (m.kind in ("video", "frames")):
+            fail(m.field or "media", f"a {q.task} record cannot hold {m.kind} media")
+    if is_generation(q.task):
+        if len(q.media) != n:
+            fail("media", f"{q.form} {q.task} needs {n} candidate "
+                 f"{modality}(s), got {len(q.media)}")
+        if q.responses:
+            fail("responses", "generation records have no text responses")
+    else:
+        if len(q.media) != 1:
+            fail("media", f"{q.task} needs one {modality} as context, got {len(q.media)}")
+        if q.instruction is None and len(q.responses) != n:
+            fail("responses", f"{q.form} {q.task} needs {n} response(s), "
+                 f"got {len(q.responses)}")
+        for r in q.responses:
+            if not isinstance(r, str) or not r.strip():
+                fail("responses", "a response is missing or empty")
+    if q.form == "pointwise":
+        if q.scale is None or len(q.scale) != 2:
+            fail("scale", "a pointwise record needs its scale as (low, high)")
+        lo, hi = (float(v) for v in q.scale)
+        if not lo < hi:
+            fail("scale", f"scale low must be below high, got {q.scale}")
+        object.__setattr__(q, "scale", (lo, hi))
+    if q.evidence is not None:
+        ev = tuple(q.evidence)
+        if len(ev) != len(q.media):
+            fail("evidence", f"evidence needs one entry per media item ({len(q.media)}), "
+                 f"got {len(ev)}")
+        object.__setattr__(q, "evidence", ev)
+
+
+def _candidates(q) -> tuple:
+    return q.media if is_generation(q.task) else q.responses
+
+
+def _fingerprint(candidate) -> str:
+    if isinstance(candidate, str):
+        return candidate
+    if candidate.data is not None:
+        return hashlib.blake2b(candidate.data, digest_size=16).hexdigest()
+    return candidate.path if candidate.path is not None else "\x1e".join(candidate.frames)
+
+
+def record_key(q: PreferenceRecord | JudgeQuery) -> int:
+    """A stable signed 64-bit key of one judgment: the source and id, the task and form,
+    the prompt and the candidates in their order. A record and its query share the key;
+    the same record with its candidates swapped has another. Metrics count each key once,
+    so a record that an evaluation shard repeats (Lightning's distributed sampler pads
+    shards that way) is counted once after the ranks' states are gathered."""
+    parts = [q.source, q.id, q.task, q.form, q.prompt, *(_fingerprint(c) for c in _candidates(q))]
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+@dataclass(frozen=True)
+class JudgeQuery:
+    """A question for the judge: a preference record without its answer.
+
+    The same fields as :class:`PreferenceRecord` minus the label, score, target and
+    response scores, validated the same way. ``instruction`` is a verbatim user turn
+    (records that ship the judge's conversation); ``evidence`` says what each media item
+    shows when it is known (the synthetic world), for prompts that show it as text; the
+    judge itself reads neither labels nor evidence. ``source`` and ``id`` default to a
+    one-off query's."""
+
+    task: str
+    form: str
+    prompt: str
+    media: tuple[Media, ...]
+    responses: tuple[str, ...] = ()
+    scale: tuple[float, float] | None = None
+    instruction: str | None = None
+    evidence: tuple[str, ...] | None = None
+    source: str = "query"
+    id: str = "0"
+    file: str | None = field(default=None, compare=False)
+    row: int | str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        _check_question(self)
+
+    def _fail(self, field_name: str, message: str):
+        raise RecordError(message, file=self.file, row=self.row, field=field_name)
+
+    @property
+    def target(self) -> None:
+        """None: a query carries no answer (the prompt templates ask for one)."""
+        return None
+
+    @property
+    def modality(self) -> str:
+        return task_modality(self.task)
+
+    @property
+    def candidates(self) -> tuple:
+        """What is being judged: media for generation tasks, responses for understanding."""
+        return _candidates(self)
+
+    def swapped(self) -> JudgeQuery:
+        """The same pairwise question with the two candidates in the other order."""
+        if self.form != "pairwise":
+            raise ValueError("only pairwise queries can be swapped")
+        if self.instruction is not None:
+            raise ValueError("a query with a verbatim instruction cannot be reordered")
+        if is_generation(self.task):
+            ev = None if self.evidence is None else self.evidence[::-1]
+            return replace(self, media=self.media[::-1], evidence=ev)
+        return replace(self, responses=self.responses[::-1])
+
+
 @dataclass(frozen=True)
 class PreferenceRecord:
     task: str
@@ -145,39 +284,7 @@ class PreferenceRecord:
 
     def __post_init__(self):
         fail = self._fail
-        if self.task not in TASKS:
-            fail("task", f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
-        if self.form not in FORMS:
-            fail("form", f"unknown form {self.form!r}; expected pairwise or pointwise")
-        if not isinstance(self.id, str) or not self.id:
-            fail("id", "a record needs a non-empty string id")
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            fail("prompt", "the prompt (caption or question) is missing or empty")
-        object.__setattr__(self, "media", tuple(self.media))
-        object.__setattr__(self, "responses", tuple(self.responses))
-        n = 2 if self.form == "pairwise" else 1
-        modality = task_modality(self.task)
-        for m in self.media:
-            if not isinstance(m, Media):
-                fail("media", f"expected Media, got {type(m).__name__}")
-            want_video = modality == "video"
-            if want_video != (m.kind in ("video", "frames")):
-                fail(m.field or "media", f"a {self.task} record cannot hold {m.kind} media")
-        if is_generation(self.task):
-            if len(self.media) != n:
-                fail("media", f"{self.form} {self.task} needs {n} candidate "
-                     f"{modality}(s), got {len(self.media)}")
-            if self.responses:
-                fail("responses", "generation records have no text responses")
-        else:
-            if len(self.media) != 1:
-                fail("media", f"{self.task} needs one {modality} as context, got {len(self.media)}")
-            if self.instruction is None and len(self.responses) != n:
-                fail("responses", f"{self.form} {self.task} needs {n} response(s), "
-                     f"got {len(self.responses)}")
-            for r in self.responses:
-                if not isinstance(r, str) or not r.strip():
-                    fail("responses", "a response is missing or empty")
+        _check_question(self)
         if self.form == "pairwise":
             if self.label not in LABELS:
                 fail("label", f"pairwise label must be first, second or tie, got {self.label!r}")
@@ -186,12 +293,7 @@ class PreferenceRecord:
         else:
             if self.label is not None:
                 fail("label", "pointwise records carry a score, not a label")
-            if self.scale is None or len(self.scale) != 2:
-                fail("scale", "a pointwise record needs its scale as (low, high)")
-            lo, hi = (float(v) for v in self.scale)
-            if not lo < hi:
-                fail("scale", f"scale low must be below high, got {self.scale}")
-            object.__setattr__(self, "scale", (lo, hi))
+            lo, hi = self.scale
             try:
                 score = float(self.score)
             except (TypeError, ValueError):
@@ -201,12 +303,6 @@ class PreferenceRecord:
             object.__setattr__(self, "score", score)
         if (self.instruction is None) != (self.target is None) and self.instruction is not None:
             fail("target", "a verbatim instruction needs its verbatim target answer")
-        if self.evidence is not None:
-            ev = tuple(self.evidence)
-            if len(ev) != len(self.media):
-                fail("evidence", f"evidence needs one entry per media item ({len(self.media)}), "
-                     f"got {len(ev)}")
-            object.__setattr__(self, "evidence", ev)
         if self.response_scores is not None:
             scores = tuple(self.response_scores)
             if len(scores) != len(self.responses):
@@ -227,7 +323,14 @@ class PreferenceRecord:
     @property
     def candidates(self) -> tuple:
         """What is being judged: media for generation tasks, responses for understanding."""
-        return self.media if is_generation(self.task) else self.responses
+        return _candidates(self)
+
+    def query(self) -> JudgeQuery:
+        """What the judge is asked about this record: everything but its answer."""
+        return JudgeQuery(task=self.task, form=self.form, prompt=self.prompt, media=self.media,
+                          responses=self.responses, scale=self.scale,
+                          instruction=self.instruction, evidence=self.evidence,
+                          source=self.source, id=self.id, file=self.file, row=self.row)
 
     def swapped(self) -> PreferenceRecord:
         """The same pairwise judgment with the two candidates in the other order."""

@@ -1,5 +1,9 @@
 """The judge: pairwise ranking and pointwise scoring with a generative reward model.
 
+``judge(queries)`` judges a batch of :class:`~ur.data.records.JudgeQuery` (a labelled
+:class:`~ur.data.records.PreferenceRecord` is judged as its ``query()``: the judge never
+reads labels); ``judge.rank(...)`` and ``judge.score(...)`` ask one question each.
+
 Two modes, both batched:
 
 ``generate``
@@ -23,11 +27,11 @@ Two modes, both batched:
     agrees with ``generate`` except where p(tie) falls between the noun's probability
     and the better number's share of it. A scale whose values do not each start with
     their own token (a tokenizer that splits digits one by one makes 1 and 10 share
-    "1") is scored the generate way for those records. It relies on the verdict
+    "1") is scored the generate way for those queries. It relies on the verdict
     tokenizing the same after the prefix as inside a whole answer (true for byte-level
     BPE that splits at spaces, checked at start-up).
 
-``both_orders=True`` judges each pairwise record a second time with the candidates
+``both_orders=True`` judges each pairwise query a second time with the candidates
 swapped. Fast mode averages the two probability vectors (position bias cancels);
 generate mode keeps the verdict when the two agree and calls it a tie when they do not.
 Either way each judgment also reports the swapped verdict (mapped back to the original
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -51,7 +56,7 @@ from ur.data.answers import (
     parse_score,
 )
 from ur.data.collate import JudgeCollator
-from ur.data.records import Media, PreferenceRecord, is_generation
+from ur.data.records import JudgeQuery, Media, PreferenceRecord, is_generation
 from ur.data.templates import PromptTemplates
 
 # Where a verdict starts, and how far it must be written before the decision can be read
@@ -65,7 +70,7 @@ _FLIP = {"first": "second", "second": "first", "tie": "tie", None: None}
 
 @dataclass
 class Judgment:
-    """One judgment. ``label`` (pairwise) or ``score`` (pointwise, on the record's scale)
+    """One judgment. ``label`` (pairwise) or ``score`` (pointwise, on the query's scale)
     is None when a generated answer did not parse."""
 
     task: str
@@ -83,7 +88,8 @@ class Judgment:
 
 @dataclass
 class Judge:
-    """A reward model as a judge. ``judge(records)`` is the batched entry point."""
+    """A reward model as a judge. ``judge(queries)`` is the batched entry point;
+    :meth:`rank` and :meth:`score` ask one question each."""
 
     model: object
     processor: object
@@ -122,43 +128,41 @@ class Judge:
         PIL images or Media), answer strings for understanding tasks (with ``media``,
         the image or video they answer about)."""
         if is_generation(task):
-            rec = PreferenceRecord(task=task, form="pairwise", source="query", id="0",
-                                   prompt=prompt, media=(_as_media(a, task), _as_media(b, task)),
-                                   label="tie")
+            query = JudgeQuery(task=task, form="pairwise", prompt=prompt,
+                               media=(_as_media(a, task), _as_media(b, task)))
         else:
-            rec = PreferenceRecord(task=task, form="pairwise", source="query", id="0",
-                                   prompt=prompt, media=(_as_media(media, task),),
-                                   responses=(a, b), label="tie")
-        return self.judge([rec])[0]
+            query = JudgeQuery(task=task, form="pairwise", prompt=prompt,
+                               media=(_as_media(media, task),), responses=(a, b))
+        return self([query])[0]
 
     def score(self, task: str, prompt: str, x, *, media=None, scale=(1, 5)) -> Judgment:
         """A score on ``scale`` for one image/video (generation) or answer (understanding)."""
-        lo = scale[0]
         if is_generation(task):
-            rec = PreferenceRecord(task=task, form="pointwise", source="query", id="0",
-                                   prompt=prompt, media=(_as_media(x, task),), score=lo, scale=scale)
+            query = JudgeQuery(task=task, form="pointwise", prompt=prompt,
+                               media=(_as_media(x, task),), scale=scale)
         else:
-            rec = PreferenceRecord(task=task, form="pointwise", source="query", id="0",
-                                   prompt=prompt, media=(_as_media(media, task),), responses=(x,),
-                                   score=lo, scale=scale)
-        return self.judge([rec])[0]
+            query = JudgeQuery(task=task, form="pointwise", prompt=prompt,
+                               media=(_as_media(media, task),), responses=(x,), scale=scale)
+        return self([query])[0]
 
     # -- batched judging -------------------------------------------------------------------
     @torch.no_grad()
-    def judge(self, records: list[PreferenceRecord]) -> list[Judgment]:
-        """Judge records (their labels and scores are not read)."""
-        work = list(records)
+    def __call__(self, queries: Sequence[JudgeQuery | PreferenceRecord]) -> list[Judgment]:
+        """One judgment per query, in order. Records are judged as their queries, so a
+        labelled record and its query get the same judgment."""
+        asked = [q.query() if isinstance(q, PreferenceRecord) else q for q in queries]
+        work = list(asked)
         swapped_at = {}
         if self.both_orders:
-            for i, r in enumerate(records):
-                if r.form == "pairwise" and r.instruction is None:
+            for i, q in enumerate(asked):
+                if q.form == "pairwise" and q.instruction is None:
                     swapped_at[i] = len(work)
-                    work.append(r.swapped())
+                    work.append(q.swapped())
         out: list[Judgment] = []
         for start in range(0, len(work), self.batch_size):
             chunk = work[start:start + self.batch_size]
             out.extend(self._fast(chunk) if self.mode == "fast" else self._generate(chunk))
-        results = out[:len(records)]
+        results = out[:len(asked)]
         for i, j in swapped_at.items():
             results[i] = self._combine(results[i], out[j])
         return results
@@ -182,20 +186,20 @@ class Judge:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def _inputs(self, records):
-        batch = self.collator(records)
+    def _inputs(self, queries):
+        batch = self.collator(queries)
         batch.pop("records")
         return {k: v.to(self._device()) for k, v in batch.items()}
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _generate(self, records) -> list[Judgment]:
-        inputs = self._inputs(records)
+    def _generate(self, queries) -> list[Judgment]:
+        inputs = self._inputs(queries)
         width = inputs["input_ids"].shape[1]
         seqs = self.model.generate(**inputs, **self._decoding())
         out = []
-        for r, seq in zip(records, seqs, strict=True):
+        for r, seq in zip(queries, seqs, strict=True):
             text = self._decode(seq[width:])
             if r.form == "pairwise":
                 out.append(Judgment(r.task, r.form, label=parse_pairwise(text), text=text))
@@ -214,49 +218,49 @@ class Judge:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # -- fast mode -------------------------------------------------------------------------
-    def _sentences(self, record) -> int:
+    def _sentences(self, query) -> int:
         """Evidence sentences kept when a model writes no verdict: one per image or clip
         judged, or one for the context of an understanding task and (with answer checks)
         two per answer checked: its claims (or restatement) and its mark."""
         if self.templates.answer_style == "bare":
             return 0
-        if is_generation(record.task):
-            return len(record.media)
-        return 1 + 2 * self.templates.checked_answers(record)
+        if is_generation(query.task):
+            return len(query.media)
+        return 1 + 2 * self.templates.checked_answers(query)
 
-    def _fast(self, records) -> list[Judgment]:
+    def _fast(self, queries) -> list[Judgment]:
         # Pointwise scales whose values do not start with distinct tokens (with a
         # digit-by-digit tokenizer, 1 and 10 both start with "1") are decoded and parsed.
-        slow = [i for i, r in enumerate(records)
+        slow = [i for i, r in enumerate(queries)
                 if r.form == "pointwise" and (self._score_tokens(r.scale, " ") is None
                                               or self._score_tokens(r.scale, "") is None)]
-        fast = [i for i in range(len(records)) if i not in set(slow)]
-        out: list[Judgment | None] = [None] * len(records)
+        fast = [i for i in range(len(queries)) if i not in set(slow)]
+        out: list[Judgment | None] = [None] * len(queries)
         if slow:
-            for i, j in zip(slow, self._generate([records[i] for i in slow]), strict=True):
+            for i, j in zip(slow, self._generate([queries[i] for i in slow]), strict=True):
                 out[i] = j
         if fast:
-            for i, j in zip(fast, self._fast_decide([records[i] for i in fast]), strict=True):
+            for i, j in zip(fast, self._fast_decide([queries[i] for i in fast]), strict=True):
                 out[i] = j
         return out
 
-    def _verdict_prefix(self, record, sep: str) -> list[int]:
+    def _verdict_prefix(self, query, sep: str) -> list[int]:
         """The tokens a verdict starts with up to its reading position: the task's noun
         (and the tokens shared before the number), or "Final Score:" (and the tokens
         shared before the value)."""
-        if record.form == "pairwise":
-            return self._pair_tokens(record.task, sep)[0]
-        return self._score_tokens(record.scale, sep)[0]
+        if query.form == "pairwise":
+            return self._pair_tokens(query.task, sep)[0]
+        return self._score_tokens(query.scale, sep)[0]
 
-    def _fast_decide(self, records) -> list[Judgment]:
-        inputs = self._inputs(records)
+    def _fast_decide(self, queries) -> list[Judgment]:
+        inputs = self._inputs(queries)
         width = inputs["input_ids"].shape[1]
         gen = self.model.generate(**inputs, **self._decoding(), return_dict_in_generate=True,
                                   output_logits=True,
-                                  stopping_criteria=[_VerdictStop(self.tokenizer, records, width)])
+                                  stopping_criteria=[_VerdictStop(self.tokenizer, queries, width)])
         out: list[Judgment | None] = []
         forced = []
-        for i, (r, row) in enumerate(zip(records, gen.sequences[:, width:].tolist(), strict=True)):
+        for i, (r, row) in enumerate(zip(queries, gen.sequences[:, width:].tolist(), strict=True)):
             k, ids = self._verdict_start(r, row)
             # gen.logits: one (batch, vocab) tensor per new token
             logits = [step[i] for step in gen.logits]
@@ -268,13 +272,13 @@ class Judge:
             out.append(judgment)
         if forced:
             idx = [i for i, _ in forced]
-            subset = [records[i] for i in idx]
+            subset = [queries[i] for i in idx]
             done = self._forced_decide(subset, [ev for _, ev in forced], self._inputs(subset))
             for i, j in zip(idx, done, strict=True):
                 out[i] = j
         return out
 
-    def _verdict_start(self, record, ids: list[int]):
+    def _verdict_start(self, query, ids: list[int]):
         """Where the model's own verdict starts: (token index or None, ids before any
         special token)."""
         special = set(self.tokenizer.all_special_ids)
@@ -282,7 +286,7 @@ class Judge:
         ids = ids[:end]
         pieces = [self.tokenizer.decode([t]) for t in ids]
         text = "".join(pieces)
-        pattern = _PAIR_START if record.form == "pairwise" else _SCORE_START
+        pattern = _PAIR_START if query.form == "pairwise" else _SCORE_START
         matches = list(pattern.finditer(text))
         if not matches or text != self._decode(ids):
             return None, ids
@@ -293,45 +297,45 @@ class Judge:
             pos += len(piece)
         return None, ids
 
-    def _read_own_path(self, record, ids, k, logits) -> Judgment | None:
+    def _read_own_path(self, query, ids, k, logits) -> Judgment | None:
         """The decision from the logits greedy decoding computed on its way through the
         verdict; None when the path does not pass the reading positions in the expected
         tokens (the tie path, an unexpected spelling), and a forced forward reads them."""
         sep = " " if k else ""
         text = self._decode(ids)
-        if record.form == "pointwise":
-            prefix = self._verdict_prefix(record, sep)
+        if query.form == "pointwise":
+            prefix = self._verdict_prefix(query, sep)
             at = k + len(prefix)
             if ids[k:at] != prefix or at >= len(ids):
                 return None
-            return self._score_judgment(record, logits[at], text, sep)
-        nouns, _ = self._nouns(record.task, sep)
+            return self._score_judgment(query, logits[at], text, sep)
+        nouns, _ = self._nouns(query.task, sep)
         for which, (prefix, _, _, _) in enumerate(nouns):
             at = k + len(prefix)
             if ids[k:at] == prefix and at < len(ids):
-                return self._pair_judgment(record, logits[k], logits[at], text, sep, which)
+                return self._pair_judgment(query, logits[k], logits[at], text, sep, which)
         return None
 
-    def _pair_judgment(self, record, at_verdict, at_number, text, sep, which=0) -> Judgment:
-        nouns, t_tie = self._nouns(record.task, sep)
+    def _pair_judgment(self, query, at_verdict, at_number, text, sep, which=0) -> Judgment:
+        nouns, t_tie = self._nouns(query.task, sep)
         probs = _pair_probs(at_verdict, at_number, t_tie, [n[1] for n in nouns], nouns[which][2:])
-        return Judgment(record.task, record.form, label=max(probs, key=probs.get), probs=probs,
+        return Judgment(query.task, query.form, label=max(probs, key=probs.get), probs=probs,
                         text=text)
 
-    def _score_judgment(self, record, at_value, text, sep) -> Judgment:
-        _, values, toks = self._score_tokens(record.scale, sep)
+    def _score_judgment(self, query, at_value, text, sep) -> Judgment:
+        _, values, toks = self._score_tokens(query.scale, sep)
         p = torch.softmax(at_value[toks].float(), dim=0)
         score = float((p * torch.tensor(values, dtype=p.dtype, device=p.device)).sum())
-        return Judgment(record.task, record.form, score=score, text=text,
+        return Judgment(query.task, query.form, score=score, text=text,
                         probs={f"{v:g}": float(q) for v, q in zip(values, p, strict=True)})
 
     @torch.no_grad()
-    def _forced_decide(self, records, evidence, inputs) -> list[Judgment]:
-        """One forward pass over ``prompt + evidence + verdict prefix`` per record."""
+    def _forced_decide(self, queries, evidence, inputs) -> list[Judgment]:
+        """One forward pass over ``prompt + evidence + verdict prefix`` per query."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         seqs, reads = [], []
-        for r, p, ev in zip(records, prompts, evidence, strict=True):
+        for r, p, ev in zip(queries, prompts, evidence, strict=True):
             seqs.append(p + ev + self._verdict_prefix(r, " " if ev else ""))
             reads.append(len(p) + len(ev))
         width = max(len(s) for s in seqs)
@@ -350,7 +354,7 @@ class Judge:
             fwd["mm_token_type_ids"] = types.to(ids.device)
         logits = self.model(**fwd).logits.float()
         out = []
-        for i, (r, s, ev) in enumerate(zip(records, seqs, evidence, strict=True)):
+        for i, (r, s, ev) in enumerate(zip(queries, seqs, evidence, strict=True)):
             text, sep = self._decode(ev), " " if ev else ""
             if r.form == "pairwise":
                 out.append(self._pair_judgment(r, logits[i, width - len(s) + reads[i] - 1],
@@ -448,9 +452,9 @@ class _VerdictStop:
     """Stops each row once its verdict is written far enough to read the decision
     (pairwise: "Image 1 is"; pointwise: "Final Score: 4")."""
 
-    def __init__(self, tokenizer, records, width):
+    def __init__(self, tokenizer, queries, width):
         self.tokenizer, self.width = tokenizer, width
-        self.patterns = [_PAIR_START if r.form == "pairwise" else _SCORE_DONE for r in records]
+        self.patterns = [_PAIR_START if r.form == "pairwise" else _SCORE_DONE for r in queries]
 
     def __call__(self, input_ids, scores, **kwargs):
         rows = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)

@@ -13,110 +13,267 @@ Pairwise (labels coded 0 = first, 1 = second, 2 = tie; -1 = the answer did not p
 Pointwise: ``point_spearman``, ``point_pearson``, ``point_mae`` (on the [0, 1]-normalized
 scale, so tasks with different scales compare), and ``point_parse_rate``.
 
-Names follow DESIGN.md: ``<prefix>/<task>/<metric>``.
+Across tasks: ``loss``, the teacher-forced next-token cross-entropy per target token over
+the split's records (:class:`TargetLoss`), which no batching or process count changes.
+
+Every accuracy and correlation comes with its 95% percentile bootstrap interval,
+``<metric>_ci_low`` and ``<metric>_ci_high``: the judged records resampled with
+replacement ``RESAMPLES`` times from a fixed seed, so an interval is reproducible.
+
+Each judgment carries its record's key (:func:`ur.data.records.record_key`). Under DDP
+the states of all ranks are gathered, then each key counts once: Lightning's distributed
+sampler pads evaluation shards by repeating records, and a repeat is not a new record.
+The de-duplicated judgments are taken in key order, so the values (intervals included)
+do not depend on how records were spread over ranks. Every rank syncs every task, also
+one it saw no record of (its states start as typed empty tensors), so no rank waits in a
+gather another skipped; tasks that are empty everywhere are left out.
+
+Names follow DESIGN.md: ``<prefix>/<task>/<metric>`` and ``<prefix>/loss``.
 """
 
 from __future__ import annotations
 
-import torch
-from torchmetrics import Metric
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ur.data.records import TASKS
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from ur.data.records import TASKS, record_key
+
+if TYPE_CHECKING:
+    from ur.data.records import PreferenceRecord
+    from ur.reward.judge import Judgment
 
 LABEL_CODE = {"first": 0, "second": 1, "tie": 2, None: -1}
 TIE = 2
+RESAMPLES = 1000
+"""Bootstrap resamples per interval."""
+SEED = 0
+"""Seed of the bootstrap's resampling."""
+LEVEL = 0.95
+"""Coverage of the bootstrap intervals."""
 
 
 def _rank(x: torch.Tensor) -> torch.Tensor:
     """Average ranks (ties share the mean rank), as Spearman's rho needs."""
-    order = x.argsort()
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
-    uniq, inverse = torch.unique(x, return_inverse=True)
-    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks)
-    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(
-        0, inverse, torch.ones_like(ranks))
-    return (sums / counts)[inverse]
+    return _rank_rows(x[None])[0]
+
+
+def _rank_rows(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks within each row of a (rows, n) tensor."""
+    ordered = x.sort(dim=1).values
+    below = torch.searchsorted(ordered, x, right=False)
+    up_to = torch.searchsorted(ordered, x, right=True)
+    return (below + up_to - 1).double() / 2
+
+
+def _pearson_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson's r of each row pair of two (rows, n) tensors; 0 where a row is constant."""
+    x, y = x.double(), y.double()
+    xc, yc = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    denom = (xc.square().sum(1) * yc.square().sum(1)).sqrt()
+    constant = (x.amax(1) == x.amin(1)) | (y.amax(1) == y.amin(1))
+    return torch.where(constant, torch.zeros_like(denom), (xc * yc).sum(1) / denom)
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double(), y.double()
     if len(x) < 2:
         return float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = (xc.square().sum() * yc.square().sum()).sqrt()
-    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
+    return float(_pearson_rows(x[None], y[None])[0])
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    return pearson(_rank(x.double()), _rank(y.double())) if len(x) >= 2 else float("nan")
+    if len(x) < 2:
+        return float("nan")
+    return float(_pearson_rows(_rank_rows(x[None].double()), _rank_rows(y[None].double()))[0])
 
 
-class PairwiseMetrics(Metric):
-    """Accumulates pairwise judgments of one task."""
+def bootstrap_indices(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> torch.Tensor:
+    """A (resamples, n) tensor of indices drawn with replacement from ``range(n)``, the
+    same for the same arguments."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(n, (resamples, n), generator=generator)
+
+
+def percentile_interval(samples: torch.Tensor, level: float = LEVEL) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap statistics (linear interpolation
+    between order statistics, as ``numpy.percentile``)."""
+    tail = (1 - level) / 2
+    q = torch.quantile(samples.double().cpu(), torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
+def _with_interval(name: str, value: float, samples: torch.Tensor) -> dict[str, float]:
+    low, high = percentile_interval(samples)
+    return {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def _mean_with_interval(name: str, values: torch.Tensor) -> dict[str, float]:
+    """The mean of per-record values (1 right, 0 wrong) and its bootstrap interval."""
+    values = values.double().cpu()
+    idx = bootstrap_indices(len(values))
+    return _with_interval(name, values.mean().item(), values[idx].mean(1))
+
+
+def _correlations_with_intervals(truth: torch.Tensor, pred: torch.Tensor) -> dict[str, float]:
+    """Spearman's rho and Pearson's r with intervals, both from the same resamples."""
+    truth, pred = truth.double().cpu(), pred.double().cpu()
+    idx = bootstrap_indices(len(truth))
+    t, p = truth[idx], pred[idx]
+    return {**_with_interval("point_spearman", spearman(truth, pred),
+                             _pearson_rows(_rank_rows(t), _rank_rows(p))),
+            **_with_interval("point_pearson", pearson(truth, pred), _pearson_rows(t, p))}
+
+
+def _gather(result: torch.Tensor, group=None) -> list[torch.Tensor]:
+    """``all_gather`` of one state. A gather needs the same dtype on every rank (gloo
+    fails otherwise), and a module cast (``bf16-true`` precision) may have changed the
+    floating state of a rank that holds none of its own: floating states travel as
+    float64."""
+    if result.is_floating_point():
+        result = result.double()
+    return gather_all_tensors(result, group)
+
+
+class _KeyedMetric(Metric):
+    """Concatenated per-judgment states with one key each, counted once per key.
+
+    ``STATES`` names each state and its dtype; every state is a list that starts with an
+    empty tensor of that dtype, so a rank that saw nothing still syncs a typed state."""
 
     full_state_update = False
+    STATES: dict[str, torch.dtype] = {}
 
     def __init__(self):
-        super().__init__()
-        self.add_state("truth", default=[], dist_reduce_fx="cat")
-        self.add_state("pred", default=[], dist_reduce_fx="cat")
-        self.add_state("pred_swapped", default=[], dist_reduce_fx="cat")
+        super().__init__(dist_sync_fn=_gather)
+        for name in self.STATES:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._seed_states()
 
-    def update(self, truth: list[str], pred: list[str | None],
-               pred_swapped: list[str | None] | None = None) -> None:
+    def _seed_states(self) -> None:
+        for name, dtype in self.STATES.items():
+            getattr(self, name).append(torch.zeros(0, dtype=dtype, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._seed_states()
+
+    def _append(self, **values) -> None:
+        lengths = {name: len(v) for name, v in values.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"one value per judgment in every state, got lengths {lengths}")
+        for name, dtype in self.STATES.items():
+            getattr(self, name).append(torch.tensor(values[name], dtype=dtype, device=self.device))
+
+    def unique_states(self) -> dict[str, torch.Tensor]:
+        """Each state as one tensor, one entry per key (the first seen), in key order."""
+        states = {name: _cat(getattr(self, name)) for name in self.STATES}
+        keys = states["keys"]
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        first = torch.full((len(unique),), len(keys), dtype=torch.long, device=keys.device)
+        first.scatter_reduce_(0, inverse, torch.arange(len(keys), device=keys.device),
+                              reduce="amin")
+        return {name: state[first] for name, state in states.items()}
+
+
+class PairwiseMetrics(_KeyedMetric):
+    """Accumulates pairwise judgments of one task."""
+
+    STATES = {"keys": torch.long, "truth": torch.long, "pred": torch.long,
+              "pred_swapped": torch.long}
+
+    def update(self, truth: Sequence[str], pred: Sequence[str | None],
+               pred_swapped: Sequence[str | None] | None = None, *,
+               keys: Sequence[int]) -> None:
         """``pred_swapped``: the judge's answer with the candidates swapped, already
-        mapped back to the original order (so a consistent judge gives ``pred``)."""
-        self.truth.append(torch.tensor([LABEL_CODE[t] for t in truth]))
-        self.pred.append(torch.tensor([LABEL_CODE[p] for p in pred]))
+        mapped back to the original order (so a consistent judge gives ``pred``).
+        ``keys``: one per judgment (:func:`ur.data.records.record_key`)."""
         swapped = pred_swapped if pred_swapped is not None else [None] * len(pred)
-        self.pred_swapped.append(torch.tensor([LABEL_CODE[p] for p in swapped]))
+        self._append(keys=list(keys), truth=[LABEL_CODE[t] for t in truth],
+                     pred=[LABEL_CODE[p] for p in pred],
+                     pred_swapped=[LABEL_CODE[p] for p in swapped])
 
     def compute(self) -> dict[str, float]:
-        truth, pred = _cat(self.truth), _cat(self.pred)
-        swapped = _cat(self.pred_swapped)
+        s = self.unique_states()
+        truth, pred, swapped = s["truth"], s["pred"], s["pred_swapped"]
         if truth.numel() == 0:
             return {}
-        out = {"pair_acc_tau": (pred == truth).double().mean().item(),
+        right = pred == truth
+        out = {**_mean_with_interval("pair_acc_tau", right),
                "parse_rate": (pred >= 0).double().mean().item(),
                "pair_count": float(truth.numel())}
         not_tie = truth != TIE
         if not_tie.any():
-            out["pair_acc_diff"] = (pred[not_tie] == truth[not_tie]).double().mean().item()
-        both = (swapped >= 0) & (pred >= 0)
-        if (swapped >= 0).any():
-            out["position_consistency"] = ((pred == swapped) & both).double().sum().item() / max(
-                1, int((swapped >= 0).sum()))
+            out.update(_mean_with_interval("pair_acc_diff", right[not_tie]))
+        both_orders = swapped >= 0
+        if both_orders.any():
+            consistent = (pred == swapped) & (pred >= 0)
+            out.update(_mean_with_interval("position_consistency", consistent[both_orders]))
         return out
 
 
-class PointwiseMetrics(Metric):
+class PointwiseMetrics(_KeyedMetric):
     """Accumulates pointwise scores of one task, normalized to [0, 1] by their scales."""
 
-    full_state_update = False
+    STATES = {"keys": torch.long, "truth": torch.float64, "pred": torch.float64}
 
-    def __init__(self):
-        super().__init__()
-        self.add_state("truth", default=[], dist_reduce_fx="cat")
-        self.add_state("pred", default=[], dist_reduce_fx="cat")
-
-    def update(self, truth: list[float], pred: list[float | None]) -> None:
-        """Both already normalized to [0, 1]; ``None`` marks an unparsed answer."""
-        self.truth.append(torch.tensor(truth, dtype=torch.float64))
-        self.pred.append(torch.tensor([float("nan") if p is None else p for p in pred],
-                                      dtype=torch.float64))
+    def update(self, truth: Sequence[float], pred: Sequence[float | None], *,
+               keys: Sequence[int]) -> None:
+        """Both already normalized to [0, 1]; ``None`` marks an unparsed answer.
+        ``keys``: one per judgment (:func:`ur.data.records.record_key`)."""
+        self._append(keys=list(keys), truth=list(truth),
+                     pred=[float("nan") if p is None else p for p in pred])
 
     def compute(self) -> dict[str, float]:
-        truth, pred = _cat(self.truth), _cat(self.pred)
+        s = self.unique_states()
+        truth, pred = s["truth"], s["pred"]
         if truth.numel() == 0:
             return {}
         ok = ~pred.isnan()
         out = {"point_parse_rate": ok.double().mean().item(), "point_count": float(truth.numel())}
         if ok.sum() >= 2:
             t, p = truth[ok], pred[ok]
-            out.update(point_spearman=spearman(t, p), point_pearson=pearson(t, p),
-                       point_mae=(t - p).abs().mean().item())
+            out.update(_correlations_with_intervals(t, p))
+            out["point_mae"] = (t - p).abs().mean().item()
         return out
+
+
+class TargetLoss(_KeyedMetric):
+    """Teacher-forced loss per target token over the records, each record once: the sum
+    of every record's token losses over the sum of its target tokens (a per-batch mean
+    would weigh tokens by the batch they fell in, and a padded repeat twice)."""
+
+    STATES = {"keys": torch.long, "loss": torch.float64, "tokens": torch.long}
+
+    def update(self, loss: Sequence[float] | torch.Tensor, tokens: Sequence[int] | torch.Tensor,
+               *, keys: Sequence[int]) -> None:
+        """Per record: the sum of its target tokens' losses and their number."""
+        self._append(keys=list(keys), loss=torch.as_tensor(loss).tolist(),
+                     tokens=torch.as_tensor(tokens).tolist())
+
+    def compute(self) -> dict[str, float]:
+        s = self.unique_states()
+        tokens = int(s["tokens"].sum())
+        return {"loss": float(s["loss"].sum()) / tokens} if tokens else {}
+
+
+def target_token_losses(logits: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum of the next-token cross-entropy over the target tokens (labels
+    other than ``ignore_index``; the logits at position t predict the label at t + 1, as
+    in transformers' causal LM loss) and the number of those tokens. Rows are upcast to
+    float32 one at a time, so memory stays at one row's logits."""
+    labels = labels[:, 1:]
+    sums = []
+    for row_logits, row_labels in zip(logits[:, :-1], labels, strict=True):
+        sums.append(F.cross_entropy(row_logits.float(), row_labels, ignore_index=ignore_index,
+                                    reduction="sum").double())
+    return torch.stack(sums), (labels != ignore_index).sum(1)
 
 
 def _cat(parts) -> torch.Tensor:
@@ -126,25 +283,59 @@ def _cat(parts) -> torch.Tensor:
 
 
 class JudgeMetrics(torch.nn.Module):
-    """Pairwise and pointwise metrics for every task, named ``<prefix>/<task>/<metric>``."""
+    """Pairwise and pointwise metrics for every task, named ``<prefix>/<task>/<metric>``,
+    and the teacher-forced loss, ``<prefix>/loss``."""
 
     def __init__(self, prefix: str = "val"):
         super().__init__()
         self.prefix = prefix
         self.pairwise = torch.nn.ModuleDict({t: PairwiseMetrics() for t in TASKS})
         self.pointwise = torch.nn.ModuleDict({t: PointwiseMetrics() for t in TASKS})
+        self.loss = TargetLoss()
+
+    def update_loss(self, records: Sequence[PreferenceRecord], logits: torch.Tensor,
+                    labels: torch.Tensor) -> None:
+        """Add the teacher-forced loss of a batch's records (one row of ``logits`` and
+        ``labels`` per record, in order)."""
+        loss, tokens = target_token_losses(logits, labels)
+        self.loss.update(loss, tokens, keys=[record_key(r) for r in records])
+
+    def update(self, records: Sequence[PreferenceRecord], judgments: Sequence[Judgment]) -> None:
+        """Add the judgments of labelled records (one judgment per record, in order), each
+        task and form to its own metric, keyed by :func:`ur.data.records.record_key`.
+        Pointwise scores are normalized by their records' scales."""
+        groups = defaultdict(list)
+        for r, j in zip(records, judgments, strict=True):
+            groups[(r.form, r.task)].append((r, j))
+        for (form, task), pairs in groups.items():
+            keys = [record_key(r) for r, _ in pairs]
+            if form == "pairwise":
+                self.pairwise[task].update([r.label for r, _ in pairs],
+                                           [j.label for _, j in pairs],
+                                           [j.label_swapped for _, j in pairs], keys=keys)
+            else:
+                self.pointwise[task].update(
+                    [r.normalized_score() for r, _ in pairs],
+                    [None if j.score is None else (j.score - r.scale[0]) / (r.scale[1] - r.scale[0])
+                     for r, j in pairs], keys=keys)
 
     def compute(self) -> dict[str, float]:
+        """Every task's metrics, synced across processes (every rank takes part in every
+        task's sync, in the same order); tasks without a record anywhere are left out."""
         out = {}
-        for kind in (self.pairwise, self.pointwise):
-            for task, metric in kind.items():
-                if not metric.update_called:
-                    continue
-                for name, value in metric.compute().items():
-                    out[f"{self.prefix}/{task}/{name}"] = value
+        with warnings.catch_warnings():
+            # A rank that judged no record of a task still syncs it; torchmetrics warns then.
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
+            for kind in (self.pairwise, self.pointwise):
+                for task, metric in kind.items():
+                    for name, value in metric.compute().items():
+                        out[f"{self.prefix}/{task}/{name}"] = value
+            for name, value in self.loss.compute().items():
+                out[f"{self.prefix}/{name}"] = value
         return out
 
     def reset(self) -> None:
         for kind in (self.pairwise, self.pointwise):
             for metric in kind.values():
                 metric.reset()
+        self.loss.reset()

@@ -243,34 +243,24 @@ class RewardSFTModule(LightningModule):
         return self._judge
 
     def _eval_step(self, batch, stage: str):
+        """The teacher-forced loss and the judge's verdicts on the batch's records, into
+        the stage's metrics (each record counted once however the split was sharded)."""
         records = list(batch.get("records") or [])
         if not records:
             return
-        self.log(f"{stage}/loss", self(batch).loss, batch_size=len(records), sync_dist=True)
-        judgments = self.judge.judge(records)
         metrics = self.metrics[stage]
-        for task in {r.task for r in records}:
-            pairs = [(r, j) for r, j in zip(records, judgments, strict=True)
-                     if r.task == task and r.form == "pairwise"]
-            if pairs:
-                metrics.pairwise[task].update([r.label for r, _ in pairs],
-                                              [j.label for _, j in pairs],
-                                              [j.label_swapped for _, j in pairs]
-                                              if self.judge_spec.both_orders else None)
-            points = [(r, j) for r, j in zip(records, judgments, strict=True)
-                      if r.task == task and r.form == "pointwise"]
-            if points:
-                metrics.pointwise[task].update(
-                    [r.normalized_score() for r, _ in points],
-                    [None if j.score is None else (j.score - r.scale[0]) / (r.scale[1] - r.scale[0])
-                     for r, j in points])
+        inputs = {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
+        metrics.update_loss(records, self.model(**inputs).logits, batch["labels"])
+        metrics.update(records, self.judge(records))
 
     def _eval_end(self, stage: str):
-        values = self.metrics[stage].compute()
+        values = self.metrics[stage].compute()  # synced: the same on every rank
         if values:
-            self.log_dict(values, sync_dist=False)
+            # Averaging equal values leaves them as they are; it tells Lightning they are
+            # synced, which it otherwise warns about once per metric.
+            self.log_dict(values, sync_dist=True)
             summary = _task_means(values, stage)
-            self.log_dict(summary, prog_bar=stage == "val")
+            self.log_dict(summary, prog_bar=stage == "val", sync_dist=True)
         self.metrics[stage].reset()
 
     def validation_step(self, batch, batch_idx):
@@ -288,7 +278,7 @@ class RewardSFTModule(LightningModule):
     def predict_step(self, batch, batch_idx):
         records = list(batch.get("records") or [])
         return [{"id": r.id, "task": r.task, "form": r.form, **asdict(j)}
-                for r, j in zip(records, self.judge.judge(records), strict=True)]
+                for r, j in zip(records, self.judge(records), strict=True)]
 
     # -- export ----------------------------------------------------------------------------
     def on_fit_end(self):
