@@ -71,7 +71,8 @@ def make_batches(world: Path, size: int, processor, batch_size: int, count: int)
 
 
 def new_module(checkpoint: Path):
-    from ur.reward.sft import OptimizerSpec, RewardSFTModule
+    from ur.reward.sft import RewardSFTModule
+    from ur.training import OptimizerSpec
 
     # warmup_ratio 0 and min_lr_ratio 1: the schedule is flat at LR, as in the plain arm.
     return RewardSFTModule(checkpoint=str(checkpoint), finetune="full", export=False,
@@ -191,7 +192,7 @@ def main(argv=None) -> dict:
     from ur.data.templates import PromptTemplates
     from ur.models.loading import load_vlm, parameter_counts
     from ur.models.tiny import build_tiny_vlm
-    from ur.reward.tiny_base import tokenizer_texts
+    from ur.pretrain.tiny_vlm import tokenizer_texts
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -17,7 +17,7 @@ Results are in docs/tiny_base.md.
 A base pretrained with checks is built by
 ``ur fit --config experiments/quickstart.yaml
 --model.init_args.checkpoint checkpoints/tiny/qwen2_vl-world-checks
---model.init_args.tiny.answer_checks true --data.init_args.templates.answer_checks true``.
+--pretrain.answer_checks true --data.init_args.templates.answer_checks true``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from ur.data.collate import Conversation, ConversationCollator
 from ur.data.datamodule import WorldSpec, load_records
 from ur.data.synthetic.scene import parse_question
 from ur.data.templates import PromptTemplates
-from ur.reward.sft import OptimizerSpec, RewardSFTModule
+from ur.reward.sft import RewardSFTModule
+from ur.training import OptimizerSpec
 
 
 class Probe(L.Callback):

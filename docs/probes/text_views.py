@@ -22,7 +22,8 @@ from image_checks import Probe, image_and_video, understanding_pairs  # docs/pro
 
 from ur.data.datamodule import PreferenceDataModule, WorldSpec
 from ur.data.templates import PromptTemplates
-from ur.reward.sft import OptimizerSpec, RewardSFTModule
+from ur.reward.sft import RewardSFTModule
+from ur.training import OptimizerSpec
 
 
 def main(argv=None):

@@ -5,7 +5,8 @@ import pytest
 
 from ur.models import build_tiny_vlm
 from ur.models.loading import part_of
-from ur.reward.sft import OptimizerSpec, RewardSFTModule
+from ur.reward.sft import RewardSFTModule
+from ur.training import OptimizerSpec
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ the metrics of :mod:`ur.reward.metrics` as ``val/<task>/<metric>`` (``test/...``
 the teacher-forced ``val/loss``. At the end of fit the model is exported as a Hugging
 Face folder (``<run>/export``) that transformers alone can load.
 
-Assumes: the model loads with :func:`ur.models.loading.load_vlm`; the DataModule is a
+Assumes: the model loads with :func:`ur.models.loading.load_vlm` from a checkpoint that
+exists (a tiny base is built beforehand, by ``ur fit``'s ``pretrain:`` or
+:func:`ur.pretrain.ensure_tiny_vlm`); the DataModule is a
 :class:`ur.data.datamodule.PreferenceDataModule` (its templates and frame count are the
 judge's).
 """
@@ -19,8 +21,9 @@ judge's).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning import LightningModule
@@ -28,85 +31,36 @@ from lightning import LightningModule
 from ur.data.collate import IGNORE_INDEX
 from ur.reward.judge import Judge
 from ur.reward.metrics import JudgeMetrics
-
-
-@dataclass
-class OptimizerSpec:
-    """AdamW with linear warmup and cosine decay."""
-
-    lr: float = 2.5e-6
-    """Peak learning rate (UnifiedReward: 2.5e-6 for a 7B full fine-tune)."""
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.03
-    """Fraction of the optimizer steps spent warming up linearly from 0."""
-    min_lr_ratio: float = 0.0
-    """The cosine ends at lr * min_lr_ratio."""
-    vision_lr: float | None = None
-    """Peak learning rate of the vision tower and projector when it should differ from
-    ``lr`` (a pretrained tower is often trained more gently than the language model;
-    None: the same rate everywhere)."""
-
-
-@dataclass
-class LoraSpec:
-    """LoRA adapters (peft); used when ``finetune: lora``."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
+from ur.training import (
+    Finetune,
+    LoraSpec,
+    OptimizerSpec,
+    adamw_with_schedule,
+    as_spec,
+    parameter_groups,
+    plain,
+)
 
 
 @dataclass
 class JudgeSpec:
-    """How validation/test judge the records."""
+    """How validation and test judge the records."""
 
-    mode: str = "fast"
-    """``fast`` (decision from the answer tokens' logits) or ``generate`` (decode, parse)."""
+    mode: Literal["fast", "generate"] = "fast"
+    """``fast``: the decision read from the answer tokens' logits; ``generate``: decode,
+    then parse."""
     both_orders: bool = True
     """Judge pairs in both orders: combines them and measures position consistency."""
     max_new_tokens: int = 96
     batch_size: int = 16
 
 
-@dataclass
-class TinyBaseSpec:
-    """Build (and pretrain) a tiny base checkpoint at ``checkpoint`` when it is missing."""
-
-    family: str = "qwen2_vl"
-    hidden_size: int = 128
-    num_layers: int = 4
-    rope_theta: float = 4.0
-    """RoPE base of the text model (see :func:`ur.models.tiny.build_tiny_vlm`)."""
-    answer_checks: bool = False
-    """Also pretrain on checks of given answers against the image ("The image shows a red
-    circle ... Answer: blue vs red no. Wrong."), the reading skill behind understanding
-    judgments."""
-    check_style: str = "claims"
-    """How checks are written (:class:`ur.data.templates.PromptTemplates`): ``claims`` or
-    ``restate``; keep it the judge's."""
-    pretrain_steps: int = 600
-    """Steps of dense supervision on the synthetic world (scene descriptions, Q&A)."""
-    pretrain_lr: float = 1e-3
-    batch_size: int = 32
-    length_grouping: int = 0
-    """Batches are cut from runs of this many batches sorted by prompt length (0: shuffled
-    freely; the base's prompts hardly differ, so grouping saves little there)."""
-    world: dict = field(default_factory=dict)
-    """Keywords of :class:`ur.data.datamodule.WorldSpec` for the pretraining world."""
-    num_workers: int = 1
-    """DataLoader workers preparing pretraining batches while the model trains."""
-    seed: int = 0
-
-
 class RewardSFTModule(LightningModule):
     """A generative reward model (judge) trained by SFT.
 
     Args:
-        checkpoint: Base model: a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``), a local
-            folder, or where a tiny base is built when ``tiny`` is set.
-        tiny: Build and pretrain a tiny base at ``checkpoint`` if it is not there yet.
+        checkpoint: Base model: a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``) or a local
+            folder (a tiny base built by ``pretrain:``).
         finetune: ``full`` or ``lora``.
         train_vision: Train the vision tower (full) / put LoRA on it (lora).
         train_projector: Train the vision-language projector.
@@ -123,9 +77,8 @@ class RewardSFTModule(LightningModule):
 
     def __init__(
         self,
-        checkpoint: str = "checkpoints/tiny/qwen2_vl",
-        tiny: TinyBaseSpec | None = None,
-        finetune: str = "full",
+        checkpoint: str = "checkpoints/tiny/qwen2_vl-world",
+        finetune: Finetune = "full",
         train_vision: bool = True,
         train_projector: bool = True,
         train_language: bool = True,
@@ -133,7 +86,7 @@ class RewardSFTModule(LightningModule):
         optimizer: OptimizerSpec | None = None,
         judge: JudgeSpec | None = None,
         gradient_checkpointing: bool = False,
-        dtype: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         trust_remote_code: bool = False,
         export: bool = True,
         merge_lora: bool = True,
@@ -143,22 +96,15 @@ class RewardSFTModule(LightningModule):
             raise ValueError(f"finetune must be 'full' or 'lora', got {finetune!r}")
         # Plain values only, so a checkpoint loads with torch.load(weights_only=True).
         self.save_hyperparameters({
-            "checkpoint": str(checkpoint), "tiny": _plain(tiny), "finetune": finetune,
+            "checkpoint": str(checkpoint), "finetune": finetune,
             "train_vision": train_vision, "train_projector": train_projector,
-            "train_language": train_language, "lora": _plain(lora), "optimizer": _plain(optimizer),
-            "judge": _plain(judge), "gradient_checkpointing": gradient_checkpointing,
+            "train_language": train_language, "lora": plain(lora), "optimizer": plain(optimizer),
+            "judge": plain(judge), "gradient_checkpointing": gradient_checkpointing,
             "dtype": dtype, "trust_remote_code": trust_remote_code, "export": export,
             "merge_lora": merge_lora}, logger=False)
-        lora, optimizer, judge = (_spec(LoraSpec, lora), _spec(OptimizerSpec, optimizer),
-                                  _spec(JudgeSpec, judge))
-        tiny = _spec(TinyBaseSpec, tiny) if tiny is not None else None
-        self.lora_spec = lora or LoraSpec()
-        self.optim = optimizer or OptimizerSpec()
-        self.judge_spec = judge or JudgeSpec()
-        if tiny is not None:
-            from ur.reward.tiny_base import ensure_tiny_base
-
-            ensure_tiny_base(checkpoint, tiny)
+        self.lora_spec = as_spec(LoraSpec, lora) or LoraSpec()
+        self.optim = as_spec(OptimizerSpec, optimizer) or OptimizerSpec()
+        self.judge_spec = as_spec(JudgeSpec, judge) or JudgeSpec()
         self.checkpoint_path = str(checkpoint)
         from ur.models.loading import load_vlm, lora_wrap, trainable_parts
 
@@ -204,28 +150,8 @@ class RewardSFTModule(LightningModule):
     def configure_optimizers(self):
         from ur.models.loading import part_of
 
-        groups = {"vision": [], "rest": []}
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                vision = self.optim.vision_lr is not None and part_of(name) in ("vision",
-                                                                                  "projector")
-                groups["vision" if vision else "rest"].append(p)
-        params = [{"params": ps, "lr": self.optim.vision_lr if g == "vision" else self.optim.lr}
-                  for g, ps in groups.items() if ps]
-        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas),
-                                weight_decay=self.optim.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.optim.warmup_ratio * total)
-        floor = self.optim.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        groups = parameter_groups(self.model.named_parameters(), self.optim, part_of)
+        return adamw_with_schedule(groups, self.optim, self.trainer.estimated_stepping_batches)
 
     # -- judging ---------------------------------------------------------------------------
     @property
@@ -291,15 +217,6 @@ class RewardSFTModule(LightningModule):
 
         merge = self.hparams.merge_lora if merge_lora is None else merge_lora
         return save_hf(self.model, self.processor, out, merge_lora=merge)
-
-
-def _plain(spec):
-    return asdict(spec) if hasattr(spec, "__dataclass_fields__") else spec
-
-
-def _spec(cls, value):
-    """A spec dataclass from itself, a dict (a checkpoint's hyperparameters) or None."""
-    return cls(**value) if isinstance(value, dict) else value
 
 
 def _task_means(values: dict, stage: str) -> dict:
