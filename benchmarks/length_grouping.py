@@ -34,9 +34,10 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from ur.data.collate import Conversation, ConversationCollator, size_key
-from ur.data.datamodule import MixtureSampler, WorldSpec, load_records
+from ur.data.datamodule import WorldSpec, load_records
+from ur.data.sampling import MixtureSampler
 from ur.data.templates import PromptTemplates
-from ur.reward.tiny_base import dense_conversations
+from ur.pretrain.tiny_vlm import dense_conversations
 
 
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:

@@ -1,7 +1,8 @@
 from collections import Counter
 
-from ur.data.datamodule import MixtureSampler, randomize_order, stable_coin
+from ur.data.datamodule import randomize_order, stable_coin
 from ur.data.records import Media, PreferenceRecord
+from ur.data.sampling import MixtureSampler
 
 
 def test_mixture_draws_weighted_counts_per_source_and_is_deterministic():

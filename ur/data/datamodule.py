@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ur.data.collate import Conversation, JudgeCollator, TextView, size_key
 from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError, is_generation
+from ur.data.sampling import EpochLoader, MixtureSampler, TextViewBatches
 from ur.data.sources import read_source
 from ur.data.templates import PromptTemplates
 
@@ -71,6 +72,10 @@ class WorldSpec:
     """0: gross errors only; 1: moderate; 2: subtle (see ur.data.synthetic.world)."""
     image_size: int = 84
     num_frames: int = 4
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Relative sizes of train, val and test within each (task, form): ``[8, 1, 4]`` of
+    1300 items gives 800, 100 and 400. Items are numbered across the splits in that
+    order, so a larger test split leaves train and val as they were."""
 
     def manifest(self) -> dict:
         from ur.data.synthetic.writer import write_world
@@ -79,7 +84,7 @@ class WorldSpec:
         with exclusive(self.out):
             return write_world(self.out, size=self.size, seed=self.seed,
                                difficulty=self.difficulty, image_size=self.image_size,
-                               num_frames=self.num_frames)
+                               num_frames=self.num_frames, splits=tuple(self.splits))
 
     def sources(self, split: str, *, benchmarks: bool = False) -> list[SourceSpec]:
         """A split's sources in their training schemas (and the benchmark-schema copies
@@ -152,189 +157,6 @@ class RecordDataset(Dataset):
         return TextView(self.records[self.views[i - len(self.records)]])
 
 
-class MixtureSampler(Sampler[int]):
-    """Per-epoch draw of ``round(weight * n)`` indices from each source, then a shuffle.
-
-    With ``sizes`` for the items (any sortable key; see :func:`size_key`) and a
-    ``batch_size``, each run of ``group`` batches of the shuffled draw is sorted by size
-    before it is cut into batches, and the batches are shuffled: batches hold items of
-    similar length, so less of each is padding (:func:`ur.data.collate.size_key` sorts by
-    the prompt, never the target). Measured in benchmarks/length_grouping.py.
-    """
-
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int = 0,
-                 shuffle: bool = True, *, item_sizes: Sequence | None = None,
-                 batch_size: int = 1, group: int = 0):
-        self.offsets = np.cumsum([0, *sizes[:-1]])
-        self.sizes, self.weights = list(sizes), list(weights)
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
-        if item_sizes is not None and len(item_sizes) != sum(self.sizes):
-            raise ValueError(f"item_sizes has {len(item_sizes)} entries for "
-                             f"{sum(self.sizes)} items")
-        self.item_sizes, self.batch_size, self.group = item_sizes, batch_size, group
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        parts = []
-        for off, n, w in zip(self.offsets, self.sizes, self.weights, strict=True):
-            count = int(round(w * n))
-            if n == 0 or count == 0:
-                continue
-            reps = -(-count // n)
-            idx = np.concatenate([rng.permutation(n) if self.shuffle else np.arange(n)
-                                  for _ in range(reps)])[:count]
-            parts.append(idx + off)
-        out = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
-        if not self.shuffle:
-            return out
-        out = rng.permutation(out)
-        if self.item_sizes is None or self.group < 1:
-            return out
-        return self._grouped(out, rng)
-
-    def _grouped(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        run = self.batch_size * self.group
-        batches = []
-        for start in range(0, len(order), run):
-            chunk = sorted(order[start:start + run].tolist(), key=self.item_sizes.__getitem__)
-            batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
-        # The last batch may be short: keep it last so a DataLoader batches the same items.
-        head, tail = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (
-            batches, [])
-        head = [head[i] for i in rng.permutation(len(head))]
-        return np.array([i for b in head + tail for i in b], dtype=int)
-
-    def __iter__(self):
-        idx = self._indices()
-        self.epoch += 1  # a new draw next time even when nobody calls set_epoch
-        return iter(idx.tolist())
-
-    def __len__(self):
-        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights, strict=True))
-
-
-class TextViewBatches(Sampler[list[int]]):
-    """A sampler's indices cut into batches of ``batch_size``, each followed by ``count``
-    text views (dataset indices ``first_view + k`` for ``k < views``), drawn without
-    replacement within a batch (with replacement only when ``count`` exceeds ``views``),
-    seeded by ``seed`` and the sampler's epoch. Single-process training only: it is not a
-    ``BatchSampler`` a distributed sampler could replace."""
-
-    def __init__(self, sampler: MixtureSampler, batch_size: int, *, first_view: int,
-                 views: int, count: int, seed: int = 0):
-        if views < 1:
-            raise ValueError("text views need at least one record to view")
-        self.sampler, self.batch_size = sampler, batch_size
-        self.first_view, self.views, self.count, self.seed = first_view, views, count, seed
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.sampler.epoch, 1])
-        order = list(self.sampler)
-        for start in range(0, len(order), self.batch_size):
-            drawn = rng.choice(self.views, self.count, replace=self.count > self.views)
-            yield order[start:start + self.batch_size] + [self.first_view + int(k) for k in drawn]
-
-    def __len__(self):
-        return -(-len(self.sampler) // self.batch_size)
-
-
-class EpochLoader(DataLoader):
-    """The training DataLoader: it starts drawing at its first batch, and it resumes in
-    the middle of an epoch.
-
-    - Lightning creates the training iterator before it sets the sampler's epoch (once
-      per process, in ``FitLoop.setup_data``), and a loader with workers hands them
-      their first batches of indices the moment its iterator is created: a run resumed
-      at epoch N drew epoch 0's order. This loader's iterator starts at its first
-      ``next``, once the epoch is set.
-    - Its state (``state_dict``, which Lightning keeps in checkpoints) is the sampler's
-      epoch and the batches handed out in it. Restored, it skips that many batches of
-      indices (no data is read for them) when that epoch starts again, so a run resumed
-      from a checkpoint written mid-epoch sees the rest of the epoch, as an
-      uninterrupted run does. Resumed at another epoch (from the end of one), it skips
-      nothing.
-
-    The epoch is read from the sampler Lightning sets it on (``epoch``); a sampler
-    without one counts as epoch None.
-    """
-
-    _epoch: int | None = None
-    _taken = 0  # batches handed out in the current epoch
-    _skip = 0  # batches of indices the next pass of the index sampler leaves out
-    _restored: dict | None = None
-
-    def __iter__(self):
-        return _Deferred(self)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "batches": self._taken}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._restored = dict(state)
-
-    def _start(self):
-        epoch = _sampler_epoch(self)
-        restored, self._restored = self._restored, None
-        skip = restored["batches"] if restored and restored.get("epoch") == epoch else 0
-        self._epoch, self._taken, self._skip = epoch, skip, skip
-        return super().__iter__()
-
-    @property
-    def _index_sampler(self):
-        # What torch's iterators draw batches of indices from; a persistent worker
-        # iterator keeps it, so the skip is looked up on every pass.
-        return _Skipping(self, super()._index_sampler)
-
-
-class _Deferred:
-    def __init__(self, loader: EpochLoader):
-        self._loader, self._it = loader, None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._it is None:
-            self._it = self._loader._start()
-        batch = next(self._it)
-        self._loader._taken += 1
-        return batch
-
-
-class _Skipping:
-    """An index sampler that leaves out the first ``loader._skip`` batches of its next
-    pass (drawn, so seeded draws after them stay the same). Lazy, like a generator:
-    torch's iterators call ``iter`` twice and use the second."""
-
-    def __init__(self, loader: EpochLoader, sampler):
-        self.loader, self.sampler = loader, sampler
-
-    def __iter__(self):
-        skip, self.loader._skip = self.loader._skip, 0
-        it = iter(self.sampler)
-        for _ in range(skip):
-            next(it, None)
-        yield from it
-
-    def __len__(self):
-        return len(self.sampler)
-
-
-def _sampler_epoch(loader: DataLoader) -> int | None:
-    for obj in (getattr(loader.batch_sampler, "sampler", None), loader.batch_sampler,
-                loader.sampler):
-        epoch = getattr(obj, "epoch", None)
-        if isinstance(epoch, int):
-            return epoch
-    return None
-
-
 class PreferenceDataModule(LightningDataModule):
     """Preference records from public sources or the synthetic world, as judge batches.
 
@@ -356,7 +178,9 @@ class PreferenceDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         num_frames: Frames sampled uniformly from each video.
         max_length: Cut training sequences to this many tokens (the target end only).
-        max_eval_records: Cap on records per validation/test source (chosen with eval_seed).
+        max_val_records: Cap on records per validation source (chosen with eval_seed).
+        max_test_records: Cap on records per test source (chosen with eval_seed); the
+            default, None, tests on every record.
         seed: Seed of training's mixing, shuffling and candidate order (``ur fit`` sets it
             to ``seed_everything`` when left empty).
         eval_seed: Seed of the validation/test subset and candidate order; fixed apart from
@@ -394,7 +218,8 @@ class PreferenceDataModule(LightningDataModule):
         num_workers: int = 0,
         num_frames: int = 4,
         max_length: int | None = None,
-        max_eval_records: int | None = None,
+        max_val_records: int | None = None,
+        max_test_records: int | None = None,
         seed: int | None = None,
         eval_seed: int = 0,
         skip_bad: bool = False,
@@ -420,7 +245,7 @@ class PreferenceDataModule(LightningDataModule):
         self.templates = templates or PromptTemplates()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.num_frames, self.max_length = num_workers, num_frames, max_length
-        self.max_eval_records = max_eval_records
+        self.max_records = {"val": max_val_records, "test": max_test_records}
         self.seed = 0 if seed is None else seed
         self.eval_seed, self.skip_bad, self.max_bad = eval_seed, skip_bad, max_bad
         self.processor_kwargs = dict(processor_kwargs or {})
@@ -463,12 +288,11 @@ class PreferenceDataModule(LightningDataModule):
                 log.warning("%s: skipped %d unusable record(s)", split, len(problems))
             self.skipped[split] = len(problems)
             seed = self.seed if split == "train" else self.eval_seed
-            if split != "train" and self.max_eval_records is not None:
+            cap = self.max_records.get(split)
+            if cap is not None:
                 rng = np.random.default_rng(seed)
-                per_source = [[recs[i] for i in sorted(rng.choice(len(recs), self.max_eval_records,
-                                                                  replace=False))]
-                              if len(recs) > self.max_eval_records else recs
-                              for recs in per_source]
+                per_source = [[recs[i] for i in sorted(rng.choice(len(recs), cap, replace=False))]
+                              if len(recs) > cap else recs for recs in per_source]
             records = [randomize_order(r, seed) for recs in per_source for r in recs]
             self.sizes[split] = [len(r) for r in per_source]
             views = ()
@@ -542,9 +366,6 @@ class PreferenceDataModule(LightningDataModule):
             return loader(dataset, sampler=sampler,
                           batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           **common)
-        if self.trainer is not None and self.trainer.world_size > 1:
-            raise ValueError("text_views works in single-process training only (got "
-                             f"{self.trainer.world_size} processes); set it to 0")
         batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
                                   views=len(dataset.views), count=self.text_views,
                                   seed=self.seed)
