@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
     from ur.data.synthetic.writer import write_world
     from ur.data.templates import PromptTemplates
     from ur.models.tiny import build_tiny_vlm
-    from ur.reward.tiny_base import tokenizer_texts
+    from ur.pretrain.tiny_vlm import tokenizer_texts
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -270,15 +270,14 @@ def _add_models(sub) -> None:
 
 
 def _models_tiny(args) -> int:
-    from ur.reward.sft import TinyBaseSpec
-    from ur.reward.tiny_base import ensure_tiny_base
+    from ur.pretrain import TinyVLMSpec, ensure_tiny_vlm
 
-    spec = TinyBaseSpec(family=args.family, hidden_size=args.hidden_size,
-                        num_layers=args.num_layers, pretrain_steps=args.pretrain_steps,
-                        world={"out": str(args.world), "size": args.world_size, "seed": args.seed,
-                               "difficulty": 1},
-                        seed=args.seed)
-    print(ensure_tiny_base(args.out or Path("checkpoints/tiny") / f"{args.family}-world", spec))
+    spec = TinyVLMSpec(family=args.family, hidden_size=args.hidden_size,
+                       num_layers=args.num_layers, pretrain_steps=args.pretrain_steps,
+                       world={"out": str(args.world), "size": args.world_size, "seed": args.seed,
+                              "difficulty": 1},
+                       seed=args.seed)
+    print(ensure_tiny_vlm(args.out or Path("checkpoints/tiny") / f"{args.family}-world", spec))
     return 0
 
 
@@ -399,167 +398,11 @@ def _plain_parser() -> argparse.ArgumentParser:
 
 
 # -- Lightning stages --------------------------------------------------------------------
-def _lightning_cli_class():
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-
-    from ur import runs
-    from ur.io import write_json_atomic
-
-    class SaveRunConfig(SaveConfigCallback):
-        """Saves the resolved config into the run folder and logs it to W&B once."""
-
-        def __init__(self, *args, run_dir: str = ".", **kwargs):
-            kwargs["save_to_log_dir"] = False
-            super().__init__(*args, **kwargs)
-            self.run_dir = Path(run_dir)
-
-        def save_config(self, trainer, pl_module, stage) -> None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            # Replaying config.yaml starts a new run; --ckpt_path last finds this one by name.
-            config = self.config.clone()
-            config.run.dir = None
-            self.parser.save(config, str(self.run_dir / "config.yaml"), skip_none=False,
-                             overwrite=True, multifile=False)
-            for logger in trainer.loggers:
-                logger.log_hyperparams(config.as_dict())
-
-    class URCLI(LightningCLI):
-        def __init__(self, args=None):
-            super().__init__(
-                save_config_callback=SaveRunConfig,
-                parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
-                subclass_mode_model=True, subclass_mode_data=True,
-                seed_everything_default=0, args=args)
-
-        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            parser.add_argument("--run.name", type=str | None, default=None,
-                                help="experiment name: runs go to <run.root>/<run.name>/<id> "
-                                     "(default: the last --config file's name)")
-            parser.add_argument("--run.root", type=str, default="checkpoints",
-                                help="folder holding all run folders")
-            parser.add_argument("--run.dir", type=str | None, default=None,
-                                help="use this exact run folder (e.g. to resume a run)")
-            parser.add_argument("--run.project", type=str, default="ur",
-                                help="W&B project name")
-            parser.add_argument("--run.tags", type=list[str], default=[],
-                                help="W&B tags")
-            parser.add_argument("--run.meta", type=dict, default={},
-                                help="free-form facts to record with the run (e.g. sweep "
-                                     "parameters); saved in config.yaml and logged to W&B")
-            parser.add_argument("--run.test_after_fit", type=bool, default=False,
-                                help="after fit, run the test loop on the trained model")
-            parser.link_arguments("model.checkpoint_path", "data.init_args.processor",
-                                  apply_on="instantiate")
-
-        def before_instantiate_classes(self) -> None:
-            cfg = self.config[self.subcommand]
-            configs = cfg.get("config") or []
-            name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "run")
-            cfg.run.name = name
-            if cfg.run.dir:
-                run_dir = Path(cfg.run.dir)
-            elif cfg.get("ckpt_path") == "last":
-                run_dir = runs.latest_run_dir(cfg.run.root, name)
-                if run_dir is None:
-                    raise SystemExit(f"ur {self.subcommand}: --ckpt_path last, but no run of "
-                                     f"{name!r} under {cfg.run.root} has checkpoints/last.ckpt")
-            else:
-                run_dir = runs.new_run_dir(cfg.run.root, name)
-            run_dir = run_dir.resolve()
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.run.dir = str(run_dir)
-            self.run_dir = run_dir
-            runs.point_wandb_at(run_dir)
-            trainer = cfg.trainer
-            trainer.default_root_dir = str(run_dir)
-            if trainer.logger in (None, True):
-                from jsonargparse import Namespace
-
-                trainer.logger = Namespace(
-                    class_path="lightning.pytorch.loggers.WandbLogger",
-                    init_args=Namespace(save_dir=str(run_dir), project=cfg.run.project,
-                                        name=f"{name}/{run_dir.name}", group=name,
-                                        tags=list(cfg.run.tags) or None, job_type=self.subcommand))
-            if self.subcommand == "fit":
-                from jsonargparse import Namespace
-
-                callbacks = list(trainer.callbacks or [])
-                if not any("ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
-                    callbacks.append(Namespace(
-                        class_path="lightning.pytorch.callbacks.ModelCheckpoint",
-                        init_args=Namespace(dirpath=str(run_dir / "checkpoints"), save_last="link",
-                                            save_top_k=1)))
-                if not sys.stderr.isatty():  # the progress bar stays silent without a terminal
-                    callbacks.append(Namespace(class_path="ur.callbacks.ProgressLines",
-                                               init_args=Namespace(every=50)))
-                trainer.callbacks = callbacks
-            data_args = cfg.get("data") and cfg.data.get("init_args")
-            seed = cfg.get("seed_everything")
-            if data_args is not None and "seed" in data_args and data_args.seed is None:
-                # one seed per run, the data order included
-                data_args.seed = seed if type(seed) is int else 0
-            sweep = _sweep_record()
-            if sweep:
-                cfg.run.meta = {**dict(cfg.run.meta or {}), "sweep": sweep}
-                write_json_atomic(run_dir / "sweep.json", sweep)
-            self.save_config_kwargs["run_dir"] = str(run_dir)
-
-        def _finish(self, stage: str) -> None:
-            if self.trainer.is_global_zero and stage != "predict":
-                runs.record_metrics(self.run_dir, stage, dict(self.trainer.callback_metrics))
-            for logger in self.trainer.loggers:
-                if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-                    import wandb
-
-                    if wandb.run is not None:
-                        wandb.finish()
-            if self.trainer.is_global_zero:
-                print(self.run_dir, flush=True)
-
-        def after_fit(self) -> None:
-            if self.config[self.subcommand].run.test_after_fit:
-                if self.trainer.is_global_zero:
-                    runs.record_metrics(self.run_dir, "fit", dict(self.trainer.callback_metrics))
-                self.trainer.test(self.model, datamodule=self.datamodule)
-                self._finish("test")
-            else:
-                self._finish("fit")
-
-        def after_validate(self) -> None:
-            self._finish("validate")
-
-        def after_test(self) -> None:
-            self._finish("test")
-
-        def after_predict(self) -> None:
-            self._finish("predict")
-
-    return URCLI
-
-
-def _sweep_record() -> dict | None:
-    """What a sweep runner says about this run: ``ur sweep`` passes its sweep, run key
-    and parameters; under ``wandb agent`` the sweep id and the parameter file's values."""
-    from ur.sweeps import SWEEP_ENV
-
-    if os.environ.get(SWEEP_ENV):
-        return json.loads(os.environ[SWEEP_ENV])
-    if os.environ.get("WANDB_SWEEP_ID"):
-        record = {"sweep": os.environ["WANDB_SWEEP_ID"], "key": os.environ.get("WANDB_RUN_ID")}
-        path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
-        if path and Path(path).exists():
-            import yaml
-
-            record["params"] = {k: v.get("value") if isinstance(v, dict) else v
-                                for k, v in (yaml.safe_load(Path(path).read_text()) or {}).items()
-                                if k != "wandb_version"}
-        return record
-    return None
-
-
 def run_lightning(argv: list[str]) -> None:
+    from ur.lightning_cli import URCLI
+
     # LightningCLI reads sys.argv itself when given nothing; pass argv only when it differs.
-    _lightning_cli_class()(None if argv == sys.argv[1:] else argv)
+    URCLI(None if argv == sys.argv[1:] else argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from ur.data.datamodule import WorldSpec, load_records
 from ur.data.synthetic.scene import parse_question
 from ur.data.templates import PromptTemplates
 from ur.models.tiny import build_tiny_vlm
-from ur.reward.tiny_base import tokenizer_texts
+from ur.pretrain.tiny_vlm import tokenizer_texts
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, world):
     from ur.data.datamodule import load_records
-    from ur.reward.tiny_base import tokenizer_texts
+    from ur.pretrain.tiny_vlm import tokenizer_texts
 
     records = [r for recs in load_records(world.sources("train"))[0] for r in recs]
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "m",

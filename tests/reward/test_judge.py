@@ -11,9 +11,10 @@ from ur.data.datamodule import PreferenceDataModule, WorldSpec
 from ur.data.records import is_generation
 from ur.data.templates import PromptTemplates
 from ur.models.tiny import build_tiny_vlm
+from ur.pretrain.tiny_vlm import tokenizer_texts
 from ur.reward.judge import Judge
-from ur.reward.sft import OptimizerSpec, RewardSFTModule
-from ur.reward.tiny_base import tokenizer_texts
+from ur.reward.sft import RewardSFTModule
+from ur.training import OptimizerSpec
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,15 @@
-"""The tiny base: a tiny real VLM pretrained on the synthetic world before it judges.
+"""The tiny VLM base: a tiny real VLM pretrained on the synthetic world before it judges
+or is aligned.
 
-A judge starts from a pretrained VLM, and so does a tiny one. :func:`ensure_tiny_base`
+A judge starts from a pretrained VLM, and so does a tiny one. :func:`ensure_tiny_vlm`
 builds a tiny checkpoint (:mod:`ur.models.tiny`; its tokenizer trained on the world's
-text and our prompt templates), then pretrains it with dense supervision drawn from the
+text and the prompt templates), then pretrains it with dense supervision drawn from the
 world's training records: a description of every image and clip ("The image shows a red
 circle on the left."), the correct answer to every question, and (``answer_checks``)
-checks of given answers ("The image shows ... Answer: blue vs red no. Wrong."). It is saved
-as a plain Hugging Face folder at the requested path, cached (rebuilt only when its spec changes),
-and recorded as a run of its own (``<checkpoint>/pretrain_run/``: the loss curve and
+checks of given answers ("The image shows ... Answer: blue vs red no. Wrong."). It is
+saved as a plain Hugging Face folder at the requested path, cached under a lock (rebuilt
+only when its spec, the world's format or the tiny builder's format changes), and
+recorded as a run of its own (``<checkpoint>/pretrain_run/``: the loss curve and
 ``metrics.json``, which includes :func:`perception`: how often the base's own
 descriptions of validation images and clips name colour, shape and place or motion
 right).
@@ -20,14 +22,74 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from lightning import LightningModule
 
 from ur.data.collate import Conversation, ConversationCollator, size_key
+from ur.data.datamodule import WorldSpec, load_records
 from ur.data.records import PreferenceRecord
 from ur.data.templates import PromptTemplates
+from ur.training import OptimizerSpec, adamw_with_schedule, parameter_groups
+
+
+@dataclass
+class TinyVLMSpec:
+    """A tiny VLM base: its build and its pretraining on the synthetic world."""
+
+    family: Literal["qwen2_vl", "qwen2_5_vl", "llava_onevision"] = "qwen2_vl"
+    hidden_size: int = 128
+    num_layers: int = 4
+    rope_theta: float = 4.0
+    """RoPE base of the text model (see :func:`ur.models.tiny.build_tiny_vlm`)."""
+    answer_checks: bool = False
+    """Also pretrain on checks of given answers against the image ("The image shows a red
+    circle ... Answer: blue vs red no. Wrong."), the reading skill behind understanding
+    judgments."""
+    check_style: Literal["claims", "restate"] = "claims"
+    """How checks are written (:class:`ur.data.templates.PromptTemplates`); keep it the
+    judge's."""
+    pretrain_steps: int = 600
+    """Steps of dense supervision on the synthetic world (scene descriptions, Q&A)."""
+    pretrain_lr: float = 1e-3
+    batch_size: int = 32
+    length_grouping: int = 0
+    """Batches are cut from runs of this many batches sorted by prompt length (0: shuffled
+    freely; the base's prompts hardly differ, so grouping saves little there)."""
+    world: WorldSpec = field(default_factory=WorldSpec)
+    """The synthetic world the base is pretrained on (keep it the judge's)."""
+    num_workers: int = 1
+    """DataLoader workers preparing pretraining batches while the model trains."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.world, dict):
+            self.world = WorldSpec(**self.world)
+
+
+class DensePretrainModule(LightningModule):
+    """Next-token loss on the assistant turn of dense conversations (descriptions,
+    answers, checks), every part of the model training, AdamW with warmup and cosine."""
+
+    def __init__(self, model, processor, optimizer: OptimizerSpec):
+        super().__init__()
+        self.model, self.processor, self.optim = model.train(), processor, optimizer
+
+    def training_step(self, batch, batch_idx):
+        inputs = {k: v for k, v in batch.items() if k != "records"}
+        loss = self.model(**inputs).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
+        return loss
+
+    def configure_optimizers(self):
+        from ur.models.loading import part_of
+
+        groups = parameter_groups(self.model.named_parameters(), self.optim, part_of)
+        return adamw_with_schedule(groups, self.optim, self.trainer.estimated_stepping_batches)
+
 
 SPEC_FILE = "ur_pretrain.json"
 
@@ -155,69 +217,57 @@ def _last_mark(text: str) -> str | None:
     return marks[-1] if marks else None
 
 
-def _spec_dict(spec) -> dict:
-    return asdict(spec) if hasattr(spec, "__dataclass_fields__") else dict(spec)
-
-
-def ensure_tiny_base(checkpoint: str | Path, spec) -> Path:
+def ensure_tiny_vlm(checkpoint: str | Path, spec: TinyVLMSpec) -> Path:
     """Return ``checkpoint``, building and pretraining it first if it is missing or was
-    built from another spec."""
-    from ur.io import exclusive
-
-    checkpoint = Path(checkpoint)
-    with exclusive(checkpoint):
-        return _ensure(checkpoint, spec)
-
-
-def _ensure(checkpoint: Path, spec) -> Path:
+    built from another spec, another world format or another tiny builder. Processes
+    that ask at once (DDP ranks, sweep jobs) build it once: the others wait, then find
+    it built."""
     from ur.data.synthetic.writer import VERSION as world_format
+    from ur.io import exclusive
     from ur.models.tiny import VERSION as tiny_format
 
-    # A base pretrained on a world of an older format, or built by an older tiny
-    # builder, is rebuilt.
-    wanted = {**_spec_dict(spec), "world_format": world_format, "tiny_format": tiny_format}
-    marker = checkpoint / SPEC_FILE
-    if marker.exists() and json.loads(marker.read_text()).get("spec") == wanted:
-        return checkpoint
-    from ur.data.datamodule import WorldSpec, load_records
+    checkpoint = Path(checkpoint)
+    wanted = json.loads(json.dumps(  # as the marker file reads back (tuples as lists)
+        {**asdict(spec), "world_format": world_format, "tiny_format": tiny_format}))
+    with exclusive(checkpoint):
+        marker = checkpoint / SPEC_FILE
+        if not (marker.exists() and json.loads(marker.read_text()).get("spec") == wanted):
+            _build(checkpoint, spec, wanted)
+    return checkpoint
+
+
+def _build(checkpoint: Path, spec: TinyVLMSpec, wanted: dict) -> None:
+    from ur.io import atomic_dir, write_json_atomic
+    from ur.models.export import save_hf
     from ur.models.tiny import build_tiny_vlm
 
-    world = WorldSpec(**spec.world)
+    world = spec.world
     records = [r for recs in load_records(world.sources("train"))[0] for r in recs]
-    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    raw = build_tiny_vlm(tmp / "init", family=spec.family,
-                         texts=tokenizer_texts(records, PromptTemplates(
-                             answer_checks=True, check_style=spec.check_style)),
-                         hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed,
-                         rope_theta=spec.rope_theta,
-                         image_size=world.image_size)
-    conversations = dense_conversations(records, checks=spec.answer_checks,
-                                        check_style=spec.check_style)
-    module, metrics = _pretrain(raw, conversations, spec, world, tmp / "pretrain_run")
-    val = [r for recs in load_records(world.sources("val"))[0] for r in recs]
-    metrics["perception"] = perception(module.model, module.processor, val,
-                                       checks=spec.answer_checks,
-                                       check_style=spec.check_style,
-                                       num_frames=world.num_frames)
-    print(f"what the tiny base perceives (greedy, val): "
-          f"{metrics['perception']}", file=sys.stderr)
-    (tmp / "pretrain_run" / "metrics.json").write_text(json.dumps({"pretrain": metrics},
-                                                                  indent=2))
-    from ur.models.export import save_hf
-
-    save_hf(module.model, module.processor, tmp / "model", merge_lora=False)
-    for f in (tmp / "model").iterdir():
-        os.replace(f, tmp / f.name)
-    (tmp / "model").rmdir()
-    shutil.copy(raw / "ur_tiny.json", tmp / "ur_tiny.json")
-    shutil.rmtree(raw)
-    (tmp / SPEC_FILE).write_text(json.dumps({"spec": wanted, "metrics": metrics}, indent=2))
-    if checkpoint.exists():
-        shutil.rmtree(checkpoint)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, checkpoint)
-    return checkpoint
+    with atomic_dir(checkpoint) as tmp:
+        raw = build_tiny_vlm(tmp / "init", family=spec.family,
+                             texts=tokenizer_texts(records, PromptTemplates(
+                                 answer_checks=True, check_style=spec.check_style)),
+                             hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                             seed=spec.seed, rope_theta=spec.rope_theta,
+                             image_size=world.image_size)
+        conversations = dense_conversations(records, checks=spec.answer_checks,
+                                            check_style=spec.check_style)
+        module, metrics = _pretrain(raw, conversations, spec, world, tmp / "pretrain_run")
+        val = [r for recs in load_records(world.sources("val"))[0] for r in recs]
+        metrics["perception"] = perception(module.model, module.processor, val,
+                                           checks=spec.answer_checks,
+                                           check_style=spec.check_style,
+                                           num_frames=world.num_frames)
+        print(f"what the tiny base perceives (greedy, val): {metrics['perception']}",
+              file=sys.stderr)
+        write_json_atomic(tmp / "pretrain_run" / "metrics.json", {"pretrain": metrics})
+        save_hf(module.model, module.processor, tmp / "model", merge_lora=False)
+        for f in (tmp / "model").iterdir():
+            os.replace(f, tmp / f.name)
+        (tmp / "model").rmdir()
+        shutil.copy(raw / "ur_tiny.json", tmp / "ur_tiny.json")
+        shutil.rmtree(raw)
+        write_json_atomic(tmp / SPEC_FILE, {"spec": wanted, "metrics": metrics})
 
 
 def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_dir: Path):
@@ -225,13 +275,14 @@ def _pretrain(path: Path, conversations: list[Conversation], spec, world, run_di
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from ur.data.datamodule import MixtureSampler
-    from ur.reward.sft import OptimizerSpec, RewardSFTModule
+    from ur.data.sampling import MixtureSampler
+    from ur.models.loading import load_vlm, trainable_parts
 
     L.seed_everything(spec.seed, workers=True)
-    module = RewardSFTModule(checkpoint=str(path), finetune="full", export=False,
-                             optimizer=OptimizerSpec(lr=spec.pretrain_lr, warmup_ratio=0.05,
-                                                     weight_decay=0.0, min_lr_ratio=0.1))
+    model, processor = load_vlm(str(path))
+    trainable_parts(model, vision=True, projector=True, language=True)
+    module = DensePretrainModule(model, processor, OptimizerSpec(
+        lr=spec.pretrain_lr, warmup_ratio=0.05, weight_decay=0.0, min_lr_ratio=0.1))
     collate = ConversationCollator(module.processor, num_frames=world.num_frames)
     sampler = MixtureSampler([len(conversations)], [1.0], seed=spec.seed,
                              item_sizes=([size_key(c) for c in conversations]
