@@ -1,6 +1,15 @@
 """A miniature of the quickstart for end-to-end tests: a few steps on a 48-record world
 with a tiny base pretrained for 2 steps (answer checks on, in the base and the targets,
-so the optional path runs end to end). Overlay it on experiments/quickstart.yaml."""
+so the optional path runs end to end). Overlay it on experiments/quickstart.yaml.
+Also :func:`run_ur`, the ``ur`` command in a subprocess, as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 
 MINI = """
 trainer:
@@ -10,20 +19,21 @@ trainer:
   limit_val_batches: 1
   limit_test_batches: 1
   deterministic: true
+pretrain:
+  pretrain_steps: 2
+  answer_checks: true
+  batch_size: 8
+  world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
 model:
   init_args:
     checkpoint: {base}
-    tiny:
-      pretrain_steps: 2
-      answer_checks: true
-      batch_size: 8
-      world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
     judge: {{batch_size: 8, max_new_tokens: 24}}
 data:
   init_args:
     world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
     batch_size: 8
-    max_eval_records: 2
+    max_val_records: 2
+    max_test_records: 2
     templates: {{answer_checks: true}}
 """
 
@@ -32,3 +42,14 @@ def mini_overlay(path, *, world, base, steps=4, extra=""):
     """Write the miniature overlay to ``path`` and return it."""
     path.write_text(MINI.format(steps=steps, world=world, base=base) + extra)
     return path
+
+
+def run_ur(*args, cwd, check=True, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """``ur ARGS...`` in ``cwd``; with ``check``, a failure shows its output's tail. A run
+    that hangs (a distributed deadlock) fails after ``timeout`` seconds."""
+    run = subprocess.run([sys.executable, "-m", "ur.cli", *args], cwd=cwd, capture_output=True,
+                         text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and run.returncode != 0:
+        raise AssertionError(f"ur {' '.join(args)} failed:\n{run.stdout[-3000:]}\n"
+                             f"{run.stderr[-5000:]}")
+    return run

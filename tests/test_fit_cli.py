@@ -1,88 +1,82 @@
-"""`ur fit|validate|test` end to end on a miniature of the quickstart, and resume after SIGKILL."""
+"""`ur fit|validate|test`, `ur export` and `ur judge` end to end on a miniature of the
+quickstart, and resume after SIGKILL."""
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from minirun import mini_overlay
+from minirun import QUICKSTART, mini_overlay
+from minirun import run_ur as ur
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 
-
-
-def ur(*args, cwd, check=True, env=None):
-    run = subprocess.run([sys.executable, "-m", "ur.cli", *args], cwd=cwd, capture_output=True,
-                         text=True, env={**os.environ, **(env or {})})
-    if check and run.returncode != 0:
-        raise AssertionError(f"ur {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
-    return run
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One world and one tiny base for every test here (built by the first run)."""
-    root = tmp_path_factory.mktemp("shared")
-    return {"world": root / "world", "base": root / "base"}
-
-
-def overlay(tmp_path, shared, steps=4, extra=""):
-    return mini_overlay(tmp_path / "mini.yaml", world=shared["world"], base=shared["base"],
+def overlay(tmp_path, mini, steps=4, extra=""):
+    return mini_overlay(tmp_path / "mini.yaml", world=mini["world"], base=mini["base"],
                         steps=steps, extra=extra)
 
 
-def test_fit_writes_a_complete_run_folder(tmp_path, shared):
-    run = ur("fit", "--config", str(QUICKSTART), "--config", str(overlay(tmp_path, shared)),
-             "--run.name", "mini", cwd=tmp_path)
-    run_dir = Path(run.stdout.strip().splitlines()[-1])
-    assert run_dir.is_dir() and run_dir.parent == tmp_path / "checkpoints" / "mini"
-    assert (run_dir / "config.yaml").exists()
-    assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_fit_writes_a_complete_run_folder(mini, mini_fit):
+    assert mini_fit.is_dir() and mini_fit.parent == mini["root"] / "checkpoints" / "mini"
+    assert (mini_fit / "config.yaml").exists()
+    assert (mini_fit / "checkpoints" / "last.ckpt").exists()
+    metrics = json.loads((mini_fit / "metrics.json").read_text())
     assert "train/loss" in metrics["fit"] and "test" in metrics  # quickstart tests after fit
     assert any(k.startswith("test/") and k.endswith("pair_acc_diff") for k in metrics["test"])
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert offline, "the W&B offline run must live inside the run folder"
+    offline = list((mini_fit / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, "one W&B offline run, inside the run folder"
     assert list(offline[0].glob("run-*.wandb"))
-    assert not (tmp_path / "wandb").exists() and not (tmp_path / "config.yaml").exists()
-    export = run_dir / "export"
+    assert not (mini["root"] / "wandb").exists() and not (mini["root"] / "config.yaml").exists()
+
+
+def test_fit_exports_a_folder_transformers_loads(mini_fit):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    AutoProcessor.from_pretrained(export)
-    AutoModelForImageTextToText.from_pretrained(export)
-    # the tiny base was recorded as a run of its own
-    pretrain = json.loads((shared["base"] / "pretrain_run" / "metrics.json").read_text())["pretrain"]
+    AutoProcessor.from_pretrained(mini_fit / "export")
+    AutoModelForImageTextToText.from_pretrained(mini_fit / "export")
+
+
+def test_the_tiny_base_is_recorded_as_a_run_of_its_own(mini, mini_fit):
+    pretrain = json.loads((mini["base"] / "pretrain_run" / "metrics.json").read_text())["pretrain"]
     assert {"image/colour", "image/shape", "image/place", "image/check",
             "video/check"} <= set(pretrain["perception"])
     assert all(0 <= v <= 1 for v in pretrain["perception"].values())
-    # `ur export` from the Lightning checkpoint gives the same weights as the fit's export
-    ur("export", str(run_dir), "--out", str(tmp_path / "exported"), cwd=tmp_path)
-    a, b = load_file(export / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
+
+
+def test_export_from_the_lightning_checkpoint_gives_the_fits_weights(mini_fit, tmp_path):
+    ur("export", str(mini_fit), "--out", str(tmp_path / "exported"), cwd=tmp_path)
+    a = load_file(mini_fit / "export" / "model.safetensors")
+    b = load_file(tmp_path / "exported" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    # one-off judgments from the exported judge, as JSON
-    world_test = shared["world"] / "test"
-    images = sorted(world_test.rglob("*.png"))[:2]
-    ranked = json.loads(ur("judge", "rank", "--checkpoint", str(export), "--task", "image_generation",
-                           "--prompt", "a red circle on the left", str(images[0]), str(images[1]),
-                           "--mode", "fast", "--both-orders", cwd=tmp_path).stdout)
+
+
+def test_judge_rank_prints_a_judgment_with_both_orders(mini, mini_fit, tmp_path):
+    images = sorted((mini["world"] / "test").rglob("*.png"))[:2]
+    ranked = json.loads(ur("judge", "rank", "--checkpoint", str(mini_fit / "export"),
+                           "--task", "image_generation", "--prompt", "a red circle on the left",
+                           str(images[0]), str(images[1]), "--mode", "fast", "--both-orders",
+                           cwd=tmp_path).stdout)
     assert ranked["label"] in ("first", "second", "tie") and ranked["label_swapped"] is not None
     assert abs(sum(ranked["probs"].values()) - 1) < 1e-5
-    scored = ur("judge", "score", "--checkpoint", str(export), "--task", "image_understanding",
-                "--prompt", "What colour is the shape?", "It is red.", "--media", str(images[0]),
-                "--scale", "0", "100", "--mode", "generate", cwd=tmp_path, check=False)
-    assert scored.returncode in (0, 3)  # 3: the (barely trained) judge's answer did not parse
+
+
+def test_judge_score_exits_3_exactly_when_the_answer_does_not_parse(mini, mini_fit, tmp_path):
+    image = sorted((mini["world"] / "test").rglob("*.png"))[0]
+    scored = ur("judge", "score", "--checkpoint", str(mini_fit / "export"),
+                "--task", "image_understanding", "--prompt", "What colour is the shape?",
+                "It is red.", "--media", str(image), "--scale", "0", "100", "--mode", "generate",
+                cwd=tmp_path, check=False)
+    assert scored.returncode in (0, 3), scored.stderr[-2000:]
     out = json.loads(scored.stdout)
     assert out["form"] == "pointwise" and (out["score"] is None) == (scored.returncode == 3)
-    # a second run of the same experiment gets its own folder
-    again = ur("validate", "--config", str(run_dir / "config.yaml"), cwd=tmp_path)
+
+
+def test_replaying_a_runs_config_starts_a_new_run(mini_fit, tmp_path):
+    again = ur("validate", "--config", str(mini_fit / "config.yaml"), cwd=tmp_path)
     again_dir = Path(again.stdout.strip().splitlines()[-1])
-    assert again_dir != run_dir and "validate" in json.loads((again_dir / "metrics.json").read_text())
+    assert again_dir != mini_fit and "validate" in json.loads((again_dir / "metrics.json").read_text())
 
 
 KILLER = """
@@ -112,14 +106,14 @@ CUTS = {"epoch": ("max_epochs: 3\n  limit_train_batches: 2\n  val_check_interval
 
 # With a loader worker (the quickstart's one), the resumed run used to replay epoch 0's
 # batches: Lightning creates the iterator before it sets the sampler's epoch, and workers
-# are handed indices at once (ur.data.datamodule.EpochLoader defers that, and skips what
+# are handed indices at once (ur.data.sampling.EpochLoader defers that, and skips what
 # the epoch had used when resumed mid-epoch).
 @pytest.mark.parametrize("workers, cut", [(0, "epoch"), (1, "epoch"), (1, "mid_epoch")])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, shared, workers, cut):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mini, workers, cut):
     (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     schedule, kill_step = CUTS[cut]
-    cfg = overlay(tmp_path, shared, steps=-1).read_text()
+    cfg = overlay(tmp_path, mini, steps=-1).read_text()
     cfg = cfg.replace("  val_check_interval: null\n", "")
     path = tmp_path / "resume.yaml"
     path.write_text(cfg.replace("max_steps: -1", "max_steps: -1\n  " + schedule))
@@ -145,5 +139,38 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, shared, wor
     for k in a:
         assert (a[k] == b[k]).all(), k
     # and training really moved the weights away from the base
-    base_w = load_file(shared["base"] / "model.safetensors")
+    base_w = load_file(mini["base"] / "model.safetensors")
     assert any((a[k] != base_w[k]).any() for k in a if k in base_w)
+
+
+DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2")
+
+
+def test_ddp_fit_makes_one_run_folder(mini, tmp_path):
+    """Two CPU processes (gloo): one run folder, one W&B run, one metrics.json with the
+    test metrics, and no hang in the metrics' sync where a rank saw no record of a task."""
+    run = ur("fit", "--config", str(QUICKSTART), "--config", str(overlay(tmp_path, mini)),
+             "--run.name", "ddp",
+             "--data.init_args.num_workers", "0", *DDP, cwd=tmp_path, timeout=600)
+    run_dirs = list((tmp_path / "checkpoints" / "ddp").iterdir())
+    assert run_dirs == [Path(run.stdout.strip().splitlines()[-1])]
+    assert len(list((run_dirs[0] / "wandb").glob("offline-run-*"))) == 1
+    metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
+    assert metrics["fit"] and any(k.endswith("pair_acc_diff") for k in metrics["test"])
+
+
+def test_ddp_test_gives_the_single_process_metrics(mini_fit, tmp_path):
+    """Every test record is judged once whether one process or two share the split (the
+    distributed sampler pads a rank's share by repeating records)."""
+    common = ("test", "--config", str(mini_fit / "config.yaml"), "--ckpt_path",
+              str(mini_fit / "checkpoints" / "last.ckpt"), "--trainer.limit_test_batches", "1.0",
+              "--data.init_args.max_test_records", "3", "--data.init_args.num_workers", "0")
+    one = ur(*common, "--run.name", "one", cwd=tmp_path)
+    two = ur(*common, "--run.name", "two", *DDP, cwd=tmp_path, timeout=600)
+    single, ddp = (json.loads((Path(r.stdout.strip().splitlines()[-1]) / "metrics.json")
+                              .read_text())["test"] for r in (one, two))
+    counts = {k: v for k, v in single.items() if k.endswith("_count")}
+    assert counts and sum(counts.values()) >= 8  # one record of each source or more
+    assert ddp.keys() == single.keys()
+    for key, value in single.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-6), key

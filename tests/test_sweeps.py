@@ -111,9 +111,9 @@ def ur(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(tmp_path_factory, mini):
     root = tmp_path_factory.mktemp("sweep")
-    mini = mini_overlay(root / "mini.yaml", world=root / "world", base=root / "base")
+    mini = mini_overlay(root / "mini.yaml", world=mini["world"], base=mini["base"])
     extra = root / "extra.yaml"
     extra.write_text(SWEEP_EXTRA)
     sweep = root / "mini_synergy.yaml"
@@ -198,3 +198,18 @@ def test_results_table_and_notebook(swept, tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
     assert (figures / "task_synergy_gains.png").stat().st_size > 0
     assert (figures / "task_synergy_bars.png").stat().st_size > 0
+
+
+def test_notebook_before_any_sweep_says_what_to_run(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(REPO / "notebooks" / "task_synergy.ipynb", as_version=4)
+    monkeypatch.setenv("UR_RESULTS", str(tmp_path / "no_runs_here"))
+    with pytest.raises(CellExecutionError) as stopped:
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "NoRunsYet" in str(stopped.value) and "FileNotFoundError" not in str(stopped.value)
+    said = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert "ur sweep experiments/sweeps/task_synergy.yaml" in said
