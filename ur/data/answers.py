@@ -70,7 +70,3 @@ def parse_score(text: str) -> float | None:
     """The number after the last "Final Score:", or ``None``."""
     matches = list(_SCORE_RE.finditer(text or ""))
     return float(matches[-1].group(1)) if matches else None
-
-
-def parse_answer(text: str, form: str):
-    return parse_pairwise(text) if form == "pairwise" else parse_score(text)

@@ -34,7 +34,6 @@ from ur.data.sources.common import (
 
 NAME = "vl_rewardbench"
 TASKS = ("image_understanding",)
-GROUPS = ("general", "hallucination", "reasoning")
 _SOURCE_GROUP = {
     "vlfeedback": "general", "wildvisionbattle": "general", "wildvision": "general",
     "povid": "hallucination", "rlhfv": "hallucination", "rlaifv": "hallucination",

@@ -85,8 +85,6 @@ SCALES: dict[str, tuple[int, int]] = {
     "image_understanding": (0, 100),
     "video_understanding": (1, 5),
 }
-VIDEOFEEDBACK_DIMS = ("visual quality", "temporal consistency", "dynamic degree",
-                      "text-to-video alignment", "factual consistency")
 
 _LEVEL = {
     0: {"tie": 0.05, "shared": 0.0, "subtle": 0.0, "two": 0.0, "partial": 0.0,

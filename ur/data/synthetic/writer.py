@@ -55,9 +55,8 @@ from ur.data.sources import pickapic_v2, sharegptvideo_dpo, videodpo
 from ur.data.synthetic.world import FORMS, Item, build_item, pair_label, split_counts
 from ur.data.templates import PromptTemplates
 
-VERSION = 3  # 3: lossless clips
+VERSION = 3
 SPLITS = ("train", "val", "test")
-DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 CHUNK = 64
 # Clips are encoded losslessly (libx264 at CRF 0): they decode to exactly their frames'
 # yuv420p conversion, so the same world decodes to the same pixels on every run. Lossy
