@@ -120,8 +120,6 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["arm", "seed", "run"]).reset_index(drop=True)
 
 
-PRIMARY = {"pairwise": "pair_acc_diff", "pointwise": "point_spearman"}
-
 INTERVAL_BOUNDS = ("_ci_low", "_ci_high")
 """Suffixes of the columns holding a metric's 95% bootstrap interval."""
 
