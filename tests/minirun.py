@@ -23,14 +23,14 @@ pretrain:
   pretrain_steps: 2
   answer_checks: true
   batch_size: 8
-  world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
+  world: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
 model:
   init_args:
     checkpoint: {base}
     judge: {{batch_size: 8, max_new_tokens: 24}}
 data:
   init_args:
-    world: {{out: {world}, size: 48, seed: 0, difficulty: 1}}
+    world: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
     batch_size: 8
     max_val_records: 2
     max_test_records: 2

@@ -61,9 +61,12 @@ def test_deepspeed_config_parses():
     assert cfg["zero_optimization"]["stage"] == 2 and cfg["bf16"]["enabled"]
 
 
-def test_ablation_shares_the_quickstart_tiny_base():
-    """Both build the tiny base at the same path; different specs would rebuild it in turn."""
-    quick = yaml.safe_load((REPO / "experiments/quickstart.yaml").read_text())["model"]["init_args"]
-    base = yaml.safe_load((REPO / "experiments/ablations/task_synergy/base.yaml").read_text())
-    base = base["model"]["init_args"]
-    assert base["checkpoint"] == quick["checkpoint"] and base["tiny"] == quick["tiny"]
+def test_ablation_shares_the_quickstart_tiny_base_and_world():
+    """Both build the tiny base at the same path from the same world; different specs
+    would rebuild it in turn."""
+    quick = yaml.safe_load((REPO / "experiments/quickstart.yaml").read_text())
+    ablation = yaml.safe_load((REPO / "experiments/ablations/task_synergy/base.yaml").read_text())
+    assert ablation["model"]["init_args"]["checkpoint"] == quick["model"]["init_args"]["checkpoint"]
+    assert ablation["pretrain"] == quick["pretrain"]
+    assert ablation["data"]["init_args"]["world"] == quick["data"]["init_args"]["world"]
+    assert quick["pretrain"]["world"] == quick["data"]["init_args"]["world"]
