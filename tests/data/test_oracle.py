@@ -138,7 +138,7 @@ def test_score_any_picture_against_its_caption():
 
 
 def test_understanding_answers_correct_beats_wrong():
-    from ur.data.synthetic.world import _paraphrase, _wrong_answer
+    from ur.data.synthetic.world import paraphrase, wrong_answer
 
     rng = np.random.default_rng(11)
     for kind in ("image", "clip"):
@@ -148,8 +148,8 @@ def test_understanding_answers_correct_beats_wrong():
                 q = make_question(scene, asks, scene.objects[i % len(scene.objects)])
                 right = answer(scene, q)
                 assert oracle.score_answer(scene, q.text, right) == 1.0, (q.text, right)
-                assert oracle.score_answer(scene, q.text, _paraphrase(right)) == 1.0
-                wrong = _wrong_answer(scene, q, rng, subtle=bool(i % 2))
+                assert oracle.score_answer(scene, q.text, paraphrase(right)) == 1.0
+                wrong = wrong_answer(scene, q, rng, subtle=bool(i % 2))
                 assert oracle.score_answer(scene, q.text, wrong) < 1.0, (q.text, wrong)
                 if asks != "describe":
                     assert oracle.score_answer(scene, q.text, wrong) == 0.0
@@ -226,7 +226,7 @@ def test_answer_claims_pair_each_claim_with_the_evidence():
 
 def test_answer_claims_agree_with_the_oracles_scores():
     """The fraction of claims that match is the oracle's score of the answer."""
-    from ur.data.synthetic.world import _paraphrase, _wrong_answer
+    from ur.data.synthetic.world import paraphrase, wrong_answer
 
     rng = np.random.default_rng(12)
     for kind in ("image", "clip"):
@@ -234,8 +234,8 @@ def test_answer_claims_agree_with_the_oracles_scores():
             scene = sample_scene(rng, kind, 1 + i % 2)
             for asks in question_kinds(scene):
                 q = make_question(scene, asks, scene.objects[i % len(scene.objects)])
-                for said in (answer(scene, q), _paraphrase(answer(scene, q)),
-                             _wrong_answer(scene, q, rng, subtle=bool(i % 2), errors=1 + i % 3),
+                for said in (answer(scene, q), paraphrase(answer(scene, q)),
+                             wrong_answer(scene, q, rng, subtle=bool(i % 2), errors=1 + i % 3),
                              answer(scene.with_objects(scene.objects[:1]), q)):  # one left out
                     claims = language.answer_claims(q.text, said, scene.caption())
                     held = sum(c == t for c, t in claims) / len(claims)

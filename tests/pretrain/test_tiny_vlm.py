@@ -1,7 +1,7 @@
 """Scoring the tiny base's descriptions against the world's evidence."""
 
 from ur.data.records import Media, PreferenceRecord
-from ur.pretrain.tiny_vlm import _last_mark, attribute_hits, dense_conversations
+from ur.pretrain.tiny_vlm import attribute_hits, dense_conversations, last_mark
 
 
 def test_attribute_hits_compare_the_first_object():
@@ -59,9 +59,9 @@ def test_dense_supervision_describes_answers_and_checks():
 
 
 def test_the_last_mark_is_read():
-    assert _last_mark("The image shows x. Answer: It is red. Partly right.") == "Partly right"
-    assert _last_mark("Answer: Right. Wrong.") == "Wrong"
-    assert _last_mark("The image shows x. Answer: It is red") is None
+    assert last_mark("The image shows x. Answer: It is red. Partly right.") == "Partly right"
+    assert last_mark("Answer: Right. Wrong.") == "Wrong"
+    assert last_mark("The image shows x. Answer: It is red") is None
 
 
 def test_a_base_built_by_an_older_tiny_builder_is_rebuilt(tmp_path):

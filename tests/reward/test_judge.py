@@ -123,12 +123,12 @@ def test_evidence_kept_without_a_verdict_counts_the_checks(trained):
                     and r.form == "pointwise")  # LLaVA-Critic style: the answer in the prompt
     generation = next(r for r in records if r.task == "image_generation" and r.form == "pairwise")
     queries = [r.query() for r in (pair, embedded, generation)]
-    assert [checks._sentences(q) for q in queries] == [5, 3, 2]
-    assert [plain._sentences(q) for q in queries] == [1, 1, 2]
+    assert [checks.evidence_sentences(q) for q in queries] == [5, 3, 2]
+    assert [plain.evidence_sentences(q) for q in queries] == [1, 1, 2]
     # The count is what the targets hold, on every understanding record of the world.
     for r in records:
         if not is_generation(r.task):
-            assert checks.templates.target(r).count(". ") == checks._sentences(r.query()), r.id
+            assert checks.templates.target(r).count(". ") == checks.evidence_sentences(r.query()), r.id
 
 
 def test_a_record_is_judged_as_its_query(trained):

@@ -207,12 +207,13 @@ def perception(model, processor, records: list[PreferenceRecord], *, per_kind: i
                 for name, hit in attribute_hits(said, conv.target, kind).items():
                     hits[f"{kind}/{name}"].append(hit)
             else:
-                hits[f"{kind}/check"].append(_last_mark(said) == _last_mark(conv.target))
+                hits[f"{kind}/check"].append(last_mark(said) == last_mark(conv.target))
     model.train(was_training)
     return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
 
 
-def _last_mark(text: str) -> str | None:
+def last_mark(text: str) -> str | None:
+    """The mark a check ends in ("Right", "Partly right" or "Wrong"), or None."""
     marks = re.findall(r"\b(Right|Partly right|Wrong)\.", text)
     return marks[-1] if marks else None
 

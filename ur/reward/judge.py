@@ -218,7 +218,7 @@ class Judge:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # -- fast mode -------------------------------------------------------------------------
-    def _sentences(self, query) -> int:
+    def evidence_sentences(self, query) -> int:
         """Evidence sentences kept when a model writes no verdict: one per image or clip
         judged, or one for the context of an understanding task and (with answer checks)
         two per answer checked: its claims (or restatement) and its mark."""
@@ -267,7 +267,7 @@ class Judge:
             judgment = self._read_own_path(r, ids, k, logits) if k is not None else None
             if judgment is None:
                 evidence = ids[:k] if k is not None else _cut_after_sentences(
-                    self.tokenizer, ids, self._sentences(r))
+                    self.tokenizer, ids, self.evidence_sentences(r))
                 forced.append((i, evidence))
             out.append(judgment)
         if forced:

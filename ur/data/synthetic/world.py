@@ -245,7 +245,8 @@ def _generation_item(task, form, index, rng, difficulty, image_size, num_frames)
 
 # ------------------------------------------------------------------------ understanding
 
-def _paraphrase(text: str) -> str:
+def paraphrase(text: str) -> str:
+    """The same answer in other words (a right answer need not echo the reference)."""
     if text.startswith("It is "):
         return "I think it is " + text[len("It is "):]
     if text.startswith("There "):
@@ -253,7 +254,7 @@ def _paraphrase(text: str) -> str:
     return "There is " + text[0].lower() + text[1:]
 
 
-def _wrong_answer(scene: Scene, q: Question, rng, subtle: bool, errors: int = 1) -> str:
+def wrong_answer(scene: Scene, q: Question, rng, subtle: bool, errors: int = 1) -> str:
     """A wrong answer to ``q``: another value of the asked attribute (for descriptions,
     ``errors`` attributes changed)."""
     if q.asks == "describe":
@@ -295,13 +296,13 @@ def _understanding_item(task, form, index, rng, difficulty, image_size, num_fram
     right = answer(scene, q)
     if form == "pairwise":
         if rng.random() < level["tie"]:
-            pair, intended = [right, _paraphrase(right)], "tie"
+            pair, intended = [right, paraphrase(right)], "tie"
         elif partial:
             k = int(rng.integers(0, 2))  # 0 vs 1 or 1 vs 2 wrong attributes
-            better = right if k == 0 else _wrong_answer(scene, q, rng, subtle, k)
-            pair, intended = [better, _wrong_answer(scene, q, rng, subtle, k + 1)], "first"
+            better = right if k == 0 else wrong_answer(scene, q, rng, subtle, k)
+            pair, intended = [better, wrong_answer(scene, q, rng, subtle, k + 1)], "first"
         else:
-            pair, intended = [right, _wrong_answer(scene, q, rng, subtle)], "first"
+            pair, intended = [right, wrong_answer(scene, q, rng, subtle)], "first"
         if rng.random() < 0.5:
             pair = pair[::-1]
             intended = {"first": "second", "tie": "tie"}[intended]
@@ -311,7 +312,7 @@ def _understanding_item(task, form, index, rng, difficulty, image_size, num_fram
             k = int(rng.choice(4, p=level["k"]))
         else:
             k = int(rng.random() < 0.5)
-        responses = (right if k == 0 else _wrong_answer(scene, q, rng, subtle, k),)
+        responses = (right if k == 0 else wrong_answer(scene, q, rng, subtle, k),)
         intended = None
     scores = tuple(oracle.score_answer(scene, q, r) for r in responses)
     # The context is a clean render, which the oracle reads back as the scene's own
