@@ -375,8 +375,77 @@ def _results(args) -> int:
     return 0
 
 
+def _add_construct(sub) -> None:
+    construct = sub.add_parser(
+        "construct", help="build DPO pairs from a policy's own samples",
+        description="Build preference pairs from a policy's own samples, written in the DPO "
+                    "pair schemas that `ur.align` reads.")
+    csub = construct.add_subparsers(dest="construct_command", required=True, metavar="COMMAND")
+    p = csub.add_parser(
+        "oracle-pairs", help="pairs of a VLM's sampled answers, ranked by the world's oracle",
+        description="Sample N answers from a VLM policy to every understanding question of a "
+                    "synthetic world's split (its pairwise and pointwise understanding "
+                    "records; a question asked twice about the same image or video is asked "
+                    "once), score each answer with the world's oracle (1 right, 1/k for a "
+                    "hedge among k values, a description's share of right attributes), and "
+                    "pair the best answer (chosen) with the worst (rejected). A question is "
+                    "dropped when fewer than two answers are non-empty, when all answers "
+                    "score the same, or when the gap is below --min-gap; drops are counted "
+                    "by reason. This is the ceiling arm of the alignment experiments: the "
+                    "pairs a perfect judge would build.",
+        epilog="Writes into OUT: candidates.jsonl (every sample, one question a line, with "
+               "the model and sampling settings), image_pairs.jsonl (image_dpo schema), "
+               "video_pairs.jsonl (sharegptvideo_dpo schema) and summary.json (questions, "
+               "pairs, drops by reason, mean oracle score of the samples, share of questions "
+               "with a right and a wrong answer). Media paths in the pair files are relative "
+               "to the world folder: read them with media_root set to it. The folder's path "
+               "is printed last.")
+    p.add_argument("--policy", required=True, help="the VLM: a Hugging Face folder or hub id")
+    p.add_argument("--world", required=True, type=Path, help="a written synthetic world folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"),
+                   help="the world's split to ask (default: train)")
+    p.add_argument("--n", type=int, default=8, help="answers sampled per question (default: 8)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature; 0 decodes greedily and needs --n 1 (default: 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus cut (default: 1.0, none)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k cut (default: 0, none)")
+    p.add_argument("--max-new-tokens", type=int, default=48,
+                   help="tokens per answer at most (default: 48)")
+    p.add_argument("--max-questions", type=int,
+                   help="ask a subset of this many questions, chosen with --seed (default: all)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampling and of the question subset (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="questions per generate call, each drawn N times (default: 16)")
+    p.add_argument("--num-frames", type=int,
+                   help="frames read per video (default: the world's frames per clip)")
+    p.add_argument("--min-gap", type=float, default=0.0,
+                   help="drop a question whose best and worst oracle scores differ by less "
+                        "(default: 0, any difference makes a pair)")
+    p.set_defaults(func=_construct_oracle_pairs)
+
+
+def _construct_oracle_pairs(args) -> int:
+    from ur.construct.oracle_pairs import construct_oracle_pairs, summary_line
+
+    try:
+        out = construct_oracle_pairs(
+            args.policy, args.world, args.out, split=args.split, n=args.n,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens, max_questions=args.max_questions,
+            seed=args.seed, batch_size=args.batch_size, num_frames=args.num_frames,
+            min_gap=args.min_gap)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"ur construct oracle-pairs: {e}") from None
+    print(summary_line(out), file=sys.stderr)
+    print(out)
+    return 0
+
+
 PLAIN_COMMANDS = {"corpus": _add_corpus, "judge": _add_judge, "export": _add_export,
-                  "models": _add_models, "sweep": _add_sweep, "results": _add_results}
+                  "models": _add_models, "sweep": _add_sweep, "results": _add_results,
+                  "construct": _add_construct}
 
 
 def _plain_parser() -> argparse.ArgumentParser:

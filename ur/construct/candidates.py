@@ -1,0 +1,333 @@
+"""Candidates from a policy: the questions it answers, N sampled answers per question,
+and the samples on disk.
+
+A :class:`Question` is what an understanding policy is asked: one image or video, the
+question, and (on the synthetic world) the evidence, what the media shows, which the
+oracle scores answers against. :func:`questions_of` reads them from understanding
+records of either form: a pairwise record's prompt is the question; a pointwise record
+whose instruction embeds "Question: ...\\nAnswer: ..." (the world's LLaVA-Critic and SFT
+conversations) gives the embedded question. :func:`world_questions` reads a written
+world's split.
+
+:func:`sample_answers` draws N answers per question, batched, from a model loaded with
+:func:`ur.models.loading.load_vlm`. Temperature, top-p and top-k are always passed to
+``generate``: a checkpoint's own ``generation_config.json`` (Qwen2-VL ships near-greedy
+values) or transformers' default top-k of 50 would otherwise change what "temperature
+1.0" draws. The draw is seeded and leaves the global random state as it was; it is the
+same for the same questions in the same order with the same batch size.
+
+:class:`Candidates` holds one question's answers with the settings that drew them (the
+model, seed, temperature, top-p, top-k, N, token budget); :func:`write_candidates` and
+:func:`read_candidates` keep them as JSONL, one question a line, so that a pair can be
+traced back to the samples it was cut from::
+
+    {"id": ..., "source": ..., "task": "image_understanding", "prompt": ...,
+     "media": [{"kind": "image", "path": "/abs/path.png", "field": "image"}],
+     "evidence": [...] | null,
+     "answers": [...], "n": 8, "model": ..., "seed": 0, "temperature": 1.0,
+     "top_p": 1.0, "top_k": 0, "max_new_tokens": 48}
+
+Media are kept as the paths the questions were read with (images held only as bytes
+cannot be written).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ur.data.records import Media, PreferenceRecord, RecordError, is_generation
+from ur.data.templates import embedded_answer
+from ur.io import write_text_atomic
+
+UNDERSTANDING_TASKS: tuple[str, ...] = ("image_understanding", "video_understanding")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question for an understanding policy: ``task`` (image or video
+    understanding), ``prompt`` (the question), ``media`` (the one image or video it is
+    about), ``evidence`` (what the media shows, one entry per media item, when known),
+    ``source`` and ``id`` (where it came from), ``file`` and ``row`` (for errors)."""
+
+    id: str
+    task: str
+    prompt: str
+    media: tuple[Media, ...]
+    evidence: tuple[str, ...] | None = None
+    source: str = "question"
+    file: str | None = field(default=None, compare=False)
+    row: int | str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        def fail(name, message):
+            raise RecordError(message, file=self.file, row=self.row, field=name)
+
+        if self.task not in UNDERSTANDING_TASKS:
+            fail("task", f"a question belongs to {' or '.join(UNDERSTANDING_TASKS)}, "
+                 f"got {self.task!r}")
+        if not isinstance(self.id, str) or not self.id:
+            fail("id", "a question needs a non-empty string id")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            fail("prompt", "the question is missing or empty")
+        media = tuple(self.media)
+        if len(media) != 1 or not isinstance(media[0], Media):
+            fail("media", f"a question is about one image or video, got {len(media)} items")
+        if (media[0].kind == "image") != (self.task == "image_understanding"):
+            fail("media", f"a {self.task} question cannot be about {media[0].kind} media")
+        object.__setattr__(self, "media", media)
+        if self.evidence is not None:
+            evidence = tuple(self.evidence)
+            if len(evidence) != len(media) or not all(isinstance(e, str) for e in evidence):
+                fail("evidence", "evidence is one description per media item")
+            object.__setattr__(self, "evidence", evidence)
+
+    @property
+    def modality(self) -> str:
+        return "image" if self.task == "image_understanding" else "video"
+
+
+def _media_key(media: Media) -> str:
+    if media.path is not None:
+        return media.path
+    if media.frames is not None:
+        return "\x1e".join(media.frames)
+    import hashlib
+
+    return hashlib.blake2b(media.data, digest_size=16).hexdigest()
+
+
+def question_of(record: PreferenceRecord) -> Question | None:
+    """The question an understanding record asks, or None (a generation record, or a
+    verbatim instruction that embeds no "Question: ...\\nAnswer: ...")."""
+    if is_generation(record.task):
+        return None
+    prompt = record.prompt
+    if record.instruction is not None:
+        embedded = embedded_answer(record.instruction)
+        if embedded is None:
+            return None
+        prompt = embedded[0]
+    return Question(id=record.id, task=record.task, prompt=prompt, media=record.media,
+                    evidence=record.evidence, source=record.source, file=record.file,
+                    row=record.row)
+
+
+def questions_of(records: Iterable[PreferenceRecord]) -> list[Question]:
+    """The distinct questions of ``records`` (understanding records of either form), in
+    order, one per (media, question text): the first record that asks it names it."""
+    seen, out = set(), []
+    for record in records:
+        q = question_of(record)
+        if q is None:
+            continue
+        key = (_media_key(q.media[0]), q.prompt.strip())
+        if key not in seen:
+            seen.add(key)
+            out.append(q)
+    return out
+
+
+def world_questions(world: str | Path, split: str = "train", *,
+                    max_questions: int | None = None, seed: int = 0) -> list[Question]:
+    """The understanding questions of a written synthetic world's ``split`` (its
+    pairwise and pointwise understanding records, deduplicated); with
+    ``max_questions``, a subset of that many chosen with ``seed``, in the world's order.
+    Raises FileNotFoundError when ``world`` holds no complete world."""
+    from ur.data.datamodule import SourceSpec, load_records
+    from ur.data.synthetic.writer import read_manifest
+
+    manifest = read_manifest(world)
+    if manifest is None:
+        raise FileNotFoundError(f"{world}: no synthetic world here (no complete "
+                                "manifest.json); write one with `ur corpus synth`")
+    specs = [SourceSpec(name=e["source"], path=str(Path(world) / e["path"]))
+             for e in manifest["entries"]
+             if e["split"] == split and not e.get("benchmark") and e["task"] in UNDERSTANDING_TASKS]
+    if not specs:
+        raise ValueError(f"{world}: the world has no understanding records in split {split!r}")
+    per_source, _ = load_records(specs, tasks=list(UNDERSTANDING_TASKS))
+    questions = questions_of(r for records in per_source for r in records)
+    if max_questions is not None and max_questions < len(questions):
+        keep = sorted(random.Random(seed).sample(range(len(questions)), max_questions))
+        questions = [questions[i] for i in keep]
+    return questions
+
+
+def _generate_kwargs(n: int, temperature: float, top_p: float, top_k: int,
+                     max_new_tokens: int) -> dict:
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
+        raise ValueError("sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0 and "
+                         f"max_new_tokens >= 1; got {temperature}, {top_p}, {top_k}, "
+                         f"{max_new_tokens}")
+    if temperature == 0:
+        if n != 1:
+            raise ValueError("temperature 0 is greedy decoding, which gives one answer; "
+                             f"ask for n=1, not {n}")
+        return {"do_sample": False, "max_new_tokens": max_new_tokens}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "num_return_sequences": n, "max_new_tokens": max_new_tokens}
+
+
+def sample_answers(model, processor, questions: Sequence, *, n: int = 10,
+                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                   max_new_tokens: int = 48, seed: int = 0, batch_size: int = 16,
+                   num_frames: int = 4) -> list[list[str]]:
+    """``n`` sampled answers to each question (anything with ``media`` and ``prompt``),
+    in the questions' order, each decoded without special tokens and stripped.
+
+    ``batch_size`` questions go through ``generate`` at a time, each drawn ``n`` times
+    (``num_return_sequences``). ``temperature`` 0 decodes greedily (then ``n`` must be
+    1); ``top_k`` 0 keeps every token. ``num_frames`` frames are read from each video.
+    The draw is seeded with ``seed`` and leaves the global random state untouched."""
+    import torch
+
+    from ur.data.collate import Conversation, ConversationCollator
+
+    kwargs = _generate_kwargs(n, temperature, top_p, top_k, max_new_tokens)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token_id is not None:
+        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    collate = ConversationCollator(processor, num_frames=num_frames, with_targets=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[str]] = []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.inference_mode():
+            torch.manual_seed(seed)
+            for start in range(0, len(questions), batch_size):
+                chunk = questions[start:start + batch_size]
+                batch = collate([Conversation(q.media, q.prompt, "", q) for q in chunk])
+                batch.pop("records", None)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                width = batch["input_ids"].shape[1]
+                seqs = model.generate(**batch, **kwargs)
+                texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
+                out.extend([t.strip() for t in texts[i * n:(i + 1) * n]]
+                           for i in range(len(chunk)))
+    finally:
+        model.train(was_training)
+    return out
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One question's sampled answers and the settings that drew them."""
+
+    question: Question
+    answers: tuple[str, ...]
+    model: str
+    """The policy's path or hub id."""
+    seed: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "answers", tuple(self.answers))
+        if not self.answers or not all(isinstance(a, str) for a in self.answers):
+            raise RecordError("candidates need at least one answer, each a string",
+                              file=self.question.file, row=self.question.row, field="answers")
+
+    @property
+    def n(self) -> int:
+        return len(self.answers)
+
+
+def candidates_of(questions: Sequence[Question], answers: Sequence[Sequence[str]], *,
+                  model: str, seed: int, temperature: float, top_p: float, top_k: int = 0,
+                  max_new_tokens: int) -> list[Candidates]:
+    """Each question with its answers (as :func:`sample_answers` returns them) and the
+    settings that drew them."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answer lists")
+    return [Candidates(q, tuple(a), str(model), seed, float(temperature), float(top_p),
+                       int(top_k), int(max_new_tokens))
+            for q, a in zip(questions, answers, strict=True)]
+
+
+def _media_row(media: Media, question: Question) -> dict:
+    if media.data is not None:
+        raise ValueError(f"question {question.id!r}: its image is held as bytes; candidates "
+                         "keep media as paths")
+    where = {"frames": list(media.frames)} if media.frames is not None else {"path": media.path}
+    return {"kind": media.kind, **where, "field": media.field}
+
+
+def _row(c: Candidates) -> dict:
+    q = c.question
+    return {"id": q.id, "source": q.source, "task": q.task, "prompt": q.prompt,
+            "media": [_media_row(m, q) for m in q.media],
+            "evidence": None if q.evidence is None else list(q.evidence),
+            "answers": list(c.answers), "n": c.n, "model": c.model, "seed": c.seed,
+            "temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k,
+            "max_new_tokens": c.max_new_tokens}
+
+
+def write_candidates(path: str | Path, candidates: Iterable[Candidates]) -> Path:
+    """Write ``candidates`` as JSONL (one question a line) to ``path``, atomically."""
+    path = Path(path)
+    text = "".join(json.dumps(_row(c)) + "\n" for c in candidates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, text)
+
+
+_SETTINGS = {"model": str, "seed": int, "temperature": (int, float), "top_p": (int, float),
+             "top_k": int, "max_new_tokens": int}
+
+
+def _parse(row, file: str, i: int) -> Candidates:
+    def need(name, types):
+        if not isinstance(row, dict) or name not in row or not isinstance(row[name], types) \
+                or isinstance(row[name], bool):
+            raise RecordError(f"expected {name} as {getattr(types, '__name__', types)}",
+                              file=file, row=i, field=name)
+        return row[name]
+
+    media = []
+    for m in need("media", list):
+        if not isinstance(m, dict) or "kind" not in m:
+            raise RecordError("a media entry is {kind, path} or {kind, frames}", file=file,
+                              row=i, field="media")
+        frames = m.get("frames")
+        media.append(Media(kind=m["kind"], path=m.get("path"),
+                           frames=None if frames is None else tuple(frames),
+                           field=m.get("field") or "media"))
+    evidence = row.get("evidence")
+    question = Question(id=need("id", str), task=need("task", str), prompt=need("prompt", str),
+                        media=tuple(media), evidence=None if evidence is None else tuple(evidence),
+                        source=row.get("source") or "question", file=file, row=i)
+    answers = need("answers", list)
+    if need("n", int) != len(answers):
+        raise RecordError(f"n is {row['n']} but {len(answers)} answers are listed", file=file,
+                          row=i, field="n")
+    settings = {k: need(k, t) for k, t in _SETTINGS.items()}
+    return Candidates(question, tuple(answers), **settings)
+
+
+def read_candidates(path: str | Path) -> list[Candidates]:
+    """The candidates written by :func:`write_candidates`; a row that cannot be read
+    raises :class:`RecordError` naming the file, the row and the field."""
+    path = Path(path)
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"not valid JSON ({e.msg})", file=path, row=i) from None
+            try:
+                out.append(_parse(row, str(path), i))
+            except RecordError as e:
+                raise e.located(file=path, row=i) from None
+    return out
