@@ -1,0 +1,135 @@
+"""VLM DPO end to end on the miniature world: pairs keep their roles, the first loss is
+ln 2 (policy = reference) with either reference, the oracle checks held-out answers,
+the aligned policy exports, and two CPU processes make one run."""
+
+import csv
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from minirun import REPO, run_ur
+
+from ur.data.collate import IGNORE_INDEX
+from ur.data.datamodule import SourceSpec, WorldSpec
+from ur.data.pairs import PairsDataModule, chosen_first
+from ur.data.records import RecordError
+
+DPO = REPO / "experiments" / "dpo" / "understanding.yaml"
+
+MINI = """
+trainer:
+  max_steps: 2
+  val_check_interval: null
+  check_val_every_n_epoch: 1
+  limit_val_batches: 1
+  limit_test_batches: 1
+  log_every_n_steps: 1
+pretrain:
+  pretrain_steps: 2
+  answer_checks: true
+  batch_size: 8
+  world: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
+model:
+  init_args:
+    checkpoint: {base}
+    answer_tokens: 8
+data:
+  init_args:
+    train:
+      - {{name: vl_rewardbench, path: {world}/train/image_understanding_pairwise.json}}
+      - {{name: sharegptvideo_dpo, path: {world}/train/video_understanding_pairwise.jsonl}}
+    val:
+      - {{name: vl_rewardbench, path: {world}/val/image_understanding_pairwise.json}}
+    questions: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
+    max_questions: 4
+    max_test_questions: 4
+    batch_size: 4
+    eval_batch_size: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def overlay(mini, mini_fit, tmp_path_factory):
+    """The miniature DPO overlay, on the session's world and base (built by mini_fit)."""
+    path = tmp_path_factory.mktemp("dpo") / "mini_dpo.yaml"
+    path.write_text(MINI.format(world=mini["world"], base=mini["base"]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs(mini, mini_fit):
+    world = mini["world"]
+    dm = PairsDataModule(train=[SourceSpec("vl_rewardbench",
+                                           str(world / "train/image_understanding_pairwise.json"))],
+                         processor=str(mini["base"]), batch_size=3)
+    dm.setup("fit")
+    return dm
+
+
+def test_pairs_keep_their_roles_and_ties_are_dropped(pairs):
+    assert pairs.pairs["train"] and all(p.label == "first" for p in pairs.pairs["train"])
+    sample = pairs.pairs["train"][0]
+    assert chosen_first(sample.swapped()) == sample  # a "second" label is turned round
+    assert chosen_first(replace(sample, label="tie")) is None
+
+
+def test_a_batch_stacks_chosen_then_rejected_with_the_prompt_masked(pairs):
+    batch = next(iter(pairs.train_dataloader()))
+    n = len(batch["records"])
+    assert batch["input_ids"].shape[0] == 2 * n
+    tok = pairs.processor.tokenizer
+    for i, pair in enumerate(batch["records"]):
+        for row, answer in ((i, pair.responses[0]), (n + i, pair.responses[1])):
+            target = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+            assert tok.decode(target, skip_special_tokens=True).strip() == answer.strip()
+
+
+def test_a_prompt_whose_media_tokens_do_not_fit_is_refused_by_name(pairs):
+    collate = pairs.collator()
+    collate.max_length = 8  # shorter than the prompt with its image tokens
+    with pytest.raises(RecordError, match="max_length"):
+        collate(pairs.pairs["train"][:2])
+
+
+def first_train_loss(run_dir: Path) -> float:
+    rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
+    return float(next(r["train/loss"] for r in rows if r.get("train/loss")))
+
+
+@pytest.mark.parametrize("finetune, reference", [("full", "copy"), ("lora", "adapters_off")])
+def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, tmp_path,
+                                                                      finetune, reference):
+    run = run_ur("fit", "--config", str(DPO), "--config", str(overlay),
+                 "--model.init_args.finetune", finetune, "--model.init_args.reference", reference,
+                 "--model.init_args.sft_weight", "0", "--trainer.logger",
+                 "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
+                 str(tmp_path / "csv"), cwd=tmp_path)
+    run_dir = Path(run.stdout.strip().splitlines()[-1])
+    assert first_train_loss(tmp_path / "csv") == pytest.approx(math.log(2), abs=1e-4)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies",
+            "val/oracle_accuracy"} <= set(metrics["fit"])
+    assert 0 <= metrics["test"]["test/oracle_accuracy"] <= 1
+    from transformers import AutoModelForImageTextToText
+
+    AutoModelForImageTextToText.from_pretrained(run_dir / "export")  # merged, plain weights
+
+
+def test_ddp_dpo_makes_one_run_folder(overlay, tmp_path):
+    run = run_ur("fit", "--config", str(DPO), "--config", str(overlay), "--run.name", "ddp_dpo",
+                 "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=tmp_path, timeout=600)
+    run_dirs = list((tmp_path / "checkpoints" / "ddp_dpo").iterdir())
+    assert run_dirs == [Path(run.stdout.strip().splitlines()[-1])]
+    metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
+    assert "train/loss" in metrics["fit"] and "test/oracle_accuracy" in metrics["test"]
+
+
+def test_questions_cover_images_and_videos(mini, mini_fit):
+    from ur.data.pairs import world_questions
+
+    spec = WorldSpec(out=str(mini["world"]), size=48, seed=0, splits=(0.8, 0.1, 0.1))
+    questions = world_questions(spec, "train", limit=4)
+    assert {q.task for q in questions} == {"image_understanding", "video_understanding"}
+    assert all(q.evidence for q in questions)

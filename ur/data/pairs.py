@@ -1,0 +1,263 @@
+"""``PairsDataModule``: DPO preference pairs for a vision-language policy, as Lightning data.
+
+Pairs come from any source the adapters read that holds understanding pairs (the
+DPO schemas ``image_dpo`` and ``sharegptvideo_dpo``, what construction writes, or any
+preference source of understanding pairs). Each pair keeps its roles: the preferred
+answer is "chosen", the other "rejected", and nothing randomises their order (a
+preference record's label says which is which; ties cannot train DPO and are dropped
+and counted).
+
+A batch stacks the chosen conversations, then the rejected ones: rows ``0..B-1`` are
+prompt + chosen, rows ``B..2B-1`` prompt + rejected, one forward for both, with the
+prompt and its media masked out of the labels. Only the answer end of an over-long
+conversation is cut; a prompt whose media tokens would not fit is an error naming the
+pair (:class:`ur.data.collate.ConversationCollator`).
+
+Held-out questions (``questions``: the synthetic world's understanding questions of a
+split, with the scene's evidence) are what validation asks the policy, so that the
+oracle can say whether its answers got better.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from ur.data.collate import Conversation, ConversationCollator, RecordBatch, load_record_media
+from ur.data.datamodule import CorpusError, SourceSpec, WorldSpec, load_records
+from ur.data.records import PreferenceRecord, RecordError, is_generation
+from ur.data.sampling import EpochLoader, MixtureSampler
+
+log = logging.getLogger(__name__)
+
+
+def chosen_first(record: PreferenceRecord) -> PreferenceRecord | None:
+    """The pair with its preferred answer first, or None for a tie."""
+    if record.label == "tie":
+        return None
+    return record if record.label == "first" else record.swapped()
+
+
+@dataclass
+class PairCollator(ConversationCollator):
+    """Pairs -> [prompt + chosen; prompt + rejected] in one padded batch, the pairs under
+    ``records``. With ``skip_bad`` a pair whose media cannot be decoded leaves the batch
+    whole (both of its rows) and is counted in ``skipped``."""
+
+    def __call__(self, pairs: list[PreferenceRecord]) -> dict:
+        if self.skip_bad:
+            pairs = [p for p in pairs if self._readable(p)]
+        convs = ([Conversation(p.media, p.prompt, p.responses[0], p) for p in pairs]
+                 + [Conversation(p.media, p.prompt, p.responses[1], p) for p in pairs])
+        batch = super().__call__(convs)
+        batch["records"] = RecordBatch(pairs)
+        return batch
+
+    def _readable(self, pair: PreferenceRecord) -> bool:
+        try:
+            load_record_media(pair, self.num_frames)
+        except RecordError:
+            self.skipped += 1
+            return False
+        return True
+
+
+def world_questions(world: WorldSpec, split: str, limit: int | None = None
+                    ) -> list[PreferenceRecord]:
+    """The world's understanding questions of ``split``, one record per distinct
+    (media, question), taken in turn from each source (so image and video questions
+    are both among the first ``limit``), in a fixed order: what a policy is asked and
+    the oracle checks."""
+    per_source, _ = load_records(world.sources(split))
+    seen, queues = set(), []
+    for recs in per_source:
+        queue = []
+        for r in recs:
+            key = (r.media[0].describe(), r.prompt)
+            if not is_generation(r.task) and r.evidence and key not in seen:
+                seen.add(key)
+                queue.append(r)
+        queues.append(queue)
+    out = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    return out[:limit] if limit is not None else out
+
+
+class PairsDataModule(LightningDataModule):
+    """DPO pairs for a vision-language policy.
+
+    Args:
+        train: Pair sources for training (e.g. ``{name: image_dpo, path: pairs.jsonl}``).
+        val: Pair sources for validation (the rewards metrics on held-out pairs).
+        questions: The synthetic world whose held-out understanding questions
+            validation asks the policy (``val/oracle_accuracy``); None: no such check.
+        question_split: The world's split those questions come from.
+        max_questions: How many held-out questions validation asks.
+        test_question_split: The world's split ``ur test`` asks the policy.
+        max_test_questions: How many questions ``ur test`` asks (None: all).
+        processor: Path or hub id of the policy's processor; ``ur fit`` links it from the
+            model's checkpoint.
+        batch_size: Pairs per batch (each pair is two rows).
+        eval_batch_size: Pairs per validation batch (default: batch_size).
+        num_workers: DataLoader workers.
+        num_frames: Frames sampled uniformly from each video.
+        max_length: Cut conversations to this many tokens, the answer end only.
+        seed: Seed of the training order (``ur fit`` sets it to ``seed_everything``).
+        skip_bad: Skip unusable pairs and count them instead of stopping.
+        max_bad: With skip_bad, stop anyway past this many.
+        processor_kwargs: Extra keywords for the processor call (e.g. pixel budgets).
+    """
+
+    def __init__(
+        self,
+        train: list[SourceSpec] | None = None,
+        val: list[SourceSpec] | None = None,
+        questions: WorldSpec | None = None,
+        question_split: str = "val",
+        max_questions: int | None = 200,
+        test_question_split: str = "test",
+        max_test_questions: int | None = None,
+        processor: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_frames: int = 4,
+        max_length: int | None = None,
+        seed: int | None = None,
+        skip_bad: bool = False,
+        max_bad: int = 1000,
+        processor_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        self.sources = {"train": list(train or []), "val": list(val or [])}
+        self.world = questions
+        self.question_splits = {"val": (question_split, max_questions),
+                                "test": (test_question_split, max_test_questions)}
+        self.processor_path = processor
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.num_frames, self.max_length = num_workers, num_frames, max_length
+        self.seed = 0 if seed is None else seed
+        self.skip_bad, self.max_bad = skip_bad, max_bad
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self.pairs: dict[str, list[PreferenceRecord]] = {}
+        self.sizes: dict[str, list[int]] = {}
+        self.dropped: dict[str, Counter] = {}
+        self._questions: dict[str, list[PreferenceRecord]] = {}
+        self._processor = None
+        self._train_state: dict | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in ("train", "val"):
+            if split in self.pairs or not self.sources[split]:
+                continue
+            per_source, problems = load_records(self.sources[split], skip_bad=self.skip_bad,
+                                                max_bad=self.max_bad)
+            dropped = Counter(bad=len(problems))
+            kept = []
+            for recs in per_source:
+                ok = []
+                for r in recs:
+                    if r.form != "pairwise" or is_generation(r.task):
+                        dropped["not an understanding pair"] += 1
+                    elif (pair := chosen_first(r)) is None:
+                        dropped["tie"] += 1
+                    else:
+                        ok.append(pair)
+                kept.append(ok)
+            if not any(kept):
+                raise CorpusError([RecordError(f"no usable understanding pair in the {split} "
+                                               f"sources ({dict(dropped)})")])
+            for reason, n in dropped.items():
+                if n:
+                    log.warning("%s: dropped %d pair(s): %s", split, n, reason)
+            self.pairs[split] = [p for recs in kept for p in recs]
+            self.sizes[split] = [len(recs) for recs in kept]
+            self.dropped[split] = dropped
+
+    def questions(self, stage: str = "val") -> list[PreferenceRecord]:
+        """Held-out questions ``stage`` (val or test) asks the policy (none without a
+        world)."""
+        if stage not in self._questions:
+            split, limit = self.question_splits[stage]
+            self._questions[stage] = ([] if self.world is None else
+                                      world_questions(self.world, split, limit))
+        return self._questions[stage]
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            if self.processor_path is None:
+                raise ValueError("PairsDataModule needs `processor` (a model path or id); "
+                                 "`ur fit` links it from the model's checkpoint")
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.processor_path)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value) -> None:
+        self._processor = value
+
+    def collator(self) -> PairCollator:
+        return PairCollator(self.processor, num_frames=self.num_frames,
+                            max_length=self.max_length, skip_bad=self.skip_bad,
+                            processor_kwargs=self.processor_kwargs)
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        if split not in self.pairs:
+            self.setup("fit")
+        pairs = self.pairs[split]
+        sampler = MixtureSampler(self.sizes[split],
+                                 [s.weight for s in self.sources[split]] if shuffle
+                                 else [1.0] * len(self.sizes[split]),
+                                 seed=self.seed, shuffle=shuffle)
+        cls = EpochLoader if shuffle else DataLoader
+        return cls(pairs, sampler=sampler, collate_fn=self.collator(),
+                   batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                   generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self):
+        loader = self._loader("train", shuffle=True)
+        if self._train_state is not None:
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        return loader
+
+    def _question_loader(self, stage: str) -> DataLoader | None:
+        questions = self.questions(stage)
+        if not questions:
+            return None
+        collate = ConversationCollator(self.processor, num_frames=self.num_frames,
+                                       with_targets=False, skip_bad=self.skip_bad,
+                                       processor_kwargs=self.processor_kwargs)
+        return DataLoader([Conversation(q.media, q.prompt, "", q) for q in questions],
+                          batch_size=self.eval_batch_size, collate_fn=collate,
+                          num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        """The validation pairs, then the held-out questions (either may be absent)."""
+        loaders = [self._loader("val", shuffle=False) if self.sources["val"] else None,
+                   self._question_loader("val")]
+        return [d for d in loaders if d is not None]
+
+    def test_dataloader(self):
+        """The held-out questions of the test split."""
+        loader = self._question_loader("test")
+        if loader is None:
+            raise ValueError("ur test of a policy asks the world's held-out questions: set "
+                             "data.init_args.questions to the synthetic world")
+        return loader
+
+    # The training loader's place in its epoch, kept in checkpoints (see
+    # PreferenceDataModule: Lightning may build the loader before it reads the state).
+    def state_dict(self) -> dict:
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_loader": loader.state_dict()} if isinstance(loader, EpochLoader) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_state = state.get("train_loader")
