@@ -72,8 +72,9 @@ def _scene(question) -> Scene:
 
 
 def oracle_score(question, answer: str) -> float:
-    """The oracle's score in [0, 1] of ``answer`` to ``question`` (a :class:`Question`
-    or an understanding record with evidence); ValueError without evidence."""
+    """The oracle's score in [0, 1] of ``answer`` to ``question`` (a :class:`Question`,
+    or anything with its ``task``, ``prompt`` and ``evidence``); ValueError without
+    evidence."""
     return float(score_answer(_scene(question), question.prompt, answer))
 
 
