@@ -126,10 +126,13 @@ def test_ddp_dpo_makes_one_run_folder(overlay, tmp_path):
     assert "train/loss" in metrics["fit"] and "test/oracle_accuracy" in metrics["test"]
 
 
-def test_questions_cover_images_and_videos(mini, mini_fit):
-    from ur.data.pairs import world_questions
-
-    spec = WorldSpec(out=str(mini["world"]), size=48, seed=0, splits=(0.8, 0.1, 0.1))
-    questions = world_questions(spec, "train", limit=4)
+def test_questions_are_questions_of_images_and_videos(mini, mini_fit):
+    """Validation asks the questions themselves, never a judge's instruction that embeds
+    one (the world's pointwise records)."""
+    dm = PairsDataModule(questions=WorldSpec(out=str(mini["world"]), size=48, seed=0,
+                                             splits=(0.8, 0.1, 0.1)),
+                         question_split="train", max_questions=None)
+    questions = dm.questions("val")
     assert {q.task for q in questions} == {"image_understanding", "video_understanding"}
-    assert all(q.evidence for q in questions)
+    assert all(q.evidence and "Answer:" not in q.prompt and "Final Score" not in q.prompt
+               for q in questions)

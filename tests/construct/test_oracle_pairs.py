@@ -12,18 +12,17 @@ import torch
 
 from ur.cli import main
 from ur.construct.candidates import (
-    Question,
     candidates_of,
-    question_of,
     read_candidates,
     sample_answers,
-    world_questions,
     write_candidates,
 )
-from ur.construct.oracle_pairs import oracle_accuracy, oracle_pairs, oracle_score
+from ur.construct.oracle_pairs import oracle_pairs
 from ur.data.datamodule import WorldSpec, load_records
+from ur.data.questions import Question, question_of, world_questions
 from ur.data.records import Media, RecordError
 from ur.data.sources import PAIR_SCHEMAS, read_source, write_pairs
+from ur.data.synthetic.oracle import oracle_accuracy, oracle_score
 from ur.data.synthetic.world import build_item
 from ur.models.loading import load_vlm
 from ur.pretrain import TinyVLMSpec, ensure_tiny_vlm

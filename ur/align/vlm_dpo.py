@@ -199,13 +199,13 @@ class VLMDPOModule(LightningModule):
         return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
     def question_step(self, batch: dict, stage: str) -> None:
-        from ur.data.synthetic.language import answer_score
+        from ur.data.synthetic.oracle import oracle_score
 
         records = list(batch.get("records") or [])
         if not records:
             return
         for q, said in zip(records, self.answer(batch), strict=True):
-            score = answer_score(q.prompt, said, q.evidence[0])
+            score = oracle_score(q, said)
             self.oracle[stage]["all"].update(score)
             self.oracle[stage][q.task].update(score)
 

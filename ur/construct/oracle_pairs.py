@@ -1,17 +1,17 @@
 """Pairs by the oracle: the synthetic world's ceiling arm of pair construction.
 
 On the synthetic world the right answer to every question is known: the oracle
-(:func:`ur.data.synthetic.oracle.score_answer`) scores an answer against the scene the
+(:func:`ur.data.synthetic.oracle.oracle_score`) scores an answer against the scene the
 question is about. Questions carry that scene as their evidence (the world's
 description of its clean render, ``a red circle on the left``), which
-:func:`scene_of` parses back into a scene, so nothing but the question and the answer
-is needed.
+:func:`ur.data.synthetic.oracle.scene_of` parses back into a scene, so nothing but the
+question and the answer is needed.
 
 An answer's oracle score lies in [0, 1]: 1 for the right value, ``1/k`` when the right
 value is among ``k`` values named (a hedge), 0 otherwise; a count is right or wrong; a
 description scores the share of right attributes (colour, shape, place or motion) over
 the scene's objects, extra objects counting as wrong. An answer is *right* when it scores
-1 and *wrong* otherwise. :func:`oracle_accuracy`, the figure DPO validation logs as
+1 and *wrong* otherwise. :func:`ur.data.synthetic.oracle.oracle_accuracy`, the figure DPO validation logs as
 ``val/oracle_accuracy``, is the mean score of one answer per question, so a hedge or a
 partly right description earns partial credit.
 
@@ -32,65 +32,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ur.construct.candidates import (
-    Question,
-    candidates_of,
-    sample_answers,
-    world_questions,
-    write_candidates,
-)
+from ur.construct.candidates import candidates_of, sample_answers, write_candidates
+from ur.data.questions import Question, world_questions
 from ur.data.records import PreferenceRecord
-from ur.data.synthetic.oracle import score_answer
-from ur.data.synthetic.scene import Obj, Scene, parse_text
+from ur.data.synthetic.oracle import evidence_scene, oracle_score
 
 DROP_REASONS: tuple[str, ...] = ("too_few_answers", "tie", "small_gap")
 SOURCE = "oracle_pairs"
 _SAME = 1e-9  # scores closer than this are equal (descriptions score in thirds)
 
 
-def scene_of(evidence: str, kind: str) -> Scene:
-    """The scene a description in the world's grammar names (``kind`` ``image`` or
-    ``clip``): each object with its colour, shape and place (images) or motion (clips).
-    Positions are not described, so objects sit at the centre; the oracle's answer
-    scoring reads names only."""
-    if kind not in ("image", "clip"):
-        raise ValueError(f"kind is image or clip, got {kind!r}")
-    objects = tuple(
-        Obj(shape=e.shape, colour=e.colour, place=e.place if kind == "image" else None,
-            x=0.5, y=0.5, r=0.12, motion=e.motion if kind == "clip" else None)
-        for e in parse_text(evidence))
-    return Scene(objects, kind)
-
-
-def _scene(question) -> Scene:
-    if not getattr(question, "evidence", None):
-        raise ValueError(f"question {getattr(question, 'id', '?')!r} ({question.prompt!r}) "
-                         "carries no evidence: the oracle scores answers against the scene "
-                         "the evidence describes, which only synthetic-world questions have")
-    return scene_of(question.evidence[0], "image" if question.task == "image_understanding"
-                    else "clip")
-
-
-def oracle_score(question, answer: str) -> float:
-    """The oracle's score in [0, 1] of ``answer`` to ``question`` (a :class:`Question`,
-    or anything with its ``task``, ``prompt`` and ``evidence``); ValueError without
-    evidence."""
-    return float(score_answer(_scene(question), question.prompt, answer))
-
-
 def is_right(score: float) -> bool:
     """Whether an oracle score marks a right answer (a full 1)."""
     return score >= 1 - _SAME
-
-
-def oracle_accuracy(questions: Sequence, answers: Sequence[str]) -> float:
-    """The mean oracle score of one answer per question (see the module docstring:
-    right answers count 1, hedges and partly right descriptions partly, wrong ones 0)."""
-    if len(questions) != len(answers):
-        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    if not questions:
-        raise ValueError("oracle accuracy needs at least one question")
-    return sum(oracle_score(q, a) for q, a in zip(questions, answers, strict=True)) / len(questions)
 
 
 @dataclass
@@ -134,7 +88,7 @@ def oracle_pairs(questions: Sequence, answers: Sequence[Sequence[str]], *,
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answer lists")
     for q in questions:
-        _scene(q)
+        evidence_scene(q)
     stats, pairs, dropped = OraclePairStats(questions=len(questions)), [], Counter()
     total, mixed = 0.0, 0
     for q, said in zip(questions, answers, strict=True):

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ur.data.collate import Conversation, ConversationCollator, RecordBatch, load_record_media
 from ur.data.datamodule import CorpusError, SourceSpec, WorldSpec, load_records
+from ur.data.questions import Question, world_questions
 from ur.data.records import PreferenceRecord, RecordError, is_generation
 from ur.data.sampling import EpochLoader, MixtureSampler
 
@@ -65,26 +66,6 @@ class PairCollator(ConversationCollator):
             self.skipped += 1
             return False
         return True
-
-
-def world_questions(world: WorldSpec, split: str, limit: int | None = None
-                    ) -> list[PreferenceRecord]:
-    """The world's understanding questions of ``split``, one record per distinct
-    (media, question), taken in turn from each source (so image and video questions
-    are both among the first ``limit``), in a fixed order: what a policy is asked and
-    the oracle checks."""
-    per_source, _ = load_records(world.sources(split))
-    seen, queues = set(), []
-    for recs in per_source:
-        queue = []
-        for r in recs:
-            key = (r.media[0].describe(), r.prompt)
-            if not is_generation(r.task) and r.evidence and key not in seen:
-                seen.add(key)
-                queue.append(r)
-        queues.append(queue)
-    out = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
-    return out[:limit] if limit is not None else out
 
 
 class PairsDataModule(LightningDataModule):
@@ -146,12 +127,13 @@ class PairsDataModule(LightningDataModule):
         self.pairs: dict[str, list[PreferenceRecord]] = {}
         self.sizes: dict[str, list[int]] = {}
         self.dropped: dict[str, Counter] = {}
-        self._questions: dict[str, list[PreferenceRecord]] = {}
+        self._questions: dict[str, list[Question]] = {}
         self._processor = None
         self._train_state: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        for split in ("train", "val"):
+        wanted = {"fit": ("train", "val"), "validate": ("val",), None: ("train", "val")}
+        for split in wanted.get(stage, ()):
             if split in self.pairs or not self.sources[split]:
                 continue
             per_source, problems = load_records(self.sources[split], skip_bad=self.skip_bad,
@@ -178,13 +160,17 @@ class PairsDataModule(LightningDataModule):
             self.sizes[split] = [len(recs) for recs in kept]
             self.dropped[split] = dropped
 
-    def questions(self, stage: str = "val") -> list[PreferenceRecord]:
+    def questions(self, stage: str = "val") -> list[Question]:
         """Held-out questions ``stage`` (val or test) asks the policy (none without a
         world)."""
         if stage not in self._questions:
             split, limit = self.question_splits[stage]
-            self._questions[stage] = ([] if self.world is None else
-                                      world_questions(self.world, split, limit))
+            if self.world is None:
+                self._questions[stage] = []
+            else:
+                self.world.manifest()  # written on first use
+                self._questions[stage] = world_questions(self.world.out, split,
+                                                         max_questions=limit, seed=0)
         return self._questions[stage]
 
     @property
@@ -209,7 +195,7 @@ class PairsDataModule(LightningDataModule):
 
     def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
         if split not in self.pairs:
-            self.setup("fit")
+            self.setup("fit" if split == "train" else "validate")
         pairs = self.pairs[split]
         sampler = MixtureSampler(self.sizes[split],
                                  [s.weight for s in self.sources[split]] if shuffle

@@ -108,14 +108,3 @@ def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, 
     if not matches or not said:
         return None
     return [(s, getattr(matches[0], q.asks) or "none") for s in said]
-
-
-def answer_score(question: str, answer: str, evidence: str) -> float:
-    """How right ``answer`` is, in [0, 1], read against ``evidence`` (the scene's
-    description in the world's grammar): the share of its claims that agree with the
-    evidence, as the oracle scores answers; 0 for an answer that claims nothing the
-    grammar can read (an empty or garbled answer is not right)."""
-    claims = answer_claims(question, answer, evidence)
-    if not claims:
-        return 0.0
-    return sum(c == t for c, t in claims) / len(claims)

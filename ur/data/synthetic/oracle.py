@@ -62,6 +62,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,7 @@ from ur.data.synthetic.scene import (
     PLACE_PHRASES,
     SHAPES,
     Element,
+    Obj,
     Question,
     Scene,
     article,
@@ -569,3 +571,48 @@ def score_answer(scene: Scene, question: str | Question, answer: str) -> float:
     said = mentioned(q.asks, answer)
     truth = getattr(obj, q.asks)
     return 1.0 / len(said) if truth in said else 0.0
+
+
+# --------------------------------------------------------------- answers from evidence
+
+
+def scene_of(evidence: str, kind: str) -> Scene:
+    """The scene a description in the world's grammar names (``kind`` ``image`` or
+    ``clip``): each object with its colour, shape and place (images) or motion (clips).
+    Positions are not described, so objects sit at the centre; the oracle's answer
+    scoring reads names only."""
+    if kind not in ("image", "clip"):
+        raise ValueError(f"kind is image or clip, got {kind!r}")
+    objects = tuple(
+        Obj(shape=e.shape, colour=e.colour, place=e.place if kind == "image" else None,
+            x=0.5, y=0.5, r=0.12, motion=e.motion if kind == "clip" else None)
+        for e in parse_text(evidence))
+    return Scene(objects, kind)
+
+
+def evidence_scene(question) -> Scene:
+    """The scene ``question`` (anything with ``task``, ``prompt`` and ``evidence``) is
+    about, from its evidence; ValueError without evidence."""
+    if not getattr(question, "evidence", None):
+        raise ValueError(f"question {getattr(question, 'id', '?')!r} ({question.prompt!r}) "
+                         "carries no evidence: the oracle scores answers against the scene "
+                         "the evidence describes, which only synthetic-world questions have")
+    return scene_of(question.evidence[0], "image" if question.task == "image_understanding"
+                    else "clip")
+
+
+def oracle_score(question, answer: str) -> float:
+    """The oracle's score in [0, 1] of ``answer`` to ``question`` (a :class:`Question`,
+    or anything with its ``task``, ``prompt`` and ``evidence``); ValueError without
+    evidence."""
+    return float(score_answer(evidence_scene(question), question.prompt, answer))
+
+
+def oracle_accuracy(questions: Sequence, answers: Sequence[str]) -> float:
+    """The mean oracle score of one answer per question (see the module docstring:
+    right answers count 1, hedges and partly right descriptions partly, wrong ones 0)."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    if not questions:
+        raise ValueError("oracle accuracy needs at least one question")
+    return sum(oracle_score(q, a) for q, a in zip(questions, answers, strict=True)) / len(questions)
