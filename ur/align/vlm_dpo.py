@@ -114,7 +114,7 @@ class VLMDPOModule(LightningModule):
         self.optim = as_spec(OptimizerSpec, optimizer) or OptimizerSpec(lr=5e-7, warmup_ratio=0.3)
         lora = as_spec(LoraSpec, lora) or LoraSpec()
         self.checkpoint_path = str(checkpoint)
-        from ur.models.loading import load_vlm, lora_wrap, trainable_parts
+        from ur.models.loading import load_vlm, make_trainable
 
         model, self.processor = load_vlm(checkpoint, dtype=dtype,
                                          trust_remote_code=trust_remote_code)
@@ -123,16 +123,10 @@ class VLMDPOModule(LightningModule):
             # Held outside the module's children: it is the base itself, so checkpoints
             # need not carry it, and the optimizer never sees it.
             self._reference = [copy.deepcopy(model).eval().requires_grad_(False)]
-        if finetune == "lora":
-            model = lora_wrap(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                              target_modules=lora.target_modules, train_vision=train_vision,
-                              train_projector=train_projector, train_language=train_language)
-        else:
-            trainable_parts(model, vision=train_vision, projector=train_projector,
-                            language=train_language)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = model.train()
+        self.model = make_trainable(model, finetune=finetune, lora=lora,
+                                    train_vision=train_vision, train_projector=train_projector,
+                                    train_language=train_language,
+                                    gradient_checkpointing=gradient_checkpointing)
         self.oracle = torch.nn.ModuleDict({
             stage: torch.nn.ModuleDict({"all": MeanMetric(), **{t: MeanMetric() for t in UNDERSTANDING}})
             for stage in ("val", "test")})

@@ -157,7 +157,30 @@ class RecordDataset(Dataset):
         return TextView(self.records[self.views[i - len(self.records)]])
 
 
-class PreferenceDataModule(LightningDataModule):
+class ProcessorFromPath:
+    """A DataModule's processor: loaded from ``processor_path`` (a model folder or hub
+    id) on first use, or set directly."""
+
+    processor_path: str | None = None
+    _processor = None
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            if self.processor_path is None:
+                raise ValueError(f"{type(self).__name__} needs `processor` (a model path or "
+                                 "id); `ur fit` links it from the model's checkpoint")
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.processor_path)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value) -> None:
+        self._processor = value
+
+
+class PreferenceDataModule(ProcessorFromPath, LightningDataModule):
     """Preference records from public sources or the synthetic world, as judge batches.
 
     Args:
@@ -316,21 +339,6 @@ class PreferenceDataModule(LightningDataModule):
                 "by_form": dict(Counter(r.form for r in recs))}
 
     # -- batches -----------------------------------------------------------------------
-    @property
-    def processor(self):
-        if self._processor is None:
-            if self.processor_path is None:
-                raise ValueError("PreferenceDataModule needs `processor` (a model path or id); "
-                                 "`ur fit` links it from the model's checkpoint")
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(self.processor_path)
-        return self._processor
-
-    @processor.setter
-    def processor(self, value) -> None:
-        self._processor = value
-
     def collator(self, *, with_targets: bool = True) -> JudgeCollator:
         return JudgeCollator(self.processor, templates=self.templates, num_frames=self.num_frames,
                              max_length=self.max_length, skip_bad=self.skip_bad,

@@ -29,7 +29,13 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from ur.data.collate import Conversation, ConversationCollator, RecordBatch, load_record_media
-from ur.data.datamodule import CorpusError, SourceSpec, WorldSpec, load_records
+from ur.data.datamodule import (
+    CorpusError,
+    ProcessorFromPath,
+    SourceSpec,
+    WorldSpec,
+    load_records,
+)
 from ur.data.questions import Question, world_questions
 from ur.data.records import PreferenceRecord, RecordError, is_generation
 from ur.data.sampling import EpochLoader, MixtureSampler
@@ -68,7 +74,7 @@ class PairCollator(ConversationCollator):
         return True
 
 
-class PairsDataModule(LightningDataModule):
+class PairsDataModule(ProcessorFromPath, LightningDataModule):
     """DPO pairs for a vision-language policy.
 
     Args:
@@ -128,7 +134,6 @@ class PairsDataModule(LightningDataModule):
         self.sizes: dict[str, list[int]] = {}
         self.dropped: dict[str, Counter] = {}
         self._questions: dict[str, list[Question]] = {}
-        self._processor = None
         self._train_state: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -172,21 +177,6 @@ class PairsDataModule(LightningDataModule):
                 self._questions[stage] = world_questions(self.world.out, split,
                                                          max_questions=limit, seed=0)
         return self._questions[stage]
-
-    @property
-    def processor(self):
-        if self._processor is None:
-            if self.processor_path is None:
-                raise ValueError("PairsDataModule needs `processor` (a model path or id); "
-                                 "`ur fit` links it from the model's checkpoint")
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(self.processor_path)
-        return self._processor
-
-    @processor.setter
-    def processor(self, value) -> None:
-        self._processor = value
 
     def collator(self) -> PairCollator:
         return PairCollator(self.processor, num_frames=self.num_frames,

@@ -203,3 +203,24 @@ def lora_wrap(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def make_trainable(model, *, finetune: str = "full", lora=None, train_vision: bool = True,
+                   train_projector: bool = True, train_language: bool = True,
+                   gradient_checkpointing: bool = False):
+    """``model`` set up to train the chosen parts: in full (``finetune: full``) or with
+    LoRA adapters on them (``lora``, a :class:`ur.training.LoraSpec`), optionally with
+    gradient checkpointing; in training mode (``from_pretrained`` returns eval mode)."""
+    from ur.training import LoraSpec
+
+    if finetune == "lora":
+        spec = lora or LoraSpec()
+        model = lora_wrap(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
+                          target_modules=spec.target_modules, train_vision=train_vision,
+                          train_projector=train_projector, train_language=train_language)
+    else:
+        trainable_parts(model, vision=train_vision, projector=train_projector,
+                        language=train_language)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.train()

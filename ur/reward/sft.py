@@ -106,22 +106,14 @@ class RewardSFTModule(LightningModule):
         self.optim = as_spec(OptimizerSpec, optimizer) or OptimizerSpec()
         self.judge_spec = as_spec(JudgeSpec, judge) or JudgeSpec()
         self.checkpoint_path = str(checkpoint)
-        from ur.models.loading import load_vlm, lora_wrap, trainable_parts
+        from ur.models.loading import load_vlm, make_trainable
 
         model, self.processor = load_vlm(checkpoint, dtype=dtype,
                                          trust_remote_code=trust_remote_code)
-        if finetune == "lora":
-            model = lora_wrap(model, r=self.lora_spec.r, alpha=self.lora_spec.alpha,
-                              dropout=self.lora_spec.dropout,
-                              target_modules=self.lora_spec.target_modules,
-                              train_vision=train_vision, train_projector=train_projector,
-                              train_language=train_language)
-        else:
-            trainable_parts(model, vision=train_vision, projector=train_projector,
-                            language=train_language)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = model.train()  # from_pretrained returns eval mode
+        self.model = make_trainable(model, finetune=finetune, lora=self.lora_spec,
+                                    train_vision=train_vision, train_projector=train_projector,
+                                    train_language=train_language,
+                                    gradient_checkpointing=gradient_checkpointing)
         self.metrics = torch.nn.ModuleDict({"val": JudgeMetrics("val"), "test": JudgeMetrics("test")})
         self._judge = None
 
