@@ -56,9 +56,10 @@ def test_every_overlay_is_used_by_some_command():
     assert {p.name for p in EXPERIMENTS} <= used
 
 
-def test_deepspeed_config_parses():
-    cfg = json.loads((REPO / "experiments/real/deepspeed_zero2.json").read_text())
-    assert cfg["zero_optimization"]["stage"] == 2 and cfg["bf16"]["enabled"]
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_config_parses(stage):
+    cfg = json.loads((REPO / f"experiments/real/deepspeed_zero{stage}.json").read_text())
+    assert cfg["zero_optimization"]["stage"] == stage and cfg["bf16"]["enabled"]
 
 
 def test_ablation_shares_the_quickstart_tiny_base_and_world():
