@@ -222,28 +222,61 @@ def _judge(args) -> int:
     return 0 if result.parsed else 3
 
 
+EXPORTABLE = {"judge": ("ur.reward.sft", "RewardSFTModule"),
+              "policy": ("ur.align.vlm_dpo", "VLMDPOModule")}
+
+
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a trained judge as a Hugging Face folder",
-                       description="Load a Lightning checkpoint of a RewardSFTModule (a .ckpt "
-                                   "file, or a run folder: its checkpoints/last.ckpt) and save "
-                                   "model + processor with save_pretrained, LoRA merged on "
-                                   "request. `ur fit` already exports to <run>/export.")
+    p = sub.add_parser("export", help="write a trained judge or aligned policy as a Hugging "
+                                      "Face folder",
+                       description="Load a Lightning checkpoint of a judge (RewardSFTModule) or "
+                                   "of a DPO policy (VLMDPOModule) (a .ckpt file, or a run "
+                                   "folder: its checkpoints/last.ckpt) and save model + "
+                                   "processor with save_pretrained, LoRA merged on request. "
+                                   "`ur fit` already exports to <run>/export. Code shipped "
+                                   "with a checkpoint never runs here.")
     p.add_argument("checkpoint", help="a .ckpt file or a run folder")
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--module", choices=("auto", *EXPORTABLE), default="auto",
+                   help="what the checkpoint holds (auto: the run's config.yaml says, else a "
+                        "judge)")
     p.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=True,
                    help="merge LoRA adapters into the weights (default: yes)")
     p.set_defaults(func=_export)
 
 
+def _exported_module(ckpt: Path, choice: str) -> str:
+    """Which of EXPORTABLE the checkpoint holds: as asked, or as the run's config.yaml
+    names it (only these classes, whatever the file says)."""
+    if choice != "auto":
+        return choice
+    config = ckpt.parent.parent / "config.yaml"
+    if config.exists():
+        import yaml
+
+        class_path = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get(
+            "class_path", "")
+        for name, (module, cls) in EXPORTABLE.items():
+            if class_path == f"{module}.{cls}":
+                return name
+        raise SystemExit(f"ur export: {config} names model {class_path!r}, which ur export "
+                         f"does not write; it writes {', '.join(EXPORTABLE)}")
+    return "judge"
+
+
 def _export(args) -> int:
-    from ur.reward.sft import RewardSFTModule
+    import importlib
 
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         raise SystemExit(f"ur export: no checkpoint at {ckpt}")
-    module = RewardSFTModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    module_name, cls_name = EXPORTABLE[_exported_module(ckpt, args.module)]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    # trust_remote_code comes from this command line, never from the checkpoint.
+    module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True,
+                                      trust_remote_code=False)
     print(module.export(args.out, merge_lora=args.merge_lora))
     return 0
 

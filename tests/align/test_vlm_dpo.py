@@ -112,9 +112,14 @@ def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, tmp
     assert {"train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies",
             "val/oracle_accuracy"} <= set(metrics["fit"])
     assert 0 <= metrics["test"]["test/oracle_accuracy"] <= 1
+    from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
     AutoModelForImageTextToText.from_pretrained(run_dir / "export")  # merged, plain weights
+    run_ur("export", str(run_dir), "--out", str(tmp_path / "exported"), cwd=tmp_path)
+    a = load_file(run_dir / "export" / "model.safetensors")
+    b = load_file(tmp_path / "exported" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
 def test_ddp_dpo_makes_one_run_folder(overlay, tmp_path):
