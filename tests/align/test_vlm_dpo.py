@@ -98,8 +98,9 @@ def first_train_loss(run_dir: Path) -> float:
     return float(next(r["train/loss"] for r in rows if r.get("train/loss")))
 
 
-@pytest.mark.parametrize("finetune, reference", [("full", "copy"), ("lora", "adapters_off")])
-def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, tmp_path,
+@pytest.mark.parametrize("finetune, reference", [("full", "copy"), ("lora", "adapters_off"),
+                                                 ("full", "cached")])
+def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, mini, tmp_path,
                                                                       finetune, reference):
     run = run_ur("fit", "--config", str(DPO), "--config", str(overlay),
                  "--model.init_args.finetune", finetune, "--model.init_args.reference", reference,
@@ -108,6 +109,8 @@ def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, tmp
                  str(tmp_path / "csv"), cwd=tmp_path)
     run_dir = Path(run.stdout.strip().splitlines()[-1])
     assert first_train_loss(tmp_path / "csv") == pytest.approx(math.log(2), abs=1e-4)
+    if reference == "cached":  # the table lives beside the pairs
+        assert list((mini["world"] / "train" / ".ur_reference").glob("ref_logps-*.pt"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies",
             "val/oracle_accuracy"} <= set(metrics["fit"])
@@ -141,3 +144,33 @@ def test_questions_are_questions_of_images_and_videos(mini, mini_fit):
     assert {q.task for q in questions} == {"image_understanding", "video_understanding"}
     assert all(q.evidence and "Answer:" not in q.prompt and "Final Score" not in q.prompt
                for q in questions)
+
+
+def test_cached_reference_logps_equal_the_reference_models_and_are_reused(pairs, mini,
+                                                                          tmp_path):
+    from ur.align.reference_cache import cached_reference_logps, compute_reference_logps
+    from ur.align.vlm_dpo import VLMDPOModule
+    from ur.data.records import record_key
+
+    module = VLMDPOModule(checkpoint=str(mini["base"]), finetune="full", reference="copy")
+    batch = next(iter(pairs.train_dataloader()))
+    live = module.reference_logps(batch)
+    path = tmp_path / "ref.pt"
+
+    from ur.models.loading import load_vlm
+
+    base, _ = load_vlm(str(mini["base"]))
+
+    def compute(missing):
+        return compute_reference_logps(base, pairs.collator(), missing, batch_size=2)
+
+    table = cached_reference_logps(path, pairs.pairs["train"], compute)
+    n = len(batch["records"])
+    for i, p in enumerate(batch["records"]):
+        assert table[record_key(p)][0] == pytest.approx(float(live[i]), abs=1e-4)
+        assert table[record_key(p)][1] == pytest.approx(float(live[n + i]), abs=1e-4)
+
+    def refuse(missing):
+        raise AssertionError(f"{len(missing)} pairs computed again")
+
+    assert cached_reference_logps(path, pairs.pairs["train"], refuse) == table

@@ -15,6 +15,9 @@ The reference model is the policy as it starts:
   ``torch.no_grad()`` (no second copy of the weights);
 - ``copy``: a frozen copy of the starting weights (full fine-tuning), kept out of
   checkpoints since it is the base the module is built from;
+- ``cached``: the starting weights' log-probabilities of every pair, computed once
+  (the base loaded for that, then freed) and kept on disk beside the pairs
+  (:mod:`ur.align.reference_cache`); a step then runs the policy alone;
 - ``auto``: ``adapters_off`` for LoRA, ``copy`` otherwise.
 
 Logged per split: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
@@ -35,6 +38,7 @@ from lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from ur.align.losses import PreferenceKind, preference_loss, rpo_loss, sequence_logps
+from ur.data.records import record_key
 from ur.training import (
     Finetune,
     LoraSpec,
@@ -45,7 +49,7 @@ from ur.training import (
     plain,
 )
 
-Reference = Literal["auto", "adapters_off", "copy"]
+Reference = Literal["auto", "adapters_off", "copy", "cached"]
 UNDERSTANDING = ("image_understanding", "video_understanding")
 
 
@@ -66,7 +70,9 @@ class VLMDPOModule(LightningModule):
         label_smoothing: Label noise assumed by ``sigmoid`` / ``robust``.
         sft_weight: Weight of the mean NLL of the chosen answers added to the loss (RPO);
             0 for plain DPO.
-        reference: ``auto``, ``adapters_off`` (LoRA) or ``copy``.
+        reference: ``auto``, ``adapters_off`` (LoRA), ``copy`` or ``cached``.
+        reference_cache: Folder of the cached reference tables (default: ``.ur_reference``
+            beside the first training source).
         answer_tokens: New tokens at most when the policy answers held-out questions.
         gradient_checkpointing: Trade compute for memory (large models on GPUs).
         dtype: Weights dtype (``bfloat16`` on GPUs; None keeps float32 on CPU).
@@ -89,6 +95,7 @@ class VLMDPOModule(LightningModule):
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
         reference: Reference = "auto",
+        reference_cache: str | None = None,
         answer_tokens: int = 32,
         gradient_checkpointing: bool = False,
         dtype: Literal["float32", "bfloat16", "float16"] | None = None,
@@ -107,7 +114,8 @@ class VLMDPOModule(LightningModule):
             "train_projector": train_projector, "train_language": train_language,
             "lora": plain(lora), "optimizer": plain(optimizer), "loss": loss, "beta": beta,
             "label_smoothing": label_smoothing, "sft_weight": sft_weight,
-            "reference": reference, "answer_tokens": answer_tokens,
+            "reference": reference, "reference_cache": reference_cache,
+            "answer_tokens": answer_tokens,
             "gradient_checkpointing": gradient_checkpointing, "dtype": dtype,
             "trust_remote_code": trust_remote_code, "export": export,
             "merge_lora": merge_lora}, logger=False)
@@ -119,6 +127,7 @@ class VLMDPOModule(LightningModule):
         model, self.processor = load_vlm(checkpoint, dtype=dtype,
                                          trust_remote_code=trust_remote_code)
         self._reference = None
+        self._reference_table: dict[int, tuple[float, float]] | None = None
         if reference == "copy":
             # Held outside the module's children: it is the base itself, so checkpoints
             # need not carry it, and the optimizer never sees it.
@@ -136,8 +145,14 @@ class VLMDPOModule(LightningModule):
     def model_inputs(batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k not in ("records", "labels")}
 
-    def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed answer log-probabilities (and answer token counts) under the reference."""
+    def reference_logps(self, batch: dict) -> torch.Tensor:
+        """Summed answer log-probabilities under the reference, rows as in the batch."""
+        if self.hparams.reference == "cached":
+            table = self.reference_table()
+            pairs = list(batch["records"])
+            values = ([table[record_key(p)][0] for p in pairs]
+                      + [table[record_key(p)][1] for p in pairs])
+            return torch.tensor(values, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             if self._reference is not None:
                 ref = self._reference[0]
@@ -147,7 +162,35 @@ class VLMDPOModule(LightningModule):
             else:
                 with self.model.disable_adapter():
                     logits = self.model(**self.model_inputs(batch)).logits
-            return sequence_logps(logits, batch["labels"])
+            return sequence_logps(logits, batch["labels"])[0]
+
+    def reference_table(self) -> dict[int, tuple[float, float]]:
+        """The cached reference log-probabilities of every training and validation pair
+        of the data module, computed on first use where the table lacks them."""
+        if self._reference_table is None:
+            from ur.align.reference_cache import (
+                cached_reference_logps,
+                compute_reference_logps,
+                reference_fingerprint,
+            )
+            from ur.models.loading import load_vlm
+
+            dm = self.trainer.datamodule
+            pairs = [p for split in ("train", "val") for p in dm.pairs.get(split, [])]
+            shaping = {"num_frames": dm.num_frames, "max_length": dm.max_length,
+                       "processor_kwargs": dm.processor_kwargs}
+            folder = (Path(self.hparams.reference_cache) if self.hparams.reference_cache else
+                      Path(dm.sources["train"][0].path).parent / ".ur_reference")
+            path = folder / f"ref_logps-{reference_fingerprint(self.checkpoint_path, shaping)}.pt"
+
+            def compute(missing):
+                base, _ = load_vlm(self.checkpoint_path, dtype=self.hparams.dtype,
+                                   trust_remote_code=self.hparams.trust_remote_code)
+                return compute_reference_logps(base.to(self.device), dm.collator(), missing,
+                                               batch_size=dm.eval_batch_size, device=self.device)
+
+            self._reference_table = cached_reference_logps(path, pairs, compute)
+        return self._reference_table
 
     def pair_step(self, batch: dict, stage: str) -> torch.Tensor | None:
         pairs = len(batch.get("records") or [])
@@ -155,7 +198,7 @@ class VLMDPOModule(LightningModule):
             return None
         logits = self.model(**self.model_inputs(batch)).logits
         logps, tokens = sequence_logps(logits, batch["labels"])
-        ref, _ = self.reference_logps(batch)
+        ref = self.reference_logps(batch)
         hp = self.hparams
         result = preference_loss(hp.loss, logps[:pairs], logps[pairs:], ref[:pairs], ref[pairs:],
                                  hp.beta, label_smoothing=hp.label_smoothing,
