@@ -53,3 +53,26 @@ def run_ur(*args, cwd, check=True, env=None, timeout=900) -> subprocess.Complete
         raise AssertionError(f"ur {' '.join(args)} failed:\n{run.stdout[-3000:]}\n"
                              f"{run.stderr[-5000:]}")
     return run
+
+
+KILLER = """
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+class KillAt(Callback):
+    \"\"\"SIGKILL the run as the given optimizer step starts.\"\"\"
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killer_env(folder) -> dict:
+    """Write ``killer.py`` (a callback ``killer.KillAt(step)`` that SIGKILLs its run as
+    that step starts) into ``folder``; the environment that lets ``ur`` import it."""
+    (Path(folder) / "killer.py").write_text(KILLER)
+    return {"PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

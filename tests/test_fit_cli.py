@@ -2,13 +2,11 @@
 quickstart, and resume after SIGKILL."""
 
 import json
-import os
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from minirun import QUICKSTART, mini_overlay
+from minirun import QUICKSTART, killer_env, mini_overlay
 from minirun import run_ur as ur
 from safetensors.torch import load_file
 
@@ -79,20 +77,6 @@ def test_replaying_a_runs_config_starts_a_new_run(mini_fit, tmp_path):
     assert again_dir != mini_fit and "validate" in json.loads((again_dir / "metrics.json").read_text())
 
 
-KILLER = """
-import os, signal
-from lightning.pytorch.callbacks import Callback
-
-class KillAt(Callback):
-    \"\"\"SIGKILL the run as the given optimizer step starts.\"\"\"
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-"""
 
 # Two ways a run is cut (epochs of 4 training batches of the mini world):
 # - "epoch": 3 epochs of 2 batches, killed as step 5 starts; the last checkpoint was
@@ -110,8 +94,7 @@ CUTS = {"epoch": ("max_epochs: 3\n  limit_train_batches: 2\n  val_check_interval
 # the epoch had used when resumed mid-epoch).
 @pytest.mark.parametrize("workers, cut", [(0, "epoch"), (1, "epoch"), (1, "mid_epoch")])
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mini, workers, cut):
-    (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = killer_env(tmp_path)
     schedule, kill_step = CUTS[cut]
     cfg = overlay(tmp_path, mini, steps=-1).read_text()
     cfg = cfg.replace("  val_check_interval: null\n", "")

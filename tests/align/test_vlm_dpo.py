@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from minirun import REPO, run_ur
+from minirun import REPO, killer_env, run_ur
 
 from ur.data.collate import IGNORE_INDEX
 from ur.data.datamodule import SourceSpec, WorldSpec
@@ -174,3 +174,27 @@ def test_cached_reference_logps_equal_the_reference_models_and_are_reused(pairs,
         raise AssertionError(f"{len(missing)} pairs computed again")
 
     assert cached_reference_logps(path, pairs.pairs["train"], refuse) == table
+
+
+def test_a_resumed_dpo_run_ends_with_the_uninterrupted_runs_weights(overlay, mini, tmp_path):
+    """Two epochs of 2 batches with the cached reference, checkpointed at the end of
+    epoch 0; one run is SIGKILLed as step 3 starts and resumed with --ckpt_path last."""
+    from safetensors.torch import load_file
+
+    env = killer_env(tmp_path)
+    base = ["fit", "--config", str(DPO), "--config", str(overlay), "--trainer.max_steps", "-1",
+            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+            "--trainer.deterministic", "true", "--run.test_after_fit", "false",
+            "--model.init_args.reference", "cached", "--model.init_args.reference_cache",
+            str(tmp_path / "ref")]
+    whole = Path(run_ur(*base, "--run.name", "whole", cwd=tmp_path).stdout.strip().splitlines()[-1])
+    killed = run_ur(*base, "--run.name", "cut", "--trainer.callbacks+=killer.KillAt",
+                    "--trainer.callbacks.step=3", cwd=tmp_path, check=False, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_ur(*base, "--run.name", "cut", "--ckpt_path", "last", cwd=tmp_path)
+    cut = Path(resumed.stdout.strip().splitlines()[-1])
+    assert cut.parent == tmp_path / "checkpoints" / "cut" and len(list(cut.parent.iterdir())) == 1
+    a, b = (load_file(d / "export" / "model.safetensors") for d in (whole, cut))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert any((a[k] != w).any() for k, w in load_file(mini["base"] / "model.safetensors").items()
+               if k in a)  # and the policy moved
