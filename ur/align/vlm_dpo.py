@@ -39,13 +39,12 @@ from torchmetrics import MeanMetric
 
 from ur.align.losses import PreferenceKind, preference_loss, rpo_loss, sequence_logps
 from ur.data.records import record_key
+from ur.models.module import VLMTrainingMixin
 from ur.training import (
     Finetune,
     LoraSpec,
     OptimizerSpec,
-    adamw_with_schedule,
     as_spec,
-    parameter_groups,
     plain,
 )
 
@@ -53,7 +52,7 @@ Reference = Literal["auto", "adapters_off", "copy", "cached"]
 UNDERSTANDING = ("image_understanding", "video_understanding")
 
 
-class VLMDPOModule(LightningModule):
+class VLMDPOModule(VLMTrainingMixin, LightningModule):
     """DPO for a vision-language policy.
 
     Args:
@@ -271,21 +270,3 @@ class VLMDPOModule(LightningModule):
 
     def on_test_epoch_end(self):
         self._oracle_end("test")
-
-    # -- optimisation and export -----------------------------------------------------------
-    def configure_optimizers(self):
-        from ur.models.loading import part_of
-
-        groups = parameter_groups(self.model.named_parameters(), self.optim, part_of)
-        return adamw_with_schedule(groups, self.optim, self.trainer.estimated_stepping_batches)
-
-    def on_fit_end(self):
-        if self.hparams.export and self.trainer.is_global_zero:
-            self.export(Path(self.trainer.default_root_dir) / "export")
-
-    def export(self, out: str | Path, *, merge_lora: bool | None = None) -> Path:
-        """Save the policy + processor as a Hugging Face folder (LoRA merged on request)."""
-        from ur.models.export import save_hf
-
-        merge = self.hparams.merge_lora if merge_lora is None else merge_lora
-        return save_hf(self.model, self.processor, out, merge_lora=merge)

@@ -33,7 +33,8 @@ from ur.data.collate import Conversation, ConversationCollator, size_key
 from ur.data.datamodule import WorldSpec, load_records
 from ur.data.records import PreferenceRecord
 from ur.data.templates import PromptTemplates
-from ur.training import OptimizerSpec, adamw_with_schedule, parameter_groups
+from ur.models.module import VLMTrainingMixin
+from ur.training import OptimizerSpec
 
 
 @dataclass
@@ -70,7 +71,7 @@ class TinyVLMSpec:
             self.world = WorldSpec(**self.world)
 
 
-class DensePretrainModule(LightningModule):
+class DensePretrainModule(VLMTrainingMixin, LightningModule):
     """Next-token loss on the assistant turn of dense conversations (descriptions,
     answers, checks), every part of the model training, AdamW with warmup and cosine."""
 
@@ -83,12 +84,6 @@ class DensePretrainModule(LightningModule):
         loss = self.model(**inputs).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
         return loss
-
-    def configure_optimizers(self):
-        from ur.models.loading import part_of
-
-        groups = parameter_groups(self.model.named_parameters(), self.optim, part_of)
-        return adamw_with_schedule(groups, self.optim, self.trainer.estimated_stepping_batches)
 
 
 SPEC_FILE = "ur_pretrain.json"

@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from lightning import LightningModule
 
 from ur.data.collate import IGNORE_INDEX
+from ur.models.module import VLMTrainingMixin
 from ur.reward.judge import Judge
 from ur.reward.metrics import JudgeMetrics
 from ur.training import (
     Finetune,
     LoraSpec,
     OptimizerSpec,
-    adamw_with_schedule,
     as_spec,
-    parameter_groups,
     plain,
 )
 
@@ -55,7 +53,7 @@ class JudgeSpec:
     batch_size: int = 16
 
 
-class RewardSFTModule(LightningModule):
+class RewardSFTModule(VLMTrainingMixin, LightningModule):
     """A generative reward model (judge) trained by SFT.
 
     Args:
@@ -139,12 +137,6 @@ class RewardSFTModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
         return loss
 
-    def configure_optimizers(self):
-        from ur.models.loading import part_of
-
-        groups = parameter_groups(self.model.named_parameters(), self.optim, part_of)
-        return adamw_with_schedule(groups, self.optim, self.trainer.estimated_stepping_batches)
-
     # -- judging ---------------------------------------------------------------------------
     @property
     def judge(self) -> Judge:
@@ -197,18 +189,6 @@ class RewardSFTModule(LightningModule):
         records = list(batch.get("records") or [])
         return [{"id": r.id, "task": r.task, "form": r.form, **asdict(j)}
                 for r, j in zip(records, self.judge(records), strict=True)]
-
-    # -- export ----------------------------------------------------------------------------
-    def on_fit_end(self):
-        if self.hparams.export and self.trainer.is_global_zero:
-            self.export(Path(self.trainer.default_root_dir) / "export")
-
-    def export(self, out: str | Path, *, merge_lora: bool | None = None) -> Path:
-        """Save model + processor as a Hugging Face folder (LoRA merged on request)."""
-        from ur.models.export import save_hf
-
-        merge = self.hparams.merge_lora if merge_lora is None else merge_lora
-        return save_hf(self.model, self.processor, out, merge_lora=merge)
 
 
 def _task_means(values: dict, stage: str) -> dict:
