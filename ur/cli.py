@@ -20,7 +20,7 @@ LIGHTNING_STAGES = ("fit", "validate", "test", "predict")
 _STAGE_HELP = {
     "fit": "train a model (e.g. ur fit --config experiments/quickstart.yaml)",
     "validate": "run the validation loop and its metrics on a checkpoint",
-    "test": "compute test metrics on the test split (the judge on every task)",
+    "test": "compute test metrics (a judge on every task, a policy's answers by the oracle)",
     "predict": "run the model's predict step (judgments, candidates, pairs)",
 }
 
