@@ -34,7 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ur.data.collate import Conversation, JudgeCollator, TextView, size_key
 from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError, is_generation
-from ur.data.sampling import EpochLoader, MixtureSampler, TextViewBatches
+from ur.data.sampling import (
+    EpochLoader,
+    MixtureSampler,
+    ResumableTrainLoader,
+    TextViewBatches,
+)
 from ur.data.sources import read_source
 from ur.data.templates import PromptTemplates
 
@@ -180,7 +185,7 @@ class ProcessorFromPath:
         self._processor = value
 
 
-class PreferenceDataModule(ProcessorFromPath, LightningDataModule):
+class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModule):
     """Preference records from public sources or the synthetic world, as judge batches.
 
     Args:
@@ -380,26 +385,7 @@ class PreferenceDataModule(ProcessorFromPath, LightningDataModule):
         return EpochLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):
-        loader = self._loader("train", shuffle=True)
-        if self._train_state is not None:
-            loader.load_state_dict(self._train_state)
-            self._train_state = None
-        return loader
-
-    # The training loader's place in its epoch, kept in checkpoints. Lightning also keeps
-    # it as the loader's own state, but restores that only when it creates the loader
-    # after the checkpoint is read, and a fit with max_epochs creates it before (to count
-    # the steps for the schedule); the datamodule's state is read before either. (Where
-    # Lightning rebuilds the loader with a distributed sampler, the rebuilt one starts
-    # without it, and only Lightning's own restore applies.)
-    _train_state: dict | None = None
-
-    def state_dict(self) -> dict:
-        loader = self.trainer.train_dataloader if self.trainer is not None else None
-        return {"train_loader": loader.state_dict()} if isinstance(loader, EpochLoader) else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._train_state = state.get("train_loader")
+        return self.resumed(self._loader("train", shuffle=True))
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)

@@ -38,7 +38,7 @@ from ur.data.datamodule import (
 )
 from ur.data.questions import Question, world_questions
 from ur.data.records import PreferenceRecord, RecordError, is_generation
-from ur.data.sampling import EpochLoader, MixtureSampler
+from ur.data.sampling import EpochLoader, MixtureSampler, ResumableTrainLoader
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PairCollator(ConversationCollator):
         return True
 
 
-class PairsDataModule(ProcessorFromPath, LightningDataModule):
+class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModule):
     """DPO pairs for a vision-language policy.
 
     Args:
@@ -134,7 +134,6 @@ class PairsDataModule(ProcessorFromPath, LightningDataModule):
         self.sizes: dict[str, list[int]] = {}
         self.dropped: dict[str, Counter] = {}
         self._questions: dict[str, list[Question]] = {}
-        self._train_state: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), None: ("train", "val")}
@@ -198,11 +197,7 @@ class PairsDataModule(ProcessorFromPath, LightningDataModule):
                    generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self):
-        loader = self._loader("train", shuffle=True)
-        if self._train_state is not None:
-            loader.load_state_dict(self._train_state)
-            self._train_state = None
-        return loader
+        return self.resumed(self._loader("train", shuffle=True))
 
     def _question_loader(self, stage: str) -> DataLoader | None:
         questions = self.questions(stage)
@@ -228,12 +223,3 @@ class PairsDataModule(ProcessorFromPath, LightningDataModule):
             raise ValueError("ur test of a policy asks the world's held-out questions: set "
                              "data.init_args.questions to the synthetic world")
         return loader
-
-    # The training loader's place in its epoch, kept in checkpoints (see
-    # PreferenceDataModule: Lightning may build the loader before it reads the state).
-    def state_dict(self) -> dict:
-        loader = self.trainer.train_dataloader if self.trainer is not None else None
-        return {"train_loader": loader.state_dict()} if isinstance(loader, EpochLoader) else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._train_state = state.get("train_loader")

@@ -206,8 +206,25 @@ def record_key(q: PreferenceRecord | JudgeQuery) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+class _Judged:
+    """What a record and a query share: where an error points, the modality, and the
+    candidates being judged."""
+
+    def _fail(self, field_name: str, message: str):
+        raise RecordError(message, file=self.file, row=self.row, field=field_name)
+
+    @property
+    def modality(self) -> str:
+        return task_modality(self.task)
+
+    @property
+    def candidates(self) -> tuple:
+        """What is being judged: media for generation tasks, responses for understanding."""
+        return _candidates(self)
+
+
 @dataclass(frozen=True)
-class JudgeQuery:
+class JudgeQuery(_Judged):
     """A question for the judge: a preference record without its answer.
 
     The same fields as :class:`PreferenceRecord` minus the label, score, target and
@@ -233,22 +250,10 @@ class JudgeQuery:
     def __post_init__(self):
         _check_question(self)
 
-    def _fail(self, field_name: str, message: str):
-        raise RecordError(message, file=self.file, row=self.row, field=field_name)
-
     @property
     def target(self) -> None:
         """None: a query carries no answer (the prompt templates ask for one)."""
         return None
-
-    @property
-    def modality(self) -> str:
-        return task_modality(self.task)
-
-    @property
-    def candidates(self) -> tuple:
-        """What is being judged: media for generation tasks, responses for understanding."""
-        return _candidates(self)
 
     def swapped(self) -> JudgeQuery:
         """The same pairwise question with the two candidates in the other order."""
@@ -263,7 +268,7 @@ class JudgeQuery:
 
 
 @dataclass(frozen=True)
-class PreferenceRecord:
+class PreferenceRecord(_Judged):
     task: str
     form: str
     source: str
@@ -312,18 +317,6 @@ class PreferenceRecord:
                 if not isinstance(v, int | float) or math.isnan(v) or not 0 <= v <= 1:
                     fail("response_scores", f"response scores lie in [0, 1], got {v!r}")
             object.__setattr__(self, "response_scores", tuple(float(v) for v in scores))
-
-    def _fail(self, field_name: str, message: str):
-        raise RecordError(message, file=self.file, row=self.row, field=field_name)
-
-    @property
-    def modality(self) -> str:
-        return task_modality(self.task)
-
-    @property
-    def candidates(self) -> tuple:
-        """What is being judged: media for generation tasks, responses for understanding."""
-        return _candidates(self)
 
     def query(self) -> JudgeQuery:
         """What the judge is asked about this record: everything but its answer."""

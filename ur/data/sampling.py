@@ -205,3 +205,31 @@ def _sampler_epoch(loader: DataLoader) -> int | None:
         if isinstance(epoch, int):
             return epoch
     return None
+
+
+class ResumableTrainLoader:
+    """For a DataModule whose training loader is an :class:`EpochLoader`: the loader's
+    place in its epoch is kept in checkpoints through the DataModule's own state.
+
+    Lightning also keeps it as the loader's state, but restores that only when it
+    creates the loader after reading the checkpoint, and a fit with ``max_epochs``
+    creates it before (to count the steps for the schedule); a DataModule's state is
+    read before either. (Where Lightning rebuilds the loader with a distributed sampler,
+    the rebuilt one starts without it, and only Lightning's own restore applies.) A
+    DataModule's ``train_dataloader`` returns ``self.resumed(loader)``."""
+
+    _train_state: dict | None = None
+
+    def resumed(self, loader: EpochLoader) -> EpochLoader:
+        """``loader``, at the place a restored checkpoint left it (once)."""
+        if self._train_state is not None:
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        return loader
+
+    def state_dict(self) -> dict:
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_loader": loader.state_dict()} if isinstance(loader, EpochLoader) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_state = state.get("train_loader")
