@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from minirun import REPO, killer_env, run_ur
 
-from ur.data.collate import IGNORE_INDEX
 from ur.data.datamodule import SourceSpec, WorldSpec
 from ur.data.pairs import PairsDataModule, chosen_first
 from ur.data.records import RecordError
@@ -75,15 +74,18 @@ def test_pairs_keep_their_roles_and_ties_are_dropped(pairs):
     assert chosen_first(replace(sample, label="tie")) is None
 
 
-def test_a_batch_stacks_chosen_then_rejected_with_the_prompt_masked(pairs):
+def test_a_batch_holds_each_prompt_once_and_chosen_then_rejected_answers(pairs):
     batch = next(iter(pairs.train_dataloader()))
     n = len(batch["records"])
-    assert batch["input_ids"].shape[0] == 2 * n
+    assert batch["input_ids"].shape[0] == n and batch["answer_ids"].shape[0] == 2 * n
     tok = pairs.processor.tokenizer
     for i, pair in enumerate(batch["records"]):
+        prompt = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+        assert pair.prompt in tok.decode(prompt)
+        assert batch["attention_mask"][i, -1] == 1  # padded on the left
         for row, answer in ((i, pair.responses[0]), (n + i, pair.responses[1])):
-            target = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
-            assert tok.decode(target, skip_special_tokens=True).strip() == answer.strip()
+            said = batch["answer_ids"][row][batch["answer_mask"][row].bool()]
+            assert tok.decode(said, skip_special_tokens=True).strip() == answer.strip()
 
 
 def test_a_prompt_whose_media_tokens_do_not_fit_is_refused_by_name(pairs):

@@ -27,6 +27,7 @@ import torch
 from ur.align.losses import sequence_logps
 from ur.data.records import PreferenceRecord, record_key
 from ur.io import exclusive, write_bytes_atomic
+from ur.models.prefix import answer_logits
 
 
 def reference_fingerprint(checkpoint: str | Path, shaping: dict) -> str:
@@ -74,9 +75,7 @@ def compute_reference_logps(model, collate: Callable[[list[PreferenceRecord]], d
     for start in range(0, len(pairs), batch_size):
         batch = collate(list(pairs[start:start + batch_size]))
         kept = list(batch.pop("records"))
-        labels = batch.pop("labels").to(device)
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        logps, _ = sequence_logps(logits, labels)
+        logps, _ = sequence_logps(*answer_logits(model, {k: v.to(device) for k, v in batch.items()}))
         n = len(kept)
         for i, pair in enumerate(kept):
             out[record_key(pair)] = (float(logps[i]), float(logps[n + i]))

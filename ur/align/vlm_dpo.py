@@ -5,9 +5,11 @@ Supports: Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision checkpoints (anything
 by part (:mod:`ur.training`); the sigmoid, robust, IPO and hinge losses with an optional
 SFT term on chosen (RPO, UnifiedReward's "gamma"), from :mod:`ur.align.losses`.
 
-Assumes: batches from :class:`ur.data.pairs.PairsDataModule`, rows ``[prompt + chosen;
-prompt + rejected]`` with the prompt and media masked out of the labels, so one forward
-scores both answers of every pair.
+Assumes: batches from :class:`ur.data.pairs.PairsDataModule`: each pair's prompt and
+media once, its chosen and rejected answers beside them. The prompt and its media run
+once per pair and both answers continue from its kept keys and values
+(:mod:`ur.models.prefix`; ``shared_prompt``), with the log-probabilities of running
+both rows in full.
 
 The reference model is the policy as it starts:
 
@@ -40,6 +42,7 @@ from torchmetrics import MeanMetric
 from ur.align.losses import PreferenceKind, preference_loss, rpo_loss, sequence_logps
 from ur.data.records import record_key
 from ur.models.module import VLMTrainingMixin
+from ur.models.prefix import answer_logits
 from ur.training import (
     Finetune,
     LoraSpec,
@@ -73,6 +76,9 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
         reference_cache: Folder of the cached reference tables (default: ``.ur_reference``
             beside the first training source).
         answer_tokens: New tokens at most when the policy answers held-out questions.
+        shared_prompt: Run each pair's prompt and media once for both answers; False runs
+            prompt + chosen and prompt + rejected as two full rows (the same figures at
+            about twice the prompt's cost). Gradient checkpointing runs full rows anyway.
         gradient_checkpointing: Trade compute for memory (large models on GPUs).
         dtype: Weights dtype (``bfloat16`` on GPUs; None keeps float32 on CPU).
         trust_remote_code: Run code shipped with the checkpoint (off unless you opt in).
@@ -96,6 +102,7 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
         reference: Reference = "auto",
         reference_cache: str | None = None,
         answer_tokens: int = 32,
+        shared_prompt: bool = True,
         gradient_checkpointing: bool = False,
         dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         trust_remote_code: bool = False,
@@ -114,7 +121,7 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
             "lora": plain(lora), "optimizer": plain(optimizer), "loss": loss, "beta": beta,
             "label_smoothing": label_smoothing, "sft_weight": sft_weight,
             "reference": reference, "reference_cache": reference_cache,
-            "answer_tokens": answer_tokens,
+            "answer_tokens": answer_tokens, "shared_prompt": shared_prompt,
             "gradient_checkpointing": gradient_checkpointing, "dtype": dtype,
             "trust_remote_code": trust_remote_code, "export": export,
             "merge_lora": merge_lora}, logger=False)
@@ -142,7 +149,12 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
     # -- scoring pairs ---------------------------------------------------------------------
     @staticmethod
     def model_inputs(batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k not in ("records", "labels")}
+        return {k: v for k, v in batch.items() if k != "records"}
+
+    def answer_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities and token counts of the batch's answers, chosen rows
+        then rejected rows."""
+        return sequence_logps(*answer_logits(model, batch, shared=self.hparams.shared_prompt))
 
     def reference_logps(self, batch: dict) -> torch.Tensor:
         """Summed answer log-probabilities under the reference, rows as in the batch."""
@@ -157,11 +169,9 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
                 ref = self._reference[0]
                 if next(ref.parameters()).device != self.device:
                     ref.to(self.device)
-                logits = ref(**self.model_inputs(batch)).logits
-            else:
-                with self.model.disable_adapter():
-                    logits = self.model(**self.model_inputs(batch)).logits
-            return sequence_logps(logits, batch["labels"])[0]
+                return self.answer_logps(ref, batch)[0]
+            with self.model.disable_adapter():
+                return self.answer_logps(self.model, batch)[0]
 
     def reference_table(self) -> dict[int, tuple[float, float]]:
         """The cached reference log-probabilities of every training and validation pair
@@ -195,8 +205,7 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
         pairs = len(batch.get("records") or [])
         if not pairs:
             return None
-        logits = self.model(**self.model_inputs(batch)).logits
-        logps, tokens = sequence_logps(logits, batch["labels"])
+        logps, tokens = self.answer_logps(self.model, batch)
         ref = self.reference_logps(batch)
         hp = self.hparams
         result = preference_loss(hp.loss, logps[:pairs], logps[pairs:], ref[:pairs], ref[pairs:],
@@ -246,7 +255,7 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
             self.oracle[stage][q.task].update(score)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        if "labels" in batch:
+        if "answer_ids" in batch:
             self.pair_step(batch, "val")
         else:
             self.question_step(batch, "val")

@@ -117,6 +117,18 @@ def end_of_turn(processor) -> str:
     return full.split(_SENTINEL, 1)[1].rstrip()
 
 
+def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Token rows as one ``long`` tensor as wide as the longest, padded with ``value`` on
+    the right (training) or the left (prompts that generation or answers continue)."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            row = out[i, width - len(r):] if left else out[i, :len(r)]
+            row.copy_(torch.as_tensor(r, dtype=torch.long))
+    return out
+
+
 def load_record_media(record: PreferenceRecord | Conversation, num_frames: int):
     """(images, videos) lists for the processor, with errors located at the record."""
     images, videos = [], []
@@ -161,7 +173,28 @@ class ConversationCollator:
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
     def __call__(self, conversations: list[Conversation]) -> dict:
+        kept, media, prompt_ids, token_types = self.encode_prompts(conversations)
+        if not kept:
+            return {"records": RecordBatch([])}
+        targets = [c.target + self._eot if self.with_targets else "" for c in kept]
+        target_ids = (self.tokenizer(targets, add_special_tokens=False)["input_ids"]
+                      if self.with_targets else [[] for _ in kept])
+        batch = self._pad(prompt_ids, target_ids, token_types)
+        batch.update(media)
+        batch["records"] = RecordBatch(c.record for c in kept)
+        return batch
+
+    def encode_prompts(self, conversations: list[Conversation]
+                       ) -> tuple[list[Conversation], dict, list[list[int]], list | None]:
+        """The processor's view of each conversation's prompt: ``(kept, media tensors,
+        prompt token ids, token types or None)``, undecodable ones dropped under
+        ``skip_bad``."""
         kept, images, videos, prompts = [], [], [], []
         for c in conversations:
             try:
@@ -176,7 +209,7 @@ class ConversationCollator:
             videos.extend(vids)
             prompts.append(prompt_text(self.processor, user_message(c.media, c.instruction)))
         if not kept:
-            return {"records": RecordBatch([])}
+            return [], {}, [], None
         kwargs = dict(self.processor_kwargs)
         if any(images):
             # LLaVA-OneVision needs to know which prompt holds which images.
@@ -184,24 +217,19 @@ class ConversationCollator:
             kwargs["images"] = images if nested else [i for imgs in images for i in imgs]
         if videos:
             kwargs["videos"] = videos
-        enc = self.processor(text=prompts, padding=False, return_tensors=None, **kwargs)
-        prompt_ids = enc.pop("input_ids")
-        enc.pop("attention_mask", None)
-        token_types = enc.pop("mm_token_type_ids", None)
-        targets = [c.target + self._eot if self.with_targets else "" for c in kept]
-        target_ids = (self.tokenizer(targets, add_special_tokens=False)["input_ids"]
-                      if self.with_targets else [[] for _ in kept])
-        batch = self._pad(prompt_ids, target_ids, token_types)
-        for key, value in enc.items():
-            batch[key] = value if torch.is_tensor(value) else torch.as_tensor(value)
-        batch["records"] = RecordBatch(c.record for c in kept)
-        return batch
+        # Tensors from the processor itself, which pads media of different sizes (LLaVA's
+        # image patches); the prompts' own padding is taken off again here.
+        enc = self.processor(text=prompts, padding=True, return_tensors="pt", **kwargs)
+        real = enc.pop("attention_mask").bool()
+        prompt_ids = [row[keep].tolist() for row, keep in zip(enc.pop("input_ids"), real, strict=True)]
+        types = enc.pop("mm_token_type_ids", None)
+        token_types = (None if types is None else
+                       [row[keep].tolist() for row, keep in zip(types, real, strict=True)])
+        return kept, dict(enc), prompt_ids, token_types
 
     def _pad(self, prompt_ids, target_ids, token_types) -> dict:
         """Right-pad prompt+target for training; left-pad prompts alone for generation."""
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id
+        pad = self.pad_id
         seqs, labels, types = [], [], []
         for i, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
             p, t = list(p), list(t)
@@ -218,16 +246,9 @@ class ConversationCollator:
             seqs.append(ids)
             labels.append(lab)
             types.append(tt)
-        width = max(len(s) for s in seqs)
         left = not self.with_targets  # generation continues from the right edge
         def padded(rows, value):
-            out = torch.full((len(rows), width), value, dtype=torch.long)
-            for i, r in enumerate(rows):
-                if left:
-                    out[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
-                else:
-                    out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-            return out
+            return pad_rows(rows, value, left=left)
         batch = {"input_ids": padded(seqs, pad),
                  "attention_mask": padded([[1] * len(s) for s in seqs], 0)}
         if self.with_targets:

@@ -7,11 +7,11 @@ answer is "chosen", the other "rejected", and nothing randomises their order (a
 preference record's label says which is which; ties cannot train DPO and are dropped
 and counted).
 
-A batch stacks the chosen conversations, then the rejected ones: rows ``0..B-1`` are
-prompt + chosen, rows ``B..2B-1`` prompt + rejected, one forward for both, with the
-prompt and its media masked out of the labels. Only the answer end of an over-long
-conversation is cut; a prompt whose media tokens would not fit is an error naming the
-pair (:class:`ur.data.collate.ConversationCollator`).
+A batch holds each pair's prompt and media once and its two answers beside them, the
+chosen answers of the batch, then the rejected ones (:class:`PairCollator`), so the
+prompt and its media can be run once for both answers. Only the answer end of an
+over-long pair is cut; a prompt whose media tokens would not fit is an error naming
+the pair.
 
 Held-out questions (``questions``: the synthetic world's understanding questions of a
 split, with the scene's evidence) are what validation asks the policy, so that the
@@ -28,7 +28,13 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from ur.data.collate import Conversation, ConversationCollator, RecordBatch, load_record_media
+from ur.data.collate import (
+    Conversation,
+    ConversationCollator,
+    RecordBatch,
+    load_record_media,
+    pad_rows,
+)
 from ur.data.datamodule import (
     CorpusError,
     ProcessorFromPath,
@@ -52,17 +58,48 @@ def chosen_first(record: PreferenceRecord) -> PreferenceRecord | None:
 
 @dataclass
 class PairCollator(ConversationCollator):
-    """Pairs -> [prompt + chosen; prompt + rejected] in one padded batch, the pairs under
-    ``records``. With ``skip_bad`` a pair whose media cannot be decoded leaves the batch
-    whole (both of its rows) and is counted in ``skipped``."""
+    """Pairs -> one batch: each pair's prompt and media once, its two answers beside them
+    (the layout :func:`ur.models.prefix.answer_logps` scores).
+
+    - ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` and the processor's media
+      tensors: the prompts, one row per pair, padded on the left;
+    - ``answer_ids``, ``answer_mask``: the chosen answers of every pair, then the
+      rejected ones (row ``i`` and ``B + i`` answer prompt ``i``), padded on the right;
+    - ``records``: the pairs.
+
+    Only the answer end of an over-long pair is cut; a prompt that leaves no room for
+    an answer is a :class:`RecordError` naming the pair. With ``skip_bad`` a pair whose
+    media cannot be decoded leaves the batch whole and is counted in ``skipped``.
+    """
 
     def __call__(self, pairs: list[PreferenceRecord]) -> dict:
         if self.skip_bad:
             pairs = [p for p in pairs if self._readable(p)]
-        convs = ([Conversation(p.media, p.prompt, p.responses[0], p) for p in pairs]
-                 + [Conversation(p.media, p.prompt, p.responses[1], p) for p in pairs])
-        batch = super().__call__(convs)
-        batch["records"] = RecordBatch(pairs)
+        kept, media, prompt_ids, token_types = self.encode_prompts(
+            [Conversation(p.media, p.prompt, "", p) for p in pairs])
+        if not kept:
+            return {"records": RecordBatch([])}
+        records = [c.record for c in kept]
+        answers = [r.responses[i] + self._eot for i in (0, 1) for r in records]
+        answer_ids = [list(a) for a in self.tokenizer(answers, add_special_tokens=False)["input_ids"]]
+        if self.max_length is not None:
+            for i, (prompt, pair) in enumerate(zip(prompt_ids, records, strict=True)):
+                room = self.max_length - len(prompt)
+                if room < 1:
+                    raise RecordError(f"the prompt alone is {len(prompt)} tokens, leaving no "
+                                      f"room for an answer within max_length {self.max_length}",
+                                      file=pair.file, row=pair.row, field="max_length")
+                for row in (i, len(records) + i):
+                    answer_ids[row] = answer_ids[row][:room]
+        pad = self.pad_id
+        batch = {"input_ids": pad_rows(prompt_ids, pad, left=True),
+                 "attention_mask": pad_rows([[1] * len(p) for p in prompt_ids], 0, left=True)}
+        if token_types is not None:
+            batch["mm_token_type_ids"] = pad_rows([list(t) for t in token_types], 0, left=True)
+        batch.update(media)
+        batch["answer_ids"] = pad_rows(answer_ids, pad)
+        batch["answer_mask"] = pad_rows([[1] * len(a) for a in answer_ids], 0)
+        batch["records"] = RecordBatch(records)
         return batch
 
     def _readable(self, pair: PreferenceRecord) -> bool:

@@ -1,0 +1,120 @@
+"""Log-probabilities of several answers to one prompt, the prompt and its media run once.
+
+A DPO pair, or the candidate answers to one question, share the prompt and its image
+or video; only the answers differ. :func:`answer_logits` runs each prompt once (vision
+tower included), keeps its keys and values with their gradients, and runs every answer
+on top of them. Attention over a kept prefix computes what attention over the whole row
+computes, and the positions are the whole row's (M-RoPE for the Qwen2-VL family,
+counted tokens otherwise), so the logits are those of running each
+prompt + answer row in full, to float rounding, at one prompt's cost instead of one per
+answer. ``shared=False`` runs the full rows instead (the same figures; the way that
+gradient checkpointing, which drops caches, needs).
+
+Batch layout (what :class:`ur.data.pairs.PairCollator` makes):
+
+- ``input_ids``, ``attention_mask`` (and ``mm_token_type_ids``): ``P`` prompts padded
+  on the left, so every prompt ends in the last column;
+- the processor's media tensors (``pixel_values``, ``image_grid_thw``, ...) for those
+  prompts, one item after another along the first dimension;
+- ``answer_ids``, ``answer_mask``: ``k * P`` answers padded on the right; answer row
+  ``j * P + i`` continues prompt ``i``.
+
+Supports: Qwen2-VL, Qwen2.5-VL (M-RoPE through the model's own ``get_rope_index``) and
+models with 1-D positions (LLaVA-OneVision) as transformers loads them, peft-wrapped or
+not.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+IGNORE_INDEX = -100
+ANSWER_KEYS = ("answer_ids", "answer_mask")
+
+
+def prompt_inputs(batch: dict) -> dict:
+    """The model inputs of the prompts: everything but the answers and the records."""
+    return {k: v for k, v in batch.items() if k not in (*ANSWER_KEYS, "records")}
+
+
+def answer_logits(model, batch: dict, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of every answer row, shaped for a shifted log-likelihood
+    (:func:`ur.align.losses.sequence_logps`): column 0 is the prompt's last token, whose
+    logits predict the answer's first token; labels are -100 there and on padding."""
+    prompt = prompt_inputs(batch)
+    answers, answer_mask = batch["answer_ids"], batch["answer_mask"]
+    n_prompts = prompt["input_ids"].shape[0]
+    copies = answers.shape[0] // n_prompts
+    if copies * n_prompts != answers.shape[0]:
+        raise ValueError(f"{answers.shape[0]} answer rows do not split evenly over "
+                         f"{n_prompts} prompts")
+    positions = prompt_positions(model, prompt)
+    steps = torch.arange(1, answers.shape[1] + 1, device=positions.device)
+    tail = torch.cat([positions[..., -1:] + steps] * copies, dim=-2)
+    mask = torch.cat([prompt["attention_mask"].repeat(copies, 1), answer_mask], dim=1)
+    if shared and not _drops_caches(model):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        head = model(**prompt, position_ids=positions, use_cache=True, logits_to_keep=1,
+                     **{_cache_keyword(model): cache}).logits
+        cache.reorder_cache(torch.arange(n_prompts, device=answers.device).repeat(copies))
+        rest = model(input_ids=answers, attention_mask=mask, position_ids=tail,
+                     use_cache=True, **{_cache_keyword(model): cache}).logits
+        logits = torch.cat([head.repeat(copies, 1, 1), rest], dim=1)
+    else:
+        rows = {k: torch.cat([v] * copies) for k, v in prompt.items()
+                if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        rows["input_ids"] = torch.cat([prompt["input_ids"].repeat(copies, 1), answers], dim=1)
+        rows["attention_mask"] = mask
+        if "mm_token_type_ids" in prompt:
+            types = prompt["mm_token_type_ids"].repeat(copies, 1)
+            rows["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(answers).to(types)], 1)
+        rows["position_ids"] = torch.cat([torch.cat([positions] * copies, dim=-2), tail], dim=-1)
+        logits = model(**rows, logits_to_keep=answers.shape[1] + 1).logits
+    labels = torch.cat([torch.full_like(answers[:, :1], IGNORE_INDEX),
+                        answers.masked_fill(answer_mask == 0, IGNORE_INDEX)], dim=1)
+    return logits, labels
+
+
+def prompt_positions(model, prompt: dict) -> torch.Tensor:
+    """Position ids of left-padded prompts: ``(3, P, L)`` M-RoPE ids from the model's own
+    ``get_rope_index`` for the Qwen2-VL family, else ``(P, L)`` counting real tokens."""
+    mask = prompt["attention_mask"]
+    counted = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    rope = _rope_index(model)
+    if rope is None:
+        return counted
+    if "mm_token_type_ids" not in prompt:  # text only: M-RoPE's three axes coincide
+        return counted.unsqueeze(0).expand(3, -1, -1)
+    keys = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+    positions, _ = rope(prompt["input_ids"], attention_mask=mask,
+                        **{k: prompt[k] for k in keys if k in prompt})
+    return positions
+
+
+def _rope_index(model):
+    for module in model.modules():
+        if callable(getattr(module, "get_rope_index", None)):
+            return module.get_rope_index
+    return None
+
+
+def _drops_caches(model) -> bool:
+    """Gradient checkpointing recomputes layers without their caches while training."""
+    base = _unwrapped(model)
+    name = ("is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
+    return bool(getattr(base, name, False) and model.training and torch.is_grad_enabled())
+
+
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_keyword(model) -> str:
+    """``cache`` in transformers releases that renamed it, ``past_key_values`` before."""
+    parameters = inspect.signature(type(_unwrapped(model)).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
