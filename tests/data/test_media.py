@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -289,6 +290,45 @@ def test_truncated_video_is_refused(tmp_path):
                 call=lambda m, seek=seek: load_video(m, 8, seek=seek))
 
 
+def jpeg(side: int) -> bytes:
+    """One ``side`` x ``side`` black frame as a JPEG, encoded by FFmpeg's MJPEG encoder: a
+    few hundred KB, ``side * side * 3`` bytes once decoded to RGB."""
+    context = av.CodecContext.create("mjpeg", "w")
+    context.width = context.height = side
+    context.pix_fmt, context.time_base, context.thread_count = "yuvj420p", Fraction(1, 1), 1
+    frame = av.VideoFrame(side, side, "yuvj420p")
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    return b"".join(bytes(p) for p in [*context.encode(frame), *context.encode()])
+
+
+def test_a_huge_mjpeg_clip_is_refused_before_it_becomes_rgb(tmp_path):
+    huge = jpeg(6000)
+    # An MJPEG clip (a raw MJPEG stream: JPEGs one after another) of one 6000 x 6000
+    # frame is refused by its header; one whose first frame is small and whose second
+    # is huge, by the decoded frame's size, before it becomes RGB.
+    (tmp_path / "huge.mjpeg").write_bytes(huge)
+    (tmp_path / "grows.mjpeg").write_bytes(jpeg(16) + huge)
+    for name in ("huge.mjpeg", "grows.mjpeg"):
+        for seek in (True, False):
+            refused(Media(kind="video", path=str(tmp_path / name), field="video_0"),
+                    "video frame is 6000x6000 = 36.0M pixels", "16.8M-pixel limit",
+                    str(tmp_path / name), call=lambda m, seek=seek: load_video(m, 2, seek=seek))
+
+
+def test_video_frames_have_the_image_pixel_limit(tmp_path):
+    small = video(tmp_path / "grey.mp4", grey_clip(4))
+    refused(small, "over the", call=lambda m: load_media(m, 4, max_pixels=W * H - 1))
+    assert load_media(small, 4, max_pixels=W * H).shape == (4, H, W, 3)
+    write_frames(tmp_path / "clip", grey_clip(4), ext="png")
+    frames = Media(kind="frames", path=str(tmp_path / "clip"), field="frames")
+    refused(frames, "over the", call=lambda m: load_video(m, 4, max_pixels=W * H - 1))
+    # A frame file whose header claims 25M pixels is refused before it is decoded.
+    (tmp_path / "clip" / "frame_0003.png").write_bytes(
+        with_declared_size(png_bytes(Image.new("RGB", (8, 8))), 5000, 5000))
+    refused(frames, "frame 3 of 4", "25.0M pixels")
+
+
 # ---------------------------------------------------------------------------- frames
 
 
@@ -329,6 +369,21 @@ def test_frames_refusals(tmp_path):
             "frame 4 of 5 is unreadable", "empty (0 bytes)")
     listed = (str(paths[0]), str(tmp_path / "clip" / "gone.png"))
     refused(Media(kind="frames", frames=listed, field="frames"), "frame 1 of 2", "not found")
+
+
+def test_frame_files_linking_outside_their_folder_are_refused(tmp_path):
+    outside = tmp_path / "secret.png"
+    Image.fromarray(grey_clip(1)[0]).save(outside)
+    clip = tmp_path / "clip"
+    write_frames(clip, grey_clip(3), ext="png")
+    frames = Media(kind="frames", path=str(clip), field="frames")
+    (clip / "frame_0000.png").unlink()
+    (clip / "frame_0000.png").symlink_to("frame_0002.png")  # a link inside the folder: fine
+    assert load_video(frames, 3).shape == (3, H, W, 3)
+    (clip / "frame_0001.png").unlink()
+    (clip / "frame_0001.png").symlink_to(outside)
+    for call in (lambda m: load_video(m, 3), probe_video):
+        refused(frames, "link to outside its frames folder", "frame_0001.png", call=call)
 
 
 # ---------------------------------------------------------------------------- the rest

@@ -16,6 +16,12 @@ What it assumes:
   a gap, a failed seek), so both paths return the same frames.
 - Nothing that cannot be decoded passes silently: every failure is a
   :class:`~ur.data.records.RecordError` naming the media's source field.
+- Sizes are bounded before pixels are materialised: an image, and every video frame,
+  over ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) is refused, so a small file that
+  decodes to gigabytes (a decompression bomb, a 6000 x 6000 MJPEG clip) is an error.
+- The files of a frames folder stay inside it: a frame that is a symbolic link to a
+  file elsewhere is refused, as the data set's paths themselves are
+  (:func:`ur.io.safe_join`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ur.data.records import Media, RecordError
+from ur.io import UnsafePathError, safe_join
 
 FRAME_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -63,6 +70,16 @@ def _existing_file(path: str, what: str, field: str | None) -> str:
     return path
 
 
+def _refuse_over(width: int, height: int, max_pixels: int, what: str, where: str,
+                 field: str | None) -> None:
+    """Refuse a ``what`` (an image, a video frame) of more than ``max_pixels``."""
+    if width * height > max_pixels:
+        raise RecordError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.1f}M pixels, over the "
+            f"{max_pixels / 1e6:.1f}M-pixel limit (a decompression bomb?): {where}",
+            field=field)
+
+
 def load_image(media: Media, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image reference (a path or inline bytes) fully into an RGB PIL image.
 
@@ -80,12 +97,7 @@ def load_image(media: Media, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         source = where = _existing_file(media.path, "image", media.field)
     try:
         with _strict_pil(), Image.open(source) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise RecordError(
-                    f"image is {w}x{h} = {w * h / 1e6:.1f}M pixels, over the "
-                    f"{max_pixels / 1e6:.1f}M-pixel limit (a decompression bomb?): {where}",
-                    field=media.field)
+            _refuse_over(*im.size, max_pixels, "image", where, media.field)
             im.load()
             return im.convert("RGB")
     except (RecordError, MemoryError):
@@ -124,7 +136,8 @@ def frame_indices(n: int, num_frames: int) -> list[int]:
 # ---------------------------------------------------------------------------- videos
 
 
-def load_video(media: Media, num_frames: int, *, seek: bool = True) -> np.ndarray:
+def load_video(media: Media, num_frames: int, *, seek: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``num_frames`` uniformly sampled frames: (num_frames, H, W, 3) uint8 RGB.
 
     Frame ``k`` of the result is frame ``frame_indices(n, num_frames)[k]`` of the clip,
@@ -133,16 +146,20 @@ def load_video(media: Media, num_frames: int, *, seek: bool = True) -> np.ndarra
     keyframe before each sampled frame and decoding forward to it; otherwise (or if
     that fails) every frame is decoded and the sampled ones kept. Both give the same
     frames. For ``kind="frames"`` only the sampled frame files are read.
+
+    A frame over ``max_pixels`` is refused, as an image is: by the size in the
+    container's header before anything is decoded, and by each decoded frame's own
+    size (a header can lie) before it is converted to RGB.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if media.kind == "frames" or media.frames is not None:
-        return _load_frame_files(media, num_frames)
+        return _load_frame_files(media, num_frames, max_pixels)
     if media.kind != "video":
         raise RecordError(f"expected a video, got {media.kind} media", field=media.field)
     path = _existing_file(media.path, "video", media.field)
     try:
-        frames = _read_video(path, num_frames, seek, media.field)
+        frames = _read_video(path, num_frames, seek, media.field, max_pixels)
     except (RecordError, MemoryError):
         raise
     except Exception as e:  # av.FFmpegError and friends
@@ -164,15 +181,22 @@ def _open(path: str, field: str | None):
     return container
 
 
-def _read_video(path: str, num_frames: int, seek: bool, field: str | None) -> list[np.ndarray]:
+def _read_video(path: str, num_frames: int, seek: bool, field: str | None,
+                max_pixels: int) -> list[np.ndarray]:
+    def rgb(frame) -> np.ndarray:
+        _refuse_over(frame.width, frame.height, max_pixels, "video frame", path, field)
+        return _rgb(frame)
+
     with _open(path, field) as container:
         stream = container.streams.video[0]
+        _refuse_over(stream.codec_context.width, stream.codec_context.height, max_pixels,
+                     "video frame", path, field)
         n = stream.frames  # from the header; 0 when the container does not say (mkv, webm)
         if n > 0:
             if seek and stream.average_rate and stream.time_base:
-                frames = _decode_seeking(container, stream, n, num_frames)
+                frames = _decode_seeking(container, stream, n, num_frames, rgb)
             else:
-                frames, n = _decode_all(container, stream, n, num_frames)
+                frames, n = _decode_all(container, stream, n, num_frames, rgb)
             if frames is not None:
                 return frames
         else:  # count packets instead: demuxing reads the file but decodes nothing
@@ -181,7 +205,7 @@ def _read_video(path: str, num_frames: int, seek: bool, field: str | None) -> li
     # count came from the packets. A second pass knows the true count.
     for _ in range(2):
         with _open(path, field) as container:
-            frames, n = _decode_all(container, container.streams.video[0], n, num_frames)
+            frames, n = _decode_all(container, container.streams.video[0], n, num_frames, rgb)
         if frames is not None:
             return frames
         if n == 0:
@@ -199,16 +223,17 @@ def _rgb(frame) -> np.ndarray:
         return frame.to_ndarray(format="rgb24")
 
 
-def _decode_all(container, stream, n: int, num_frames: int) -> tuple[list | None, int]:
-    """Decode every frame, converting to RGB only those sampled from an ``n``-frame
-    clip (memory stays bounded). Returns (frames, n), or (None, true count) if the clip
-    did not have ``n`` frames."""
+def _decode_all(container, stream, n: int, num_frames: int,
+                rgb=_rgb) -> tuple[list | None, int]:
+    """Decode every frame, converting to RGB (with ``rgb``) only those sampled from an
+    ``n``-frame clip (memory stays bounded). Returns (frames, n), or (None, true count)
+    if the clip did not have ``n`` frames."""
     keep = set(frame_indices(n, num_frames)) if n > 0 else set()
     picked: dict[int, np.ndarray] = {}
     count = 0
     for count, frame in enumerate(container.decode(stream), 1):
         if count - 1 in keep:
-            picked[count - 1] = _rgb(frame)
+            picked[count - 1] = rgb(frame)
     if count != n or n == 0:
         return None, count
     return [picked[i] for i in frame_indices(n, num_frames)], n
@@ -218,9 +243,11 @@ class _SeekMiss(Exception):
     """Decoding did not land where the constant-frame-rate arithmetic said it would."""
 
 
-def _decode_seeking(container, stream, n: int, num_frames: int) -> list[np.ndarray] | None:
-    """Seek to the keyframe before each sampled frame and decode forward to it; None
-    when the stream does not behave as a constant-frame-rate stream of ``n`` frames.
+def _decode_seeking(container, stream, n: int, num_frames: int,
+                    rgb=_rgb) -> list[np.ndarray] | None:
+    """Seek to the keyframe before each sampled frame and decode forward to it
+    (converting it with ``rgb``); None when the stream does not behave as a
+    constant-frame-rate stream of ``n`` frames.
 
     Seeking flushes the decoder, so it only pays when a keyframe lies between the last
     decoded frame and the target. The keyframe spacing is not known up front: it is
@@ -260,7 +287,7 @@ def _decode_seeking(container, stream, n: int, num_frames: int) -> list[np.ndarr
                     raise _SeekMiss
                 pos = i
                 if i == target:
-                    picked[i] = _rgb(frame)
+                    picked[i] = rgb(frame)
                     break
             else:
                 raise _SeekMiss  # the stream ended before the target
@@ -281,7 +308,12 @@ def _natural_key(name: str) -> list:
 
 
 def frame_files(media: Media) -> list[str]:
-    """The frame files of a ``kind="frames"`` reference, in playback order."""
+    """The frame files of a ``kind="frames"`` reference, in playback order.
+
+    The files of a folder must stay inside it: one that is a symbolic link to a file
+    elsewhere is refused (the folder itself was checked against the data set's root
+    when the reference was read; its files are only listed now).
+    """
     if media.frames is not None:
         if not media.frames:
             raise RecordError("frame list is empty", field=media.field)
@@ -295,16 +327,21 @@ def frame_files(media: Media) -> list[str]:
     if not names:
         raise RecordError(f"frames folder has no {'/'.join(s[1:] for s in FRAME_SUFFIXES)} "
                           f"files: {folder}", field=media.field)
-    return [os.path.join(folder, n) for n in names]
+    try:
+        return [str(safe_join(folder, n)) for n in names]
+    except UnsafePathError as e:
+        raise RecordError(f"a frame file is a link to outside its frames folder ({e})",
+                          field=media.field) from None
 
 
-def _load_frame_files(media: Media, num_frames: int) -> np.ndarray:
+def _load_frame_files(media: Media, num_frames: int, max_pixels: int) -> np.ndarray:
     files = frame_files(media)
     wanted = frame_indices(len(files), num_frames)
     picked: dict[int, np.ndarray] = {}
     for i in sorted(set(wanted)):
         try:
-            image = load_image(Media(kind="image", path=files[i], field=media.field))
+            image = load_image(Media(kind="image", path=files[i], field=media.field),
+                               max_pixels=max_pixels)
         except RecordError as e:
             raise RecordError(f"frame {i} of {len(files)} is unreadable: {e.message}",
                               field=media.field) from e
@@ -312,11 +349,13 @@ def _load_frame_files(media: Media, num_frames: int) -> np.ndarray:
     return _stack([picked[i] for i in wanted], media.describe(), media.field)
 
 
-def load_media(media: Media, num_frames: int, *, seek: bool = True) -> Image.Image | np.ndarray:
-    """An image as an RGB PIL image; a video or frames as (num_frames, H, W, 3) uint8."""
+def load_media(media: Media, num_frames: int, *, seek: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image | np.ndarray:
+    """An image as an RGB PIL image; a video or frames as (num_frames, H, W, 3) uint8.
+    An image or a frame over ``max_pixels`` is refused."""
     if media.kind == "image":
-        return load_image(media)
-    return load_video(media, num_frames, seek=seek)
+        return load_image(media, max_pixels=max_pixels)
+    return load_video(media, num_frames, seek=seek, max_pixels=max_pixels)
 
 
 def probe_video(media: Media) -> dict:
