@@ -1,5 +1,7 @@
 """load_vlm, the three parts of a VLM, and LoRA wrapping, on tiny real checkpoints."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -180,3 +182,49 @@ def test_export_merges_lora_into_a_plain_checkpoint(checkpoints, tmp_path):
     again = PeftModel.from_pretrained(load_vlm(checkpoints["qwen2_vl"])[0], adapter).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(**batch).logits, tuned, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network (any connection attempt fails the test), run from a folder holding
+    ``checkpoints/``, as a user's project folder would."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "judge.ckpt").write_bytes(b"not a folder")
+    return tmp_path
+
+
+@pytest.mark.parametrize("given", [
+    "./judge", "../judge", "/no/such/ur/checkpoint", "~/no-such-ur-checkpoint",
+    "runs/judge/export", "checkpoints/judge", "export/model.safetensors", "judge.ckpt.bak.ckpt",
+    "my judge", "C:\\runs\\judge"])
+def test_a_missing_local_looking_path_is_an_error_not_a_download(offline, given):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder") as info:
+        load_vlm(given)
+    assert given in str(info.value) and "hf://" in str(info.value)
+
+
+def test_a_checkpoint_file_is_not_a_checkpoint_folder(offline):
+    with pytest.raises(NotADirectoryError, match="judge.ckpt is a file"):
+        load_vlm("judge.ckpt")
+
+
+def test_hub_ids_only_where_the_string_cannot_be_local(offline):
+    from ur.models.loading import resolve_pretrained
+
+    for repo in ("Qwen/Qwen2.5-VL-7B-Instruct", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+                 "gpt2"):
+        assert resolve_pretrained(repo) == repo
+    assert resolve_pretrained("hf://checkpoints/judge") == "checkpoints/judge"
+    with pytest.raises(ValueError, match="not a hub id"):
+        resolve_pretrained("hf://../judge")
+    assert resolve_pretrained("checkpoints") == "checkpoints"  # an existing folder
+    assert resolve_pretrained("~") == str(Path.home())

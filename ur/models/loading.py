@@ -6,7 +6,9 @@
 of either, or a tiny checkpoint from :mod:`ur.models.tiny`). No network unless
 ``path_or_id`` is a hub id that is not cached; remote code only when the caller opts in;
 weights come from safetensors (transformers reads ``.bin`` files with
-``weights_only=True``).
+``weights_only=True``). A string that could be a local path is one
+(:func:`resolve_pretrained`): when it is missing, that is an error, never a request to
+the hub.
 
 A VLM has three parts, found by parameter name (transformers 5 layout)::
 
@@ -25,7 +27,9 @@ so a new family cannot be trained half-frozen by accident.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 PARTS: tuple[str, ...] = ("vision", "projector", "language")
 
@@ -33,6 +37,60 @@ _PROJECTOR_NAMES = frozenset({"multi_modal_projector", "image_newline", "mm_proj
 _VISUAL_PROJECTOR_NAMES = frozenset({"merger", "deepstack_merger_list"})
 _VISION_NAMES = frozenset({"visual", "vision_tower", "vision_model"})
 _LANGUAGE_NAMES = frozenset({"language_model", "lm_head"})
+
+HUB_PREFIX = "hf://"
+# A hub repository id as huggingface_hub accepts it: "name" or "owner/name", each part
+# of letters, digits, "_", "-" and "." that neither starts nor ends with "-" or ".".
+_HUB_PART = r"[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}")
+# Endings of files, never of a hub id such as "Qwen/Qwen2.5-VL-7B-Instruct".
+_FILE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".json", ".yaml",
+                            ".yml", ".gguf", ".onnx", ".h5", ".msgpack", ".pkl", ".npz",
+                            ".zip", ".tar", ".gz", ".txt"})
+
+
+def resolve_pretrained(path_or_id: str | os.PathLike) -> str:
+    """What to hand ``from_pretrained``: a local checkpoint folder, or a hub id only
+    where the string cannot be a local path.
+
+    An existing folder is local (``~`` expanded). A string is taken for a local path,
+    and its absence is a ``FileNotFoundError`` instead of a download, when it starts
+    with ``./``, ``../``, ``/`` or ``~``, has more than the one slash of
+    ``owner/name``, ends with a file extension (``.ckpt``, ``.safetensors``, ...),
+    names a folder that exists (``checkpoints/run`` where ``checkpoints/`` is here),
+    or is not a valid hub id at all. ``hf://owner/name`` always means the hub, for a
+    repository whose owner is also the name of a local folder.
+    """
+    text = os.fspath(path_or_id)
+    if text.startswith(HUB_PREFIX):
+        repo = text[len(HUB_PREFIX):]
+        if not _HUB_ID.fullmatch(repo) or ".." in repo or "--" in repo:
+            raise ValueError(f"{text!r} is not a hub id: expected hf://owner/name")
+        return repo
+    if not text.strip():
+        raise ValueError("the checkpoint is an empty string: expected a folder or a hub id")
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.exists():
+        raise NotADirectoryError(
+            f"{text} is a file; a checkpoint is a folder as save_pretrained writes it "
+            "(config.json and weights), or a hub id")
+    if _could_be_local(text):
+        raise FileNotFoundError(
+            f"{text}: no such checkpoint folder. It looks like a local path, so it is not "
+            f"looked up on the Hugging Face hub (write {HUB_PREFIX}owner/name for the hub)")
+    return text
+
+
+def _could_be_local(text: str) -> bool:
+    if text in (".", "..") or text.startswith(("./", "../", "/", "~")):
+        return True
+    if text.count("/") > 1 or Path(text).suffix.lower() in _FILE_SUFFIXES:
+        return True
+    if "/" in text and Path(text).parent.is_dir():
+        return True
+    return not _HUB_ID.fullmatch(text) or ".." in text or "--" in text
 
 
 def load_vlm(
@@ -43,7 +101,8 @@ def load_vlm(
     attn_implementation: str | None = None,
     device_map=None,
 ):
-    """Load ``(model, processor)`` from a hub id or a local checkpoint directory.
+    """Load ``(model, processor)`` from a hub id or a local checkpoint directory
+    (told apart by :func:`resolve_pretrained`).
 
     ``dtype``: a ``torch.dtype``, its name (``"bfloat16"``) or ``"auto"`` (the
     checkpoint's own dtype); None leaves the transformers default ("auto" in v5).
@@ -51,9 +110,9 @@ def load_vlm(
     ``device_map`` go to ``from_pretrained`` when given. ``trust_remote_code`` runs code
     shipped with the checkpoint; off unless the caller turns it on.
     """
+    path_or_id = resolve_pretrained(path_or_id)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path_or_id = os.fspath(path_or_id)
     model_kwargs = {"trust_remote_code": bool(trust_remote_code)}
     if dtype is not None:
         model_kwargs["dtype"] = _as_dtype(dtype)
