@@ -117,6 +117,16 @@ def end_of_turn(processor) -> str:
     return full.split(_SENTINEL, 1)[1].rstrip()
 
 
+def special_texts(processor) -> tuple[str, ...]:
+    """The processor's special tokens as they are written in text (longest first)."""
+    tok = getattr(processor, "tokenizer", processor)
+    found = set(getattr(tok, "all_special_tokens", []))
+    found |= {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special}
+    for name in ("image_token", "video_token"):
+        found.add(getattr(processor, name, None) or "")
+    return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
+
+
 def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     """Token rows as one ``long`` tensor as wide as the longest, padded with ``value`` on
     the right (training) or the left (prompts that generation or answers continue)."""
@@ -154,8 +164,11 @@ class ConversationCollator:
     ``pixel_values``, ``image_grid_thw``, ...), ``labels`` with the prompt masked to
     -100 (training), and ``records`` (the records behind the conversations, for judging
     and metrics). With ``with_targets=False`` prompts are left-padded for generation.
-    With ``skip_bad`` a conversation whose media cannot be decoded is dropped from its
-    batch and counted in ``skipped``; otherwise its error stops the run.
+    A conversation that cannot be used is a :class:`RecordError` naming its record's
+    file, row and field: media that cannot be decoded, text holding the model's own
+    special tokens (``<|image_pad|>``, ``<image>``, ``<|im_end|>``: the processor would
+    read them as markup), a prompt that leaves no room within ``max_length``. With
+    ``skip_bad`` it is dropped from its batch and counted in ``skipped`` instead.
     """
 
     processor: object
@@ -168,6 +181,7 @@ class ConversationCollator:
 
     def __post_init__(self):
         self._eot = end_of_turn(self.processor) if self.with_targets else ""
+        self._specials = special_texts(self.processor)
 
     @property
     def tokenizer(self):
@@ -180,7 +194,8 @@ class ConversationCollator:
 
     def __call__(self, conversations: list[Conversation]) -> dict:
         kept, media, prompt_ids, token_types = self.encode_prompts(conversations)
-        if not kept:
+        if self._too_long(kept, prompt_ids):
+            return self(kept)  # encoded again without them
             return {"records": RecordBatch([])}
         targets = [c.target + self._eot if self.with_targets else "" for c in kept]
         target_ids = (self.tokenizer(targets, add_special_tokens=False)["input_ids"]
@@ -198,6 +213,7 @@ class ConversationCollator:
         kept, images, videos, prompts = [], [], [], []
         for c in conversations:
             try:
+                self._check_text(c)
                 imgs, vids = load_record_media(c, self.num_frames)
             except RecordError:
                 if not self.skip_bad:
@@ -227,6 +243,40 @@ class ConversationCollator:
                        [row[keep].tolist() for row, keep in zip(types, real, strict=True)])
         return kept, dict(enc), prompt_ids, token_types
 
+    def texts(self, conversation: Conversation) -> list[tuple[str, str]]:
+        """``(field, text)`` of what the conversation's record writes into the rows."""
+        return [("prompt", conversation.instruction), ("response", conversation.target)]
+
+    def _check_text(self, conversation: Conversation) -> None:
+        origin = conversation.record
+        for name, text in self.texts(conversation):
+            found = next((t for t in self._specials if t in text), None)
+            if found is not None:
+                raise RecordError(f"the text holds the model's special token {found!r}, "
+                                  "which the processor would read as markup",
+                                  file=getattr(origin, "file", None),
+                                  row=getattr(origin, "row", None), field=name)
+
+    def _too_long(self, kept: list[Conversation], prompt_ids: list[list[int]]) -> bool:
+        """Whether a prompt leaves no room within ``max_length`` (an answer needs a token;
+        a prompt to continue fits exactly); under ``skip_bad`` those are taken out of
+        ``kept`` and counted, otherwise the first stops the run."""
+        if self.max_length is None:
+            return False
+        room = self.max_length - (1 if self.with_targets else 0)
+        over = [i for i, ids in enumerate(prompt_ids) if len(ids) > room]
+        if over and not self.skip_bad:
+            origin = kept[over[0]].record
+            raise RecordError(f"the prompt alone is {len(prompt_ids[over[0]])} tokens with its "
+                              f"media, leaving no room within max_length {self.max_length} "
+                              "(only answers are cut, never media tokens)",
+                              file=getattr(origin, "file", None),
+                              row=getattr(origin, "row", None), field="max_length")
+        for i in reversed(over):
+            del kept[i]
+        self.skipped += len(over)
+        return bool(over)
+
     def _pad(self, prompt_ids, target_ids, token_types) -> dict:
         """Right-pad prompt+target for training; left-pad prompts alone for generation."""
         pad = self.pad_id
@@ -238,10 +288,8 @@ class ConversationCollator:
             tt = (list(token_types[i]) if token_types is not None else [0] * len(p)) + [0] * len(t)
             if self.max_length is not None and len(ids) > self.max_length:
                 # Cutting the prompt could drop vision placeholder tokens and break the
-                # image/token correspondence, so only the target end may be cut.
-                if len(p) >= self.max_length:
-                    raise RecordError(f"the prompt alone is {len(p)} tokens, over max_length "
-                                      f"{self.max_length}", field="max_length")
+                # image/token correspondence, so only the target end is cut
+                # (``_too_long`` has taken out prompts that leave no room).
                 ids, lab, tt = ids[:self.max_length], lab[:self.max_length], tt[:self.max_length]
             seqs.append(ids)
             labels.append(lab)

@@ -32,7 +32,6 @@ from ur.data.collate import (
     Conversation,
     ConversationCollator,
     RecordBatch,
-    load_record_media,
     pad_rows,
 )
 from ur.data.datamodule import (
@@ -68,27 +67,24 @@ class PairCollator(ConversationCollator):
     - ``records``: the pairs.
 
     Only the answer end of an over-long pair is cut; a prompt that leaves no room for
-    an answer is a :class:`RecordError` naming the pair. With ``skip_bad`` a pair whose
-    media cannot be decoded leaves the batch whole and is counted in ``skipped``.
+    an answer, media that cannot be decoded and text holding the model's special tokens
+    are each a :class:`RecordError` naming the pair; with ``skip_bad`` such a pair
+    leaves the batch whole and is counted in ``skipped``.
     """
 
     def __call__(self, pairs: list[PreferenceRecord]) -> dict:
-        if self.skip_bad:
-            pairs = [p for p in pairs if self._readable(p)]
         kept, media, prompt_ids, token_types = self.encode_prompts(
             [Conversation(p.media, p.prompt, "", p) for p in pairs])
+        if self._too_long(kept, prompt_ids):
+            return self([c.record for c in kept])  # encoded again without them
         if not kept:
             return {"records": RecordBatch([])}
         records = [c.record for c in kept]
         answers = [r.responses[i] + self._eot for i in (0, 1) for r in records]
         answer_ids = [list(a) for a in self.tokenizer(answers, add_special_tokens=False)["input_ids"]]
         if self.max_length is not None:
-            for i, (prompt, pair) in enumerate(zip(prompt_ids, records, strict=True)):
-                room = self.max_length - len(prompt)
-                if room < 1:
-                    raise RecordError(f"the prompt alone is {len(prompt)} tokens, leaving no "
-                                      f"room for an answer within max_length {self.max_length}",
-                                      file=pair.file, row=pair.row, field="max_length")
+            for i, prompt in enumerate(prompt_ids):
+                room = self.max_length - len(prompt)  # at least 1: see _too_long
                 for row in (i, len(records) + i):
                     answer_ids[row] = answer_ids[row][:room]
         pad = self.pad_id
@@ -102,13 +98,9 @@ class PairCollator(ConversationCollator):
         batch["records"] = RecordBatch(records)
         return batch
 
-    def _readable(self, pair: PreferenceRecord) -> bool:
-        try:
-            load_record_media(pair, self.num_frames)
-        except RecordError:
-            self.skipped += 1
-            return False
-        return True
+    def texts(self, conversation: Conversation) -> list[tuple[str, str]]:
+        pair = conversation.record
+        return [("prompt", pair.prompt), *(("responses", r) for r in pair.responses)]
 
 
 class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModule):
