@@ -171,8 +171,11 @@ def _check_question(q) -> None:
     if q.form == "pointwise":
         if q.scale is None or len(q.scale) != 2:
             fail("scale", "a pointwise record needs its scale as (low, high)")
-        lo, hi = (float(v) for v in q.scale)
-        if not lo < hi:
+        try:
+            lo, hi = (float(v) for v in q.scale)
+        except (TypeError, ValueError, OverflowError):
+            fail("scale", f"a scale is two numbers, got {q.scale!r}")
+        if not lo < hi:  # NaN fails too
             fail("scale", f"scale low must be below high, got {q.scale}")
         object.__setattr__(q, "scale", (lo, hi))
     if q.evidence is not None:
@@ -301,7 +304,7 @@ class PreferenceRecord(_Judged):
             lo, hi = self.scale
             try:
                 score = float(self.score)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 fail("score", f"score must be a number, got {self.score!r}")
             if math.isnan(score) or not lo <= score <= hi:
                 fail("score", f"score {score} is outside the scale [{lo:g}, {hi:g}]")
@@ -314,7 +317,7 @@ class PreferenceRecord(_Judged):
                 fail("response_scores", f"one score per response ({len(self.responses)}), "
                      f"got {len(scores)}")
             for v in scores:
-                if not isinstance(v, int | float) or math.isnan(v) or not 0 <= v <= 1:
+                if not isinstance(v, int | float) or not 0 <= v <= 1:  # NaN fails too
                     fail("response_scores", f"response scores lie in [0, 1], got {v!r}")
             object.__setattr__(self, "response_scores", tuple(float(v) for v in scores))
 

@@ -16,6 +16,7 @@ entry point.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -51,10 +52,23 @@ def get_source(name: str):
     return importlib.import_module(f"ur.data.sources.{name}")
 
 
+def adapter_options(name: str) -> tuple[str, ...]:
+    """The options source ``name``'s reader takes (beyond path, split and media root)."""
+    params = inspect.signature(get_source(name).read).parameters
+    return tuple(k for k in params if k not in ("path", "split", "media_root"))
+
+
 def read_source(name: str, path: str | Path, *, split: str | None = None,
                 media_root: str | Path | None = None, **options) -> Iterator[Item]:
     """Yield every record (and every problem, as a RecordError) of one source."""
     adapter = get_source(name)
+    known = adapter_options(name)
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        for key in unknown:
+            yield RecordError(f"{name} has no option {key!r}; its options: "
+                              f"{', '.join(known) or 'none'}", file=path, field=key)
+        return
     try:
         yield from adapter.read(path, split=split, media_root=media_root, **options)
     except RecordError as e:
