@@ -144,12 +144,87 @@ def test_writer_is_deterministic_idempotent_and_careful(world, tmp_path):
     old = json.loads((again / "manifest.json").read_text())
     (again / "manifest.json").write_text(json.dumps({**old, "version": 0}))
     assert write_world(again, size=96, seed=5, difficulty=1, workers=1)["version"] == old["version"]
-    # A half-written world from an interrupted run is never taken for a world.
-    stale = tmp_path / ".fresh.partial-1"
-    stale.mkdir()
-    (stale / "train").mkdir()
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_leftovers_of_interrupted_builds_are_removed(tmp_path):
+    """A half-written world of a killed build is never taken for a world, and goes; so
+    does the old world a build killed between its two renames left; a live build's
+    folder stays."""
+    dead = _dead_pid()
+    half, replaced, live = (tmp_path / f".fresh.tmp-{dead}", tmp_path / f".fresh.old-{dead}",
+                            tmp_path / ".fresh.tmp-1")
+    for folder in (half, replaced, live):
+        (folder / "train").mkdir(parents=True)
     write_world(tmp_path / "fresh", size=16, workers=1)
-    assert not stale.exists() and read_manifest(tmp_path / "fresh") is not None
+    assert read_manifest(tmp_path / "fresh") is not None
+    assert not half.exists() and not replaced.exists() and live.exists()
+
+
+@pytest.fixture
+def small_world(tmp_path):
+    out = tmp_path / "world"
+    write_world(out, size=16, seed=3, workers=1)
+    return out, _digest(out)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "flip"])
+def test_a_damaged_world_is_rebuilt(small_world, damage, capsys):
+    out, before = small_world
+    manifest = read_manifest(out)
+    assert manifest["contents"]["files"] == len(before) - 1  # all but the manifest
+    table = out / manifest["entries"][0]["path"]
+    clip = next(out.rglob("*.mp4"))
+    if damage == "truncate":
+        clip.write_bytes(clip.read_bytes()[:100])
+    elif damage == "delete":
+        table.unlink()
+    else:  # the same size, one byte changed
+        data = bytearray(table.read_bytes())
+        data[len(data) // 2] ^= 1
+        table.write_bytes(bytes(data))
+    assert _digest(out) != before
+    assert write_world(out, size=16, seed=3, workers=1) == manifest
+    assert _digest(out) == before
+    assert "rebuilding the world" in capsys.readouterr().err
+
+
+def test_hidden_caches_beside_the_tables_are_not_damage(small_world, capsys):
+    out, _ = small_world
+    cache = out / "train" / ".ur_reference"
+    cache.mkdir()
+    (cache / "ref_logps-0.pt").write_bytes(b"cached")
+    write_world(out, size=16, seed=3, workers=1)
+    assert (cache / "ref_logps-0.pt").exists()
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "out/passwd",
+                                  "train/\0.json"])
+def test_manifest_entries_stay_inside_the_world(world, tmp_path, path):
+    _, manifest = world
+    hostile = tmp_path / "world"
+    hostile.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (hostile / "out").symlink_to(tmp_path / "elsewhere")  # a link out of the world
+    entries = [dict(e) for e in manifest["entries"]]
+    entries[3]["path"] = path
+    (hostile / "manifest.json").write_text(json.dumps({**manifest, "entries": entries}))
+    for read in (read_manifest, lambda out: write_world(out, size=96, seed=4, workers=1)):
+        with pytest.raises(RecordError, match="leaves the world's folder|not a path") as info:
+            read(hostile)
+        assert (info.value.row, info.value.field) == (3, "path")
+        assert info.value.file == str(hostile / "manifest.json")
+    entries[3] = "train/x.json"
+    (hostile / "manifest.json").write_text(json.dumps({**manifest, "entries": entries}))
+    with pytest.raises(RecordError, match="string") as info:
+        read_manifest(hostile)
+    assert info.value.row == 3
 
 
 def test_clips_decode_to_exactly_their_frames(world):

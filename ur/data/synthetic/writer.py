@@ -27,15 +27,19 @@ schemas are built through :class:`ur.data.templates.PromptTemplates`, so their t
 state the evidence before "Final Score: X".
 
 The manifest names, per split, task and form, the adapter (``source``), the relative
-``path`` and the record count; and the arguments the world was built with. The world
-is built in a temporary sibling folder that is renamed into place only when complete,
-manifest last; rerunning with the same arguments when a complete manifest exists
-returns it without writing anything.
+``path`` and the record count; the arguments the world was built with; and its
+``contents``: the number of files, their bytes and a SHA-256 over their names and bytes.
+Every ``path`` stays inside the world's folder (:func:`read_manifest` refuses one that
+does not). The world is built in a temporary sibling folder that is renamed into place
+only when complete, manifest last; rerunning with the same arguments returns the
+manifest without writing anything when the files are still those it describes, and
+rebuilds the world when they are not (a file truncated, deleted or changed).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -50,10 +54,11 @@ import numpy as np
 from PIL import Image
 
 from ur.data.media import write_frames, write_video
-from ur.data.records import TASKS, Media, PreferenceRecord
+from ur.data.records import TASKS, Media, PreferenceRecord, RecordError
 from ur.data.sources import pickapic_v2, sharegptvideo_dpo, videodpo
 from ur.data.synthetic.world import FORMS, Item, build_item, pair_label, split_counts
 from ur.data.templates import PromptTemplates
+from ur.io import UnsafePathError, atomic_dir, safe_join
 
 VERSION = 3
 SPLITS = ("train", "val", "test")
@@ -302,14 +307,72 @@ def _arguments(size, seed, difficulty, image_size, num_frames, fps, splits, task
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
-    """The manifest of a completely written world, or None."""
+    """The manifest of a completely written world, or None.
+
+    A manifest whose entries are malformed, or name a ``path`` outside ``out_dir``
+    (``../..``, an absolute path, a link out), raises a :class:`RecordError` naming the
+    entry and the field.
+    """
     path = Path(out_dir) / "manifest.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
+    entries = manifest.get("entries") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list):
+        raise RecordError("not a synthetic world's manifest (no list of entries)", file=path,
+                          field="entries")
+    for row, entry in enumerate(entries):
+        for field in ("split", "task", "form", "source", "path"):
+            if not isinstance(entry, dict) or not isinstance(entry.get(field), str):
+                raise RecordError("the entry needs a string here", file=path, row=row,
+                                  field=field)
+        try:
+            safe_join(out_dir, entry["path"])
+        except UnsafePathError:
+            raise RecordError(f"{entry['path']!r} leaves the world's folder", file=path,
+                              row=row, field="path") from None
+        except ValueError:  # a NUL character
+            raise RecordError(f"{entry['path']!r} is not a path", file=path, row=row,
+                              field="path") from None
+    return manifest
+
+
+def contents(out_dir: str | Path) -> dict:
+    """What a world's folder holds, as its manifest records it: the number of files,
+    their bytes, and a SHA-256 over each file's relative path, size and bytes, in path
+    order. The manifest is left out, and so is everything hidden (a name starting with
+    "."): the world writes nothing hidden, and others keep caches beside its tables
+    (the DPO reference's ``.ur_reference``)."""
+    root = Path(out_dir)
+    names = sorted(rel for rel in (p.relative_to(root).as_posix() for p in root.rglob("*")
+                                   if p.is_file())
+                   if rel != "manifest.json" and not any(part.startswith(".")
+                                                         for part in rel.split("/")))
+    digest = hashlib.sha256()
+    total = 0
+    for name in names:
+        data = (root / name).read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+        total += len(data)
+    return {"files": len(names), "bytes": total, "sha256": digest.hexdigest()}
+
+
+def _changed(out: Path, manifest: dict) -> str | None:
+    """How the files under ``out`` differ from what ``manifest`` records, or None."""
+    recorded, found = manifest.get("contents"), contents(out)
+    if not isinstance(recorded, dict):
+        return "the manifest records no checksum of the files"
+    if (found["files"], found["bytes"]) != (recorded.get("files"), recorded.get("bytes")):
+        return (f"it holds {found['files']} files of {found['bytes']} bytes where the "
+                f"manifest says {recorded.get('files')} of {recorded.get('bytes')} (a file "
+                "was deleted, truncated or added)")
+    if found["sha256"] != recorded.get("sha256"):
+        return "a file's bytes differ from those written (checksum)"
+    return None
 
 
 def write_world(out_dir: str | Path, *, size: int = 4000, seed: int = 0, difficulty: int = 1,
@@ -323,9 +386,11 @@ def write_world(out_dir: str | Path, *, size: int = 4000, seed: int = 0, difficu
     evenly (before tie pairs are dropped from schemas that cannot hold them);
     ``splits`` the train/val/test fractions. ``workers`` processes build items
     (default: up to 2, the machine's cores). An existing world built with the same
-    arguments is returned as it is; one written in an older format (``VERSION``) is
-    rebuilt; one built with other arguments is replaced only with ``overwrite=True``. A
-    folder holding anything else is never touched.
+    arguments is returned as it is while its files are those its manifest records; one
+    whose files changed, or written in an older format (``VERSION``), is rebuilt (it is
+    ur's cache); one built with other arguments is replaced only with
+    ``overwrite=True``. A folder holding anything else is never touched. Temporary
+    folders that interrupted builds left beside ``out`` are removed.
     """
     out = Path(out_dir)
     if not isinstance(splits, dict):
@@ -336,45 +401,33 @@ def write_world(out_dir: str | Path, *, size: int = 4000, seed: int = 0, difficu
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     args = _arguments(size, seed, difficulty, image_size, num_frames, fps, splits, tasks, forms)
+    # A build killed between atomic_dir's two renames leaves the world it replaced here;
+    # removing one that a live build is about to remove itself does no harm.
+    for stale in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     existing = read_manifest(out)
-    if existing is not None and all(existing.get(k) == v for k, v in args.items()):
-        return existing
-    if out.exists() and any(out.iterdir()):
-        if existing is None:
+    if existing is None:
+        if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not a synthetic world; choose an "
                                   "empty or new folder")
-        if existing.get("version") != VERSION:  # our own output in an older format: a cache
-            print(f"{out}: the world was written by an older ur (format "
-                  f"{existing.get('version')}, now {VERSION}); rebuilding it", file=sys.stderr)
-        elif not overwrite:
-            raise FileExistsError(f"{out} holds a world built with other arguments "
-                                  f"({ {k: existing.get(k) for k in args} }); pass "
-                                  "overwrite=True")
+    elif all(existing.get(k) == v for k, v in args.items()):
+        changed = _changed(out, existing)
+        if changed is None:
+            return existing
+        print(f"{out}: {changed}; rebuilding the world", file=sys.stderr)
+    elif existing.get("version") != VERSION:  # our own output in an older format: a cache
+        print(f"{out}: the world was written by an older ur (format "
+              f"{existing.get('version')}, now {VERSION}); rebuilding it", file=sys.stderr)
+    elif not overwrite:
+        raise FileExistsError(f"{out} holds a world built with other arguments "
+                              f"({ {k: existing.get(k) for k in args} }); pass "
+                              "overwrite=True")
     build_item("image_generation", "pointwise", 0, seed=seed, difficulty=difficulty,
                image_size=image_size, num_frames=num_frames)  # validate arguments early
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
+    with atomic_dir(out) as tmp:
         manifest = _build(tmp, args, workers)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        _replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return manifest
-
-
-def _replace(new: Path, out: Path) -> None:
-    """Move the finished world into place (an old world of ours is removed after)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(new, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(root: Path, args: dict, workers: int | None) -> dict:
@@ -394,7 +447,6 @@ def _build(root: Path, args: dict, workers: int | None) -> dict:
                              world, args["fps"]))
                 keys.append((task, form, split))
             start += n
-    root.mkdir(parents=True)
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
     if current_process().daemon:
         workers = 1  # a daemonic process (a data-loader worker) may not start children
@@ -435,7 +487,9 @@ def _build(root: Path, args: dict, workers: int | None) -> dict:
                                             ("tievote", "same") for r in brows)})
     pairs = sum(st["pairs"] for st in stats.values())
     ties = sum(st["ties"] for st in stats.values())
-    return {"name": "ur-synthetic-world", **args, "entries": entries, "tie_fraction": round(ties / pairs, 4) if pairs else 0.0}
+    return {"name": "ur-synthetic-world", **args, "entries": entries,
+            "tie_fraction": round(ties / pairs, 4) if pairs else 0.0,
+            "contents": contents(root)}
 
 
 def synthesize(out: str | Path, size: int = 4000, seed: int = 0, difficulty: int = 1,
