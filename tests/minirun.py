@@ -68,11 +68,23 @@ class KillAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtPredict(Callback):
+    """SIGKILL the run as the given predict batch starts."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
 def killer_env(folder) -> dict:
-    """Write ``killer.py`` (a callback ``killer.KillAt(step)`` that SIGKILLs its run as
-    that step starts) into ``folder``; the environment that lets ``ur`` import it."""
+    """Write ``killer.py`` (callbacks ``killer.KillAt(step)`` and
+    ``killer.KillAtPredict(batch)`` that SIGKILL their run as that training step or
+    predict batch starts) into ``folder``; the environment that lets ``ur`` import it."""
     (Path(folder) / "killer.py").write_text(KILLER)
     return {"PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
