@@ -125,3 +125,85 @@ def test_ur_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "ur.cli", "corpus", "check", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--skip-bad" in out and "pickapic_v2" in out
+
+
+def _evalmuse(folder, rows=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a.png").write_bytes(_png((0, 200, 0)))
+    rows = rows or [dict(prompt="a green square", img_path="a.png", total_score=[4])]
+    (folder / "data.json").write_text(json.dumps(rows))
+    return folder / "data.json"
+
+
+def _check(capsys, *args) -> tuple[int, str, list[str]]:
+    code = main(["corpus", "check", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out + err, [line for line in out.splitlines() if line.startswith("BAD")]
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"entries": 3}'])
+def test_missing_or_malformed_manifest_is_one_problem(tmp_path, capsys, content):
+    if content is not None:
+        (tmp_path / "manifest.json").write_text(content)
+    code, out, bad = _check(capsys, "manifest", tmp_path)
+    assert code == 1 and len(bad) == 1 and "manifest.json" in bad[0]
+
+
+def test_manifest_entries_are_checked_one_by_one(tmp_path, capsys):
+    _evalmuse(tmp_path / "world" / "evalmuse")
+    entries = [{"source": "evalmuse", "path": "evalmuse/data.json"},
+               {"source": "no_such_source", "path": "evalmuse/data.json"},
+               {"source": "evalmuse", "path": "../outside.json"},
+               {"source": "evalmuse"},
+               "not an entry"]
+    (tmp_path / "world" / "manifest.json").write_text(json.dumps({"entries": entries}))
+    assert main(["corpus", "check", "manifest", str(tmp_path / "world"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 1
+    assert {(p["row"], p["field"]) for p in report["bad"]} == {
+        (1, "source"), (2, "path"), (3, "path"), (4, None)}
+    assert all(p["file"].endswith("manifest.json") for p in report["bad"])
+
+
+def test_unknown_option_is_a_problem_naming_it(tmp_path, capsys):
+    path = _evalmuse(tmp_path / "e")
+    code, out, bad = _check(capsys, "evalmuse", path, "--option", "dimenson=Overall")
+    assert code == 1 and len(bad) == 1 and "field 'dimenson'" in bad[0]
+    code, out, bad = _check(capsys, "videogen_rewardbench", path, "--option",
+                            "dimension=" + "9" * 5000)
+    assert code == 1 and len(bad) == 1 and "field 'dimension'" in bad[0]
+
+
+@pytest.mark.parametrize("option", ["=Overall", "dimension"])
+def test_malformed_option_is_refused_with_a_message(tmp_path, option):
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        main(["corpus", "check", "evalmuse", str(_evalmuse(tmp_path / "e")),
+              "--option", option])
+
+
+@pytest.mark.parametrize("frames", ["0", "-2", "two"])
+def test_num_frames_must_be_positive(tmp_path, capsys, frames):
+    with pytest.raises(SystemExit) as stop:
+        main(["corpus", "check", "evalmuse", str(_evalmuse(tmp_path / "e")),
+              "--num-frames", frames])
+    assert stop.value.code == 2
+    assert "--num-frames" in capsys.readouterr().err
+
+
+def test_a_bad_image_shared_by_pairs_is_one_problem(tmp_path, capsys):
+    """HPDv2's test layout makes a pair of every two images of a row: one broken image
+    spoils two pairs, and is one problem."""
+    folder = tmp_path / "hpd"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(_png((0, 0, 200)))
+    (folder / "broken.png").write_bytes(b"not an image")
+    rows = [dict(prompt="a blue square", image_path=["a.png", "b.png", "broken.png"],
+                 rank=[1, 2, 3])]
+    (folder / "test.json").write_text(json.dumps(rows))
+    assert main(["corpus", "check", "hpdv2", str(folder / "test.json"), "--json",
+                 "--skip-bad"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 1 and report["skipped"] == 1
+    assert report["bad"][0]["row"] == 0 and report["bad"][0]["field"] == "image_path"

@@ -61,7 +61,8 @@ def _add_corpus(sub) -> None:
     check.add_argument("--media-root", type=Path, help="resolve media paths against this folder")
     check.add_argument("--skip-bad", action="store_true", help="count bad records, exit 0")
     check.add_argument("--json", action="store_true", help="print one JSON object")
-    check.add_argument("--num-frames", type=int, default=4, help="frames decoded per video")
+    check.add_argument("--num-frames", type=_positive_int, default=4,
+                       help="frames decoded per video (default: 4)")
     check.add_argument("--no-media", action="store_true", help="check the tables only")
     check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="adapter option, e.g. --option dimension=Overall (repeatable)")
@@ -80,33 +81,96 @@ def _corpus_synth(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parse_options(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as adapter options: a value is read as JSON when it is JSON (a
+    list, a number, null) and kept as text otherwise; a pair without a key is refused."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise SystemExit(f"ur corpus check: --option takes KEY=VALUE, got {pair!r}")
         try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+            out[key.strip()] = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON, too deep, or a huge number
+            out[key.strip()] = value
     return out
+
+
+def _manifest_entries(world: Path) -> tuple[list[tuple[str, Path, dict]], list]:
+    """``(source, path, options)`` of every entry of a world's manifest.json, and a
+    RecordError for the manifest itself or each entry that cannot be used (naming the
+    entry as its row and the key as its field)."""
+    from ur.data.records import RecordError
+    from ur.data.sources import SOURCE_NAMES
+    from ur.io import UnsafePathError, safe_join
+
+    file = world / "manifest.json"
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [], [RecordError("no manifest.json: not a world folder", file=file)]
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
+        return [], [RecordError(f"not a readable JSON file ({e})", file=file)]
+    entries = manifest.get("entries") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list):
+        return [], [RecordError("it has no list of entries", file=file, field="entries")]
+    found, bad = [], []
+    for k, entry in enumerate(entries):
+        def problem(message, field=None, k=k):
+            bad.append(RecordError(message, file=file, row=k, field=field))
+
+        if not isinstance(entry, dict):
+            problem(f"an entry is an object, got {type(entry).__name__}")
+        elif entry.get("source") not in SOURCE_NAMES:
+            problem(f"unknown source {entry.get('source')!r}", "source")
+        elif not isinstance(entry.get("path"), str) or not entry["path"].strip():
+            problem("the path is missing", "path")
+        else:
+            try:
+                found.append((entry["source"], safe_join(world, entry["path"]), {}))
+            except UnsafePathError:
+                problem(f"path {entry['path']!r} leaves the world folder", "path")
+            except ValueError:  # a NUL character
+                problem(f"path {entry['path']!r} is not a path", "path")
+    return found, bad
 
 
 def check_corpus(source: str, path, *, split=None, media_root=None, options=None,
                  num_frames: int = 4, decode_media: bool = True, progress: bool = False) -> dict:
-    """Load every record (and by default decode its media); counts and problems."""
+    """Load every record (and by default decode its media); counts and problems.
+
+    Each problem is reported once, with the file, row and field it concerns: a record
+    error, an unreadable shard or file, a broken manifest entry, or media that do not
+    decode (a row that several records share is reported once per distinct problem)."""
     from ur.data.collate import load_record_media
     from ur.data.records import RecordError
     from ur.data.sources import read_source
 
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if source == "manifest":
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
-        entries = [(e["source"], Path(path) / e["path"], {}) for e in manifest["entries"]]
+        entries, problems = _manifest_entries(Path(path))
     else:
-        entries = [(source, path, options or {})]
+        entries, problems = [(source, path, options or {})], []
     by_task, by_form, by_label = Counter(), Counter(), Counter()
-    bad, good = [], 0
+    bad, good = {}, 0
+
+    def report(error):
+        p = error.as_dict()
+        bad.setdefault((p["file"], str(p["row"]), p["field"], p["error"]), p)
+
+    for p in problems:
+        report(p)
     items = (item for name, p, opts in entries
              for item in read_source(name, p, split=split, media_root=media_root, **opts))
     if progress:
@@ -116,13 +180,13 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
                        transient=True, console=_stderr_console())
     for item in _with_progress(items, bar if progress else None):
         if isinstance(item, RecordError):
-            bad.append(item.as_dict())
+            report(item)
             continue
         if decode_media:
             try:
                 load_record_media(item, num_frames)
             except RecordError as e:
-                bad.append(e.as_dict())
+                report(e)
                 continue
         good += 1
         by_task[item.task] += 1
@@ -131,7 +195,7 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
             by_label[item.label] += 1
     return {"records": good, "by_task": dict(by_task), "by_form": dict(by_form),
             "by_label": {k: by_label.get(k, 0) for k in ("first", "second", "tie")},
-            "bad": bad}
+            "bad": list(bad.values())}
 
 
 def _stderr_console():
