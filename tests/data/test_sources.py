@@ -585,6 +585,42 @@ def test_llava_sft(tmp_path):
     assert error_at(errors, 1).field == "video"
 
 
+def test_llava_critic_labels_come_from_the_verdict_sentence(tmp_path):
+    """A negated tie neither makes the label a tie nor hides the verdict; a target whose
+    only verdicts are denied is an error, never a tie or candidate 1."""
+    image(tmp_path / "i" / "a.png")
+    human = "<image>\nQuestion: [q]\nAnswer 1: [x]\nAnswer 2: [y]"
+    rows = [
+        {"id": "not-a-tie", "image": "i/a.png",
+         "conversations": _conv(human, "Answer 1 is better; this is not a tie.")},
+        {"id": "denied", "image": "i/a.png",
+         "conversations": _conv(human, "I don't think Answer 1 is better. It is not a tie.")},
+    ]
+    f = write_json(tmp_path / "critic.json", rows)
+    records, errors = read("llava_critic", f)
+    assert [(r.id, r.label) for r in records] == [("not-a-tie", "first")]
+    assert_errors(errors, f, {1: "conversations"})
+
+
+def test_llava_sft_task_and_label_come_from_the_verdict_sentence(tmp_path):
+    """A "tie-break" is no tie, and a quoted verdict names neither the label nor the kind
+    of candidates (a quoted "Video 1" over two images is no contradiction)."""
+    image(tmp_path / "i" / "a.png")
+    image(tmp_path / "i" / "b.png")
+    human = "<image>\n<image>\nText Caption: [a green cube]. Which image is better?"
+    rows = [
+        {"id": "tie-break", "images": ["i/a.png", "i/b.png"],
+         "conversations": _conv(human, "Image 2 is better after a tie-break.")},
+        {"id": "quoted", "images": ["i/a.png", "i/b.png"],
+         "conversations": _conv(human, "The caption says \"Video 1 is better\". Tie.")},
+    ]
+    f = write_json(tmp_path / "sft.json", rows)
+    records, errors = read("llava_sft", f)
+    assert errors == []
+    assert {r.id: (r.task, r.label) for r in records} == {
+        "tie-break": ("image_generation", "second"), "quoted": ("image_generation", "tie")}
+
+
 # --- file forms ------------------------------------------------------------------------
 
 def test_file_forms_give_the_same_records(tmp_path):

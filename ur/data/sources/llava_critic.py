@@ -10,8 +10,10 @@ and ``responses`` is empty, since the candidates live inside the instruction.
 
 The form is the option ``form=`` if given (it also picks the hub configuration), else
 detected per row: a "Final Score: X" makes it pointwise, else a pairwise verdict
-("Answer/Response N is better", "Both ... are equally good", a tie) makes it pairwise.
-Pairwise labels are parsed with :func:`ur.data.answers.parse_pairwise`, scores with
+("Answer/Response N is better", "Both ... are equally good", "It is a tie") makes it
+pairwise. Pairwise labels are read from the last verdict sentence by
+:func:`ur.data.answers.parse_pairwise` (so "Answer 1 is better; this is not a tie" is
+``first``), scores with
 :func:`ur.data.answers.parse_score`, on the option ``scale=`` (default (0, 100)). A
 target with no verdict, or a score off the scale, is an error on ``conversations``:
 nothing is ever defaulted to candidate 1. ``source`` (the originating data set) is kept

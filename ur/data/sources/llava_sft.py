@@ -16,7 +16,7 @@ Task and form, unless the option ``task=`` fixes the task:
   pairwise; a target with neither is an error on ``conversations`` (never defaulted);
 * pairwise: the verdict's noun decides, "Image N"/"Video N" (or "Both images/videos")
   for generation, "Answer N"/"Response N" for understanding; a verdict without a noun
-  (a bare "tie") goes by the media: two candidates is generation, one is understanding.
+  ("It is a tie") goes by the media: two candidates is generation, one is understanding.
   A noun that contradicts the media (Video N over images) is an error;
 * pointwise with one image or video is ambiguous. Heuristic: an instruction that
   mentions a ``question`` is understanding; else one that mentions a ``caption`` or a
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 
+from ur.data.answers import pairwise_verdicts
 from ur.data.records import TASKS as ALL_TASKS
 from ur.data.records import PreferenceRecord, RecordError, is_generation, task_modality
 from ur.data.sources.common import (
@@ -59,13 +60,8 @@ DEFAULT_SCALES = {
     "image_understanding": (0.0, 100.0),
     "video_understanding": (1.0, 5.0),
 }
-_NOUN_RE = re.compile(
-    r"\b(?:(Image|Video|Answer|Response)\s*[12]\s+is\s+(?:better|preferred|superior)"
-    r"|Both\s+(images|videos|answers|responses)\s+are\s+(?:equally\s+good|equal|tied))",
-    re.IGNORECASE)
-_NOUN_KIND = {"image": "generation", "images": "generation", "video": "generation",
-              "videos": "generation", "answer": "understanding", "answers": "understanding",
-              "response": "understanding", "responses": "understanding"}
+_NOUN_KIND = {"image": "generation", "video": "generation", "answer": "understanding",
+              "response": "understanding"}
 
 
 def _scales(scale) -> dict[str, tuple[float, float]]:
@@ -82,12 +78,12 @@ def _scales(scale) -> dict[str, tuple[float, float]]:
 
 
 def _verdict_noun(target: str) -> tuple[str | None, str | None]:
-    """(generation|understanding, modality noun) from the last named verdict."""
-    matches = list(_NOUN_RE.finditer(target))
-    if not matches:
+    """(generation|understanding, modality noun) from the last verdict that names its
+    candidates."""
+    named = [v.noun for v in pairwise_verdicts(target) if v.noun is not None]
+    if not named:
         return None, None
-    noun = (matches[-1].group(1) or matches[-1].group(2)).lower()
-    return _NOUN_KIND[noun], noun.rstrip("s")
+    return _NOUN_KIND[named[-1]], named[-1]
 
 
 def _raw_media(row: dict) -> tuple[str, str, list]:
