@@ -71,7 +71,7 @@ class KillAt(Callback):
 
 
 class KillAtPredict(Callback):
-    """SIGKILL the run as the given predict batch starts."""
+    \"\"\"SIGKILL the run as the given predict batch starts.\"\"\"
 
     def __init__(self, batch: int):
         self.batch = batch
