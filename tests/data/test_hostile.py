@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from ur.cli import check_corpus, main
+from ur.data.datamodule import CorpusError, SourceSpec, load_records
 from ur.data.records import RecordError
 from ur.data.sources import SOURCE_NAMES, read_source
 
@@ -214,3 +215,20 @@ def test_every_adapter_reads_past_hostile_lines(tmp_path, name):
     assert {(e.row, e.field) for e in items} == {(0, "x"), (1, "x"), (2, "x"), (3, None),
                                                  (4, None)}
     assert all(e.file == str(path) for e in items)
+
+
+def test_training_skips_exactly_the_bad_parts(hostile):
+    """The DataModules' reading: with skip_bad, a corrupt shard before good ones costs
+    its own rows; strict, it stops setup naming every problem."""
+    source, path, n_good, expected = hostile["parquet"]
+    (records,), problems = load_records([SourceSpec(source, str(path))], skip_bad=True)
+    assert len(records) == n_good and len(problems) == len(expected)
+    with pytest.raises(CorpusError, match="a-0.parquet"):
+        load_records([SourceSpec(source, str(path))])
+
+
+def test_training_refuses_an_option_a_source_does_not_take(hostile):
+    source, path, _, _ = hostile["jsonl"]
+    with pytest.raises(ValueError, match="no option 'dimension'"):
+        load_records([SourceSpec(source, str(path), options={"dimension": "Overall"})],
+                     skip_bad=True)

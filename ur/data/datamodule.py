@@ -40,7 +40,7 @@ from ur.data.sampling import (
     ResumableTrainLoader,
     TextViewBatches,
 )
-from ur.data.sources import read_source
+from ur.data.sources import option_errors, read_source
 from ur.data.templates import PromptTemplates
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,14 @@ class CorpusError(RuntimeError):
 
 def load_records(specs: Sequence[SourceSpec], *, tasks=None, forms=None, skip_bad=False,
                  max_bad: int | None = None) -> tuple[list[list[PreferenceRecord]], list[RecordError]]:
-    """Read every source; records per source (filtered), and the problems found."""
+    """Read every source; records per source (filtered), and the problems found.
+
+    Each problem is one unusable part (a row, a line, a shard, a file) and the rest of
+    its source is read. An option a source does not take is a mistake in the
+    configuration, not in the data, and stops setup even with ``skip_bad``."""
+    misspelt = [e for spec in specs for e in option_errors(spec.name, spec.options, spec.path)]
+    if misspelt:
+        raise ValueError("\n".join(e.describe() for e in misspelt))
     per_source, problems = [], []
     for spec in specs:
         recs = []

@@ -58,16 +58,22 @@ def adapter_options(name: str) -> tuple[str, ...]:
     return tuple(k for k in params if k not in ("path", "split", "media_root"))
 
 
+def option_errors(name: str, options: dict, path: str | Path | None = None
+                  ) -> list[RecordError]:
+    """An error naming each of ``options`` that source ``name`` does not take."""
+    known = adapter_options(name)
+    return [RecordError(f"{name} has no option {key!r}; its options: "
+                        f"{', '.join(known) or 'none'}", file=path, field=key)
+            for key in options if key not in known]
+
+
 def read_source(name: str, path: str | Path, *, split: str | None = None,
                 media_root: str | Path | None = None, **options) -> Iterator[Item]:
     """Yield every record (and every problem, as a RecordError) of one source."""
     adapter = get_source(name)
-    known = adapter_options(name)
-    unknown = [key for key in options if key not in known]
+    unknown = option_errors(name, options, path)
     if unknown:
-        for key in unknown:
-            yield RecordError(f"{name} has no option {key!r}; its options: "
-                              f"{', '.join(known) or 'none'}", file=path, field=key)
+        yield from unknown
         return
     try:
         yield from adapter.read(path, split=split, media_root=media_root, **options)
