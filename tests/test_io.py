@@ -4,7 +4,14 @@ import os
 
 import pytest
 
-from ur.io import UnsafePathError, atomic_dir, safe_join, write_json_atomic, write_text_atomic
+from ur.io import (
+    UnsafePathError,
+    atomic_dir,
+    exclusive,
+    safe_join,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
@@ -51,3 +58,34 @@ def test_safe_join_follows_symlinks_before_deciding(tmp_path):
     assert safe_join(root, "inside.png") == (root / "inside.png").resolve()
     with pytest.raises(UnsafePathError):
         safe_join(root, "link")
+
+
+def test_atomic_dir_without_overwrite_keeps_a_folder_that_holds_anything(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="export"), atomic_dir(out, overwrite=False) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+    (out / "notes.txt").unlink()
+    with atomic_dir(out, overwrite=False) as tmp:  # an empty folder takes the new one
+        (tmp / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new"
+
+
+def test_exclusive_tells_a_second_holder_it_is_busy_and_lets_it_refuse(tmp_path):
+    target = tmp_path / "world"
+    told = []
+
+    def refuse(lock_file):
+        told.append(lock_file)
+        raise RuntimeError("busy")
+
+    with exclusive(target, on_busy=refuse):  # free: on_busy is not called
+        assert told == []
+        with pytest.raises(RuntimeError, match="busy"), exclusive(target, on_busy=refuse):
+            pass
+    assert told == [tmp_path / "world.lock"]
+    with exclusive(target, on_busy=refuse):  # released by its holder, refused one or not
+        pass

@@ -10,11 +10,12 @@ imports no other part of ur.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -23,14 +24,25 @@ class UnsafePathError(ValueError):
 
 
 @contextlib.contextmanager
-def exclusive(path: str | Path) -> Iterator[None]:
+def exclusive(path: str | Path, *,
+              on_busy: Callable[[Path], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock`` (a sibling file), so that processes
     started side by side (``ur sweep --jobs 2``, DDP ranks) build a shared world or tiny
-    base once: the others wait, then find it built."""
+    base once: the others wait, then find it built.
+
+    When another process holds the lock, ``on_busy(lock_file)`` is called before waiting:
+    it may say that this one waits, or raise to refuse instead of waiting. The lock goes
+    with its holder's process, also when that process is killed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    lock_file = path.with_name(path.name + ".lock")
+    with open(lock_file, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_busy is not None:
+                on_busy(lock_file)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -62,10 +74,15 @@ def write_json_atomic(path: str | Path, data) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
+def atomic_dir(out: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Build a folder in a temporary sibling and swap it in for ``out`` when the block
     ends without an exception; on an exception the temporary folder goes and ``out`` is
-    untouched. Leftover temporary siblings of dead processes are removed first."""
+    untouched. Leftover temporary siblings of dead processes are removed first.
+
+    With ``overwrite=False`` an ``out`` that holds anything is kept: the finished folder
+    takes its place only if it is missing or empty (one rename, which the file system
+    refuses onto a folder with contents, so a folder filled meanwhile is kept too), else
+    the new folder goes and :class:`FileExistsError` says so."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
@@ -80,11 +97,24 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not overwrite:
+        _rename_onto_empty(tmp, out)
+        return
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _rename_onto_empty(tmp: Path, out: Path) -> None:
+    try:
+        os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise FileExistsError(f"{out} exists and is not an empty folder") from None
+        raise
 
 
 def _alive(pid: int) -> bool:
