@@ -36,7 +36,9 @@ def _add_corpus(sub) -> None:
         "synth", help="write the synthetic world (all four tasks, both forms, three splits)",
         description="Write the synthetic world to DIR in the public data sets' schemas, with "
                     "train/val/test splits and a manifest.json naming what is where. Seeded and "
-                    "deterministic; rerunning with the same arguments is a no-op.")
+                    "deterministic; rerunning with the same arguments is a no-op. The world is "
+                    "built beside DIR and renamed into place when complete; a second writer of "
+                    "DIR waits for the first.")
     synth.add_argument("--out", required=True, type=Path, help="output folder")
     synth.add_argument("--size", type=int, default=8000,
                        help="records in all, over tasks, forms and splits (default: 8000)")
@@ -71,9 +73,21 @@ def _add_corpus(sub) -> None:
 
 def _corpus_synth(args) -> int:
     from ur.data.synthetic.writer import read_manifest, synthesize
+    from ur.io import exclusive
 
-    path = synthesize(args.out, size=args.size, seed=args.seed, difficulty=args.difficulty,
-                      image_size=args.image_size, num_frames=args.num_frames)
+    def waiting(lock_file: Path):
+        print(f"ur corpus synth: another process is writing {args.out} (it holds "
+              f"{lock_file}); waiting for it", file=sys.stderr, flush=True)
+
+    # The lock a training run takes when it builds its world, so that one writer at a
+    # time builds the folder and the others find it built.
+    try:
+        with exclusive(args.out, on_busy=waiting):
+            path = synthesize(args.out, size=args.size, seed=args.seed,
+                              difficulty=args.difficulty, image_size=args.image_size,
+                              num_frames=args.num_frames)
+    except (FileExistsError, ValueError) as e:
+        raise SystemExit(f"ur corpus synth: {e}") from None
     for e in read_manifest(args.out)["entries"]:
         print(f"{e['split']:5s}  {e['task']:20s} {e['form']:9s} {e['source']:21s} "
               f"{e['records']:6d}  {e['path']}")
@@ -298,9 +312,13 @@ def _add_export(sub) -> None:
                                    "folder: its checkpoints/last.ckpt) and save model + "
                                    "processor with save_pretrained, LoRA merged on request. "
                                    "`ur fit` already exports to <run>/export. Code shipped "
-                                   "with a checkpoint never runs here.")
+                                   "with a checkpoint never runs here. The folder is written "
+                                   "beside --out and renamed into place when complete.")
     p.add_argument("checkpoint", help="a .ckpt file or a run folder")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: new or empty, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds anything (once the new folder is complete)")
     p.add_argument("--module", choices=("auto", *EXPORTABLE), default="auto",
                    help="what the checkpoint holds (auto: the run's config.yaml says, else a "
                         "judge)")
@@ -331,17 +349,28 @@ def _exported_module(ckpt: Path, choice: str) -> str:
 def _export(args) -> int:
     import importlib
 
+    from ur.models.export import refuse_to_replace, save_hf
+
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         raise SystemExit(f"ur export: no checkpoint at {ckpt}")
-    module_name, cls_name = EXPORTABLE[_exported_module(ckpt, args.module)]
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    # trust_remote_code comes from this command line, never from the checkpoint.
-    module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True,
-                                      trust_remote_code=False)
-    print(module.export(args.out, merge_lora=args.merge_lora))
+    if ckpt.resolve().is_relative_to(args.out.resolve()):
+        raise SystemExit(f"ur export: --out {args.out} holds the checkpoint {ckpt}; choose "
+                         "another folder")
+    try:
+        if not args.overwrite:  # before the checkpoint loads, which can take minutes
+            refuse_to_replace(args.out)
+        module_name, cls_name = EXPORTABLE[_exported_module(ckpt, args.module)]
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        # trust_remote_code comes from this command line, never from the checkpoint.
+        module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True,
+                                          trust_remote_code=False)
+        print(save_hf(module.model, module.processor, args.out, merge_lora=args.merge_lora,
+                      overwrite=args.overwrite))
+    except FileExistsError as e:
+        raise SystemExit(f"ur export: {e}; pass --overwrite to replace it") from None
     return 0
 
 
