@@ -4,8 +4,10 @@ task-synergy notebook read its run folders."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from minirun import mini_overlay
 
 from ur import results, sweeps
 from ur.cli import main
+from ur.io import exclusive
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted(p for p in (REPO / "experiments" / "sweeps").glob("*.yaml")
@@ -65,6 +68,103 @@ def test_grid_is_the_full_product_and_random_draws_repeat(tmp_path):
     with pytest.raises(sweeps.SweepError, match=r"bad.yaml: grid parameter 'lr'"):
         sweeps.load_sweep(bad)
 
+
+
+# -- a sweep stopped, rerun, or started twice ------------------------------------------------
+JOB = """
+import os, subprocess, sys, time
+n = sys.argv[1].split("=", 1)[1]
+pids = [os.getpid()]
+if n == "slow" and not os.environ.get("JOB_FAST"):  # a run that starts a worker and hangs
+    pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid)
+with open(os.environ["JOB_LOG"], "a") as fh:
+    fh.write(n + " " + " ".join(map(str, pids)) + "\\n")
+if len(pids) > 1:
+    time.sleep(60)
+print("finished", n)
+"""
+
+
+@pytest.fixture
+def stoppable(tmp_path, monkeypatch):
+    """A sweep of two plain Python runs, "fast" and "slow" (which hangs, with a child of
+    its own, unless JOB_FAST is set); each run appends its name and pids to jobs.txt."""
+    (tmp_path / "job.py").write_text(JOB)
+    sweep = tmp_path / "stoppable.yaml"
+    sweep.write_text(yaml.safe_dump({"method": "grid", "parameters": {"n": {"values": ["fast", "slow"]}},
+                                     "command": [sys.executable, str(tmp_path / "job.py"), "${args}"]}))
+    monkeypatch.setenv("JOB_LOG", str(tmp_path / "jobs.txt"))
+    monkeypatch.chdir(tmp_path)
+    return sweep, tmp_path / "checkpoints/sweeps/stoppable.jsonl", tmp_path / "jobs.txt"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _started(jobs: Path) -> dict[str, list[list[int]]]:
+    runs: dict[str, list[list[int]]] = {}
+    for line in jobs.read_text().splitlines() if jobs.exists() else []:
+        name, *pids = line.split()
+        runs.setdefault(name, []).append([int(p) for p in pids])
+    return runs
+
+
+def test_a_stopped_sweep_leaves_no_run_and_its_rerun_runs_only_what_is_missing(
+        stoppable, caplog):
+    sweep, ledger, jobs = stoppable
+    proc = subprocess.Popen([sys.executable, "-m", "ur.cli", "sweep", str(sweep), "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _wait_for(lambda: "slow" in _started(jobs) and ledger.exists()
+                  and len(ledger.read_text().splitlines()) == 1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        for pid in [p for pids in _started(jobs).get("slow", []) for p in pids if _alive(p)]:
+            os.kill(pid, signal.SIGKILL)  # what the sweep failed to stop
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err
+    slow = _started(jobs)["slow"][0]
+    _wait_for(lambda: not any(_alive(p) for p in slow), timeout=2)
+
+    with open(ledger, "a") as fh:
+        fh.write('{"key": "cut short')  # as if the machine stopped mid-write
+    os.environ["JOB_FAST"] = "1"
+    try:
+        assert main(["sweep", str(sweep)]) == 0
+    finally:
+        del os.environ["JOB_FAST"]
+    assert "stoppable.jsonl:3: not a ledger entry" in caplog.text
+    assert {n: len(pids) for n, pids in _started(jobs).items()} == {"fast": 1, "slow": 2}
+    assert set(sweeps.finished(ledger)) == {sweeps.run_key({"n": n}) for n in ("fast", "slow")}
+
+
+def test_a_second_sweep_of_the_same_ledger_is_refused(stoppable, monkeypatch):
+    sweep, ledger, jobs = stoppable
+    monkeypatch.setenv("JOB_FAST", "1")
+    with exclusive(ledger), pytest.raises(SystemExit, match="in use by another ur sweep"):
+        main(["sweep", str(sweep)])
+    assert not jobs.exists()
+
+
+def test_ledger_skips_a_torn_line_and_names_it(tmp_path, caplog):
+    ledger = tmp_path / "s.jsonl"
+    ledger.write_text(json.dumps({"key": "a", "returncode": 0}) + "\n" + '{"key": "b", "retu')
+    assert set(sweeps.finished(ledger)) == {"a"}
+    assert f"{ledger}:2: not a ledger entry" in caplog.text
 
 # -- a tiny real sweep -----------------------------------------------------------------------
 SWEEP_EXTRA = """

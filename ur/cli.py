@@ -416,7 +416,8 @@ def _add_sweep(sub) -> None:
                     "combination; random: --count draws (seeded by the file and --seed); bayes: "
                     "sampled as random search (the Bayesian model lives on the W&B server). "
                     "Finished runs are recorded in <root>/sweeps/<sweep>.jsonl; rerunning "
-                    "runs only what is missing.")
+                    "runs only what is missing. One sweep of a ledger runs at a time; "
+                    "stopping it (Ctrl-C, SIGTERM) stops its runs too.")
     p.add_argument("file", type=Path, help="sweep YAML (experiments/sweeps/...)")
     p.add_argument("--count", type=int, help="random/bayes: runs to draw; grid: the first N")
     p.add_argument("--seed", type=int, default=0, help="seed of random draws (default: 0)")
@@ -444,6 +445,10 @@ def _sweep(args) -> int:
                                    root=args.root)
     except sweeps.SweepError as e:
         raise SystemExit(f"ur sweep: {e}") from None
+    except sweeps.SweepStopped as e:
+        print(f"ur sweep: {e}; the runs in flight were stopped; the same command runs what "
+              "is missing", file=sys.stderr)
+        return 128 + e.signum
     failed = [r for r in results if r["returncode"] != 0]
     return 1 if failed else 0
 

@@ -17,25 +17,37 @@ wandb's own functions, the ones its agent uses. Each run is an ordinary ``ur fit
 whose run folder gets ``sweep.json`` (the sweep, the run's key, its parameters). A
 ledger, ``<root>/sweeps/<sweep>.jsonl``, records finished runs, so rerunning the sweep
 after an interruption runs only what is missing.
+
+A sweep runs its runs in process groups of their own and stops them all when it is
+stopped itself (SIGTERM, SIGINT), so no run outlives it; one sweep at a time holds its
+ledger, so two started together never run a run twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from ur.io import exclusive
+
+log = logging.getLogger(__name__)
 
 METHODS = ("grid", "random", "bayes")
 SWEEP_ENV = "UR_SWEEP"
@@ -44,6 +56,14 @@ SWEEP_ENV = "UR_SWEEP"
 
 class SweepError(ValueError):
     """A sweep file that cannot run, naming the file and the field."""
+
+
+class SweepStopped(Exception):
+    """The sweep was stopped by a signal; its runs in flight were stopped with it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -156,15 +176,105 @@ def ledger_path(path: str | Path, root: str | Path = "checkpoints") -> Path:
 
 
 def finished(ledger: Path) -> dict[str, dict]:
-    """Runs the ledger records as finished (returncode 0), by key."""
+    """Runs the ledger records as finished (returncode 0), by key. A line that is not an
+    entry (one cut short when the machine stopped mid-write) is skipped with a warning
+    naming the file and line; its run counts as not finished."""
     done = {}
-    if ledger.exists():
-        for line in ledger.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                if entry.get("returncode") == 0:
-                    done[entry["key"]] = entry
+    if not ledger.exists():
+        return done
+    text = ledger.read_bytes().decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            key, returncode = entry["key"], entry["returncode"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("%s:%d: not a ledger entry (a write cut short?); skipped, its run "
+                        "counts as not finished", ledger, number)
+            continue
+        if returncode == 0:
+            done[key] = entry
     return done
+
+
+def _append(ledger: Path, entry: dict) -> None:
+    """Append one entry and flush it to disk; a line cut short before it stays a line of
+    its own."""
+    with open(ledger, "a+b") as fh:
+        torn = fh.tell() > 0 and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n"
+        fh.write((b"\n" if torn else b"") + json.dumps(entry).encode() + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class _Runs:
+    """The runs in flight, each the leader of a process group of its own (so a signal
+    reaches what it started too, such as data-loader workers). Once stopping, no new run
+    starts."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, command: list[str], **popen) -> subprocess.Popen | None:
+        with self._lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(command, start_new_session=True, **popen)
+            self._procs.add(proc)
+            return proc
+
+    def finish(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every run's group, SIGKILL what is left after ``grace`` seconds."""
+        with self._lock:
+            self.stopping = True
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)  # also what outlived its run's leader
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _raise_stopped(signum, frame):
+    raise SweepStopped(signum)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals(in_flight: _Runs) -> Iterator[None]:
+    """In the main thread, SIGTERM and SIGINT raise :class:`SweepStopped`. Whatever ends
+    the block early stops every run in flight; further signals are ignored meanwhile, so
+    that the stop completes."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _raise_stopped)
+                for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    except BaseException:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        in_flight.stop()
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_sweep(path: str | Path, *, count: int | None = None, seed: int = 0, jobs: int = 1,
@@ -173,14 +283,27 @@ def run_sweep(path: str | Path, *, count: int | None = None, seed: int = 0, jobs
     """Run every planned run the ledger does not list as finished; return the ledger
     entries of this call's runs. ``jobs`` runs side by side share the cores
     (OMP_NUM_THREADS = cores // jobs each). A run's output goes to a log file next to
-    the ledger."""
+    the ledger. A sweep whose ledger another process holds is refused
+    (:class:`SweepError`); SIGTERM or SIGINT stops every run in flight and raises
+    :class:`SweepStopped`."""
     name = sweep_name(path)
+    ledger = ledger_path(path, root)
+
+    def refuse(lock_file: Path):
+        raise SweepError(f"{ledger} is in use by another ur sweep of {name} (it holds "
+                         f"{lock_file}); wait for it to end or stop it")
+
+    with exclusive(ledger, on_busy=refuse):
+        return _run_missing(path, name, ledger, count=count, seed=seed, jobs=jobs,
+                            extra_args=extra_args, echo=echo)
+
+
+def _run_missing(path, name: str, ledger: Path, *, count, seed, jobs, extra_args,
+                 echo) -> list[dict]:
     if load_sweep(path)["method"] == "bayes":
         echo(f"sweep {name}: method bayes is sampled as random search here (the Bayesian "
              "model needs the W&B sweep server)")
     runs = plan(path, count=count, seed=seed)
-    ledger = ledger_path(path, root)
-    ledger.parent.mkdir(parents=True, exist_ok=True)
     logs = ledger.parent / name
     logs.mkdir(exist_ok=True)
     done = finished(ledger)
@@ -188,39 +311,57 @@ def run_sweep(path: str | Path, *, count: int | None = None, seed: int = 0, jobs
     echo(f"sweep {name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
          f"{len(todo)} to run ({jobs} at a time); ledger {ledger}")
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    in_flight = _Runs()
     lock = threading.Lock()
     results: list[dict] = []
 
-    def one(i: int, run: SweepRun) -> dict:
+    def one(run: SweepRun) -> None:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                    **{SWEEP_ENV: json.dumps({"sweep": name, "key": run.key, "params": run.params})})
-        command = run.command + list(extra_args)
-        if command[:1] == ["/usr/bin/env"]:
-            command = command[1:]
-        if command[:1] == ["ur"]:  # the console script of this very installation
-            command = [sys.executable, "-m", "ur.cli"] + command[1:]
-        start = time.time()
-        log = logs / f"{run.key}.log"
-        with open(log, "w") as fh:
-            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
-            fh.write(proc.stdout)
-        lines = [x for x in proc.stdout.splitlines() if x.strip()]
-        entry = {"key": run.key, "params": run.params, "returncode": proc.returncode,
-                 "run_dir": lines[-1] if proc.returncode == 0 and lines else None,
-                 "seconds": round(time.time() - start, 1), "log": str(log),
-                 "command": run.command}
+        entry = _run_one(run, in_flight, env=env, extra_args=extra_args,
+                         log=logs / f"{run.key}.log")
+        if entry is None:  # the sweep was stopping before this run started
+            return
         with lock:
-            with open(ledger, "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            _append(ledger, entry)
             results.append(entry)
-            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {log})"
+            status = ("done" if entry["returncode"] == 0 else "stopped" if entry["stopped"]
+                      else f"FAILED (exit {entry['returncode']}, see {entry['log']})")
             echo(f"[{len(results)}/{len(todo)}] {_short(run.params)}: {status} in "
                  f"{entry['seconds']:.0f} s")
-        return entry
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(one, range(len(todo)), todo))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _stopping_on_signals(in_flight):
+        for future in [pool.submit(one, run) for run in todo]:
+            future.result()
     return results
+
+
+def _run_one(run: SweepRun, in_flight: _Runs, *, env: dict, extra_args,
+             log: Path) -> dict | None:
+    """Run one run to its end, or until the sweep stops it; its ledger entry (None if the
+    sweep was stopping before it started)."""
+    command = run.command + list(extra_args)
+    if command[:1] == ["/usr/bin/env"]:
+        command = command[1:]
+    if command[:1] == ["ur"]:  # the console script of this very installation
+        command = [sys.executable, "-m", "ur.cli"] + command[1:]
+    if in_flight.stopping:
+        return None
+    start = time.time()
+    with open(log, "w") as fh:
+        proc = in_flight.start(command, stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
+        if proc is None:
+            return None
+        try:
+            stdout, _ = proc.communicate()
+        finally:
+            in_flight.finish(proc)
+        fh.write(stdout)
+    lines = [x for x in stdout.splitlines() if x.strip()]
+    return {"key": run.key, "params": run.params, "returncode": proc.returncode,
+            "run_dir": lines[-1] if proc.returncode == 0 and lines else None,
+            "seconds": round(time.time() - start, 1), "log": str(log),
+            "command": run.command, "stopped": in_flight.stopping and proc.returncode != 0}
 
 
 def _short(params: dict) -> str:
