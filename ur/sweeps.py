@@ -202,7 +202,10 @@ def _append(ledger: Path, entry: dict) -> None:
     """Append one entry and flush it to disk; a line cut short before it stays a line of
     its own."""
     with open(ledger, "a+b") as fh:
-        torn = fh.tell() > 0 and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n"
+        torn = False
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
         fh.write((b"\n" if torn else b"") + json.dumps(entry).encode() + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
