@@ -1,11 +1,17 @@
-"""Callbacks ``ur`` adds to every run."""
+"""Callbacks ``ur`` adds to every run: progress lines, checkpoints by time as well as
+at validation, and per-step seeds that make a resumed run draw what an uninterrupted
+one draws."""
 
 from __future__ import annotations
 
+import os
+import random
 import sys
 import time
 
-from lightning.pytorch.callbacks import Callback
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 
 class ProgressLines(Callback):
@@ -44,3 +50,71 @@ class ProgressLines(Callback):
                    if k.endswith("_mean") and k.startswith(("val/", "test/"))}
         shown = " ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
         self._print(f"validation at step {trainer.global_step}: {shown or 'done'}")
+
+
+class PeriodicModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (at validation and epoch ends, as configured) that
+    also saves every ``every_minutes`` of training, so a killed run loses minutes, not
+    the run.
+
+    Lightning's own ``train_time_interval`` cannot be combined with saving at
+    validation, and two checkpoint callbacks writing ``last.ckpt`` into one folder
+    number it ``last-v1.ckpt``; this one saves both ways into one ``last.ckpt``. A save
+    between two batches resumes mid-epoch like one written at validation."""
+
+    def __init__(self, *args, every_minutes: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if every_minutes is not None and every_minutes < 0:
+            raise ValueError(f"every_minutes must be >= 0, got {every_minutes}")
+        self.every_minutes = every_minutes
+        self._saved_at = time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._saved_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.every_minutes is None:
+            return
+        due = time.monotonic() - self._saved_at >= self.every_minutes * 60
+        # Rank 0's clock decides, so every rank joins the same save.
+        if trainer.strategy.broadcast(due) and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+            self._saved_at = time.monotonic()
+
+
+class StepSeeds(Callback):
+    """Seeds torch, numpy and Python's ``random`` before every training batch from the
+    run's seed, the optimizer step, the batch index and the rank.
+
+    A run resumed from a checkpoint then draws what the uninterrupted run drew (dropout
+    masks, LoRA dropout, sampling in a training step) whatever happened in between:
+    restoring the generators' saved states alone is not enough, because a resumed run
+    starts a fresh loader iterator where the uninterrupted one kept its own, and each
+    new iterator draws from the global generator. The seed is kept in the checkpoint,
+    so a resumed run continues the stream it started with. ``seed``: None takes the
+    run's ``seed_everything``."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.seed is None:
+            self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        entropy = [self.seed, trainer.global_step, batch_idx, trainer.global_rank]
+        words = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+        seed = int(words[0]) << 32 | int(words[1])
+        torch.manual_seed(seed)
+        np.random.seed(int(words[0]))
+        random.seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.seed = state_dict.get("seed", self.seed)
