@@ -2,13 +2,15 @@
 `processor` on the DataModule (a diffusion model, a pairs DataModule)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 from minirun import run_ur
 
-from ur.lightning_cli import URCLI
+from ur.lightning_cli import RUN_DIR_ENV, URCLI
+from ur.runs import WANDB_ENV_DIRS
 
 BORING = "lightning.pytorch.demos.boring_classes"
 
@@ -36,3 +38,58 @@ def test_the_cli_can_be_subclassed_with_options_of_its_own(capsys):
     assert e.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["extra"]["note"] == "hello" and config["run"]["root"] == "checkpoints"
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    """The environment URCLI sets for its run, restored after the test."""
+    for var in (RUN_DIR_ENV, "WANDB_MODE", *WANDB_ENV_DIRS, "PL_GLOBAL_SEED"):
+        if var in os.environ:
+            monkeypatch.setenv(var, os.environ[var])
+        else:
+            monkeypatch.delenv(var, raising=False)
+
+
+def boring(*args):
+    return ["--model", f"{BORING}.BoringModel", "--data", f"{BORING}.BoringDataModule", *args]
+
+
+def test_secrets_from_the_environment_are_masked_in_the_saved_and_logged_config(
+        tmp_path, monkeypatch, cli_env):
+    monkeypatch.setenv("UR_TEST_TOKEN", "hf_sekrit123")
+    monkeypatch.setenv("UR_TEST_NOTE", "plain words")
+    config = tmp_path / "secrets.yaml"
+    config.write_text("run:\n  meta:\n    hf_token: ${oc.env:UR_TEST_TOKEN}\n"
+                      "    WANDB_API_KEY: ${oc.env:UR_TEST_TOKEN}\n"
+                      "    db:\n      password: ${oc.env:UR_TEST_TOKEN}\n"
+                      "    note: ${oc.env:UR_TEST_NOTE}\n")
+    URCLI(args=["fit", "--config", str(config), *boring(
+        "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(tmp_path / "logs"),
+        "--run.root", str(tmp_path / "checkpoints"))])
+    run_dir = next((tmp_path / "checkpoints" / "secrets").iterdir())
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["meta"]
+    assert saved == {"hf_token": "***", "WANDB_API_KEY": "***", "db": {"password": "***"},
+                     "note": "plain words"}
+    logged = list((tmp_path / "logs").rglob("hparams.yaml"))
+    assert logged and "sekrit" not in logged[0].read_text()
+    assert "plain words" in logged[0].read_text()
+
+
+def test_resuming_the_newest_run_without_a_checkpoint_stops(tmp_path, cli_env):
+    """The newest run of the name (killed before its first checkpoint) is the one
+    `--ckpt_path last` resumes: it says so and stops, rather than continue (and
+    overwrite) an older finished run."""
+    runs = tmp_path / "checkpoints" / "boring"
+    older = runs / "20200101-000000-aaaa"
+    (older / "checkpoints").mkdir(parents=True)
+    (older / "checkpoints" / "last.ckpt").write_bytes(b"a finished run's checkpoint")
+    newest = runs / "20990101-000000-bbbb"
+    newest.mkdir()
+    with pytest.raises(SystemExit) as e:
+        URCLI(args=["fit", *boring("--run.root", str(tmp_path / "checkpoints"),
+                                   "--run.name", "boring", "--ckpt_path", "last")])
+    assert str(newest) in str(e.value) and "no checkpoint yet" in str(e.value)
+    assert sorted(p.name for p in older.rglob("*")) == ["checkpoints", "last.ckpt"]
+    assert list(newest.iterdir()) == []

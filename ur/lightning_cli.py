@@ -8,7 +8,7 @@ the folder rank 0 chose, so a run has one folder and one W&B run whatever its si
 It adds these options to every stage:
 
 - ``--run.*``: name, root folder, an exact folder, W&B project and tags, free-form
-  facts to record, and ``test_after_fit``;
+  facts to record, ``test_after_fit`` and how often fit saves a checkpoint;
 - ``--pretrain``: build and pretrain a tiny base (:class:`ur.pretrain.TinyVLMSpec`) at
   ``model.init_args.checkpoint`` before the model is made, when it is missing.
 
@@ -16,13 +16,21 @@ The model's checkpoint is handed to the DataModule as its ``processor`` where th
 has a ``checkpoint`` and the DataModule a ``processor`` (a diffusion model or a pairs
 DataModule without one is left alone). Subclass :class:`URCLI` to add options or
 change a step of the setup: each step is a small function of the config.
+
+``--ckpt_path`` brings weights and training state, never settings, and only from a local
+file; ``--ckpt_path last`` resumes the newest run of the name (its folder, its W&B run,
+its config.yaml kept) or stops when that run has no checkpoint. Values under a key that
+names a secret (``hf_token``, ``api_key``, ``password``...) are saved and logged as
+``***``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -37,8 +45,39 @@ RUN_DIR_ENV = "UR_RUN_DIR"
 inherit it and write into the same folder."""
 
 
+SECRET = "***"
+
+_SECRET_WORDS = {"token", "password", "passwd", "passphrase", "secret", "credential",
+                 "credentials", "apikey"}
+
+
+def names_a_secret(key: str) -> bool:
+    """Whether a config key names a key, token, password or secret: ``hf_token``,
+    ``WANDB_API_KEY``, ``password``, ``clientSecret`` (not ``max_new_tokens``, not a bare
+    ``key`` such as a sweep's run key)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
+    words = [w for w in re.split(r"[^a-z0-9]+", words) if w]
+    return bool(_SECRET_WORDS & set(words)) or (len(words) > 1 and words[-1] == "key")
+
+
+def mask_secrets(value, key: str = ""):
+    """``value`` (a config Namespace, dict or list) with each text under a key that names
+    a secret replaced by ``***``: a token resolved from the environment
+    (``${oc.env:HF_TOKEN}``) never lands in config.yaml or W&B."""
+    if isinstance(value, Namespace):
+        return Namespace(**{k: mask_secrets(v, k) for k, v in vars(value).items()})
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_secrets(v, key) for v in value)
+    if isinstance(value, str) and value and names_a_secret(key):
+        return SECRET
+    return value
+
+
 class SaveRunConfig(SaveConfigCallback):
-    """Saves the resolved config into the run folder and logs it to W&B once."""
+    """Saves the resolved config into the run folder and logs it to W&B, secrets masked.
+    A resumed run keeps the folder's config.yaml and saves its own beside it."""
 
     def __init__(self, *args, run_dir: str = ".", **kwargs):
         kwargs["save_to_log_dir"] = False
@@ -48,10 +87,12 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Replaying config.yaml starts a new run; --ckpt_path last finds this one by name.
-        config = self.config.clone()
+        config = mask_secrets(self.config)
         config.run.dir = None
-        self.parser.save(config, str(self.run_dir / "config.yaml"), skip_none=False,
-                         overwrite=True, multifile=False)
+        path = self.run_dir / "config.yaml"
+        if path.exists():
+            path = path.with_name(time.strftime("config-%Y%m%d-%H%M%S.yaml", time.gmtime()))
+        self.parser.save(config, str(path), skip_none=False, overwrite=True, multifile=False)
         for logger in trainer.loggers:
             logger.log_hyperparams(config.as_dict())
 
@@ -71,6 +112,10 @@ def add_run_arguments(parser: LightningArgumentParser) -> None:
                              "saved in config.yaml and logged to W&B")
     parser.add_argument("--run.test_after_fit", type=bool, default=False,
                         help="after fit, run the test loop on the trained model")
+    parser.add_argument("--run.checkpoint_minutes", type=float | None, default=10.0,
+                        help="fit also saves a checkpoint (last.ckpt, for --ckpt_path last) "
+                             "every N minutes of training, besides at validation; null: "
+                             "only at validation")
     parser.add_argument("--pretrain", type=TinyVLMSpec | None, default=None,
                         help="build and pretrain a tiny base at model.init_args.checkpoint "
                              "first, when it is missing or was built from other settings "
@@ -85,24 +130,54 @@ def is_other_rank() -> bool:
 
 def choose_run_dir(cfg: Namespace, stage: str) -> Path:
     """The run folder: rank 0's for the other ranks, ``--run.dir`` when given, the
-    newest run of the name for ``--ckpt_path last``, else a new one."""
+    newest run of the name for ``--ckpt_path last`` (which becomes that run's last
+    checkpoint), else a new one."""
     if is_other_rank() and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    configs = cfg.get("config") or []
-    cfg.run.name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "run")
-    if cfg.run.dir:
-        run_dir = Path(cfg.run.dir)
-    elif cfg.get("ckpt_path") == "last":
-        run_dir = runs.latest_run_dir(cfg.run.root, cfg.run.name)
-        if run_dir is None:
-            raise SystemExit(f"ur {stage}: --ckpt_path last, but no run of {cfg.run.name!r} "
-                             f"under {cfg.run.root} has checkpoints/last.ckpt")
+        run_dir = Path(os.environ[RUN_DIR_ENV])
     else:
-        run_dir = runs.new_run_dir(cfg.run.root, cfg.run.name)
-    run_dir = run_dir.resolve()
+        configs = cfg.get("config") or []
+        cfg.run.name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "run")
+        if cfg.run.dir:
+            run_dir = Path(cfg.run.dir)
+        elif cfg.get("ckpt_path") == "last":
+            run_dir = runs.latest_run_dir(cfg.run.root, cfg.run.name)
+            if run_dir is None:
+                raise SystemExit(f"ur {stage}: --ckpt_path last, but {cfg.run.root} holds no "
+                                 f"run of {cfg.run.name!r}")
+        else:
+            run_dir = runs.new_run_dir(cfg.run.root, cfg.run.name)
+        run_dir = run_dir.resolve()
+    if cfg.get("ckpt_path") == "last":
+        cfg.ckpt_path = str(resumable_checkpoint(run_dir, stage))
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
+
+
+def resumable_checkpoint(run_dir: Path, stage: str) -> Path:
+    """The checkpoint ``--ckpt_path last`` resumes in ``run_dir``; a run without one
+    stops the command rather than start over in (and overwrite) that folder or continue
+    an older run."""
+    ckpt = runs.last_checkpoint(run_dir)
+    if ckpt is None:
+        raise SystemExit(f"ur {stage}: --ckpt_path last: the run to resume, {run_dir}, has no "
+                         "checkpoint yet (checkpoints/last.ckpt), so there is nothing to resume "
+                         "there. Start a new run without --ckpt_path, or resume another run "
+                         "with --run.dir FOLDER --ckpt_path last.")
+    return ckpt
+
+
+def check_ckpt_path(cfg: Namespace, stage: str) -> None:
+    """A ``--ckpt_path`` is a local file that exists (or Lightning's ``best``/``hpc``), read
+    with ``weights_only=True`` unless the command line says otherwise."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return
+    runs.refuse_remote_checkpoint(ckpt, f"ur {stage}")
+    if ckpt not in ("last", "best", "hpc") and not Path(ckpt).is_file():
+        raise SystemExit(f"ur {stage}: --ckpt_path {ckpt}: no checkpoint file there")
+    if "weights_only" in cfg and cfg.weights_only is None:
+        cfg.weights_only = True
 
 
 def default_logger(cfg: Namespace, run_dir: Path, stage: str) -> None:
@@ -114,18 +189,25 @@ def default_logger(cfg: Namespace, run_dir: Path, stage: str) -> None:
             class_path="lightning.pytorch.loggers.WandbLogger",
             init_args=Namespace(save_dir=str(run_dir), project=cfg.run.project,
                                 name=f"{cfg.run.name}/{run_dir.name}", group=cfg.run.name,
-                                tags=list(cfg.run.tags) or None, job_type=stage))
+                                tags=list(cfg.run.tags) or None, job_type=stage,
+                                id=runs.wandb_run_id(run_dir), resume="allow"))
 
 
 def default_callbacks(cfg: Namespace, run_dir: Path) -> None:
-    """A checkpoint callback writing into the run folder (unless the config has one), and
-    plain progress lines where no terminal shows Lightning's progress bar."""
+    """A checkpoint callback writing into the run folder at validation and every
+    ``run.checkpoint_minutes`` (unless the config has one), seeds per training step (so
+    a resumed run draws what an uninterrupted one draws), and plain progress lines where
+    no terminal shows Lightning's progress bar."""
     callbacks = list(cfg.trainer.callbacks or [])
-    if not any("ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
+    names = [str(getattr(c, "class_path", c)) for c in callbacks]
+    if not any("ModelCheckpoint" in name for name in names):
         callbacks.append(Namespace(
-            class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+            class_path="ur.callbacks.PeriodicModelCheckpoint",
             init_args=Namespace(dirpath=str(run_dir / "checkpoints"), save_last="link",
-                                save_top_k=1)))
+                                save_top_k=1, every_minutes=cfg.run.checkpoint_minutes)))
+    if not any("StepSeeds" in name for name in names):
+        callbacks.append(Namespace(class_path="ur.callbacks.StepSeeds",
+                                   init_args=Namespace(seed=None)))
     if not sys.stderr.isatty():
         callbacks.append(Namespace(class_path="ur.callbacks.ProgressLines",
                                    init_args=Namespace(every=50)))
@@ -220,6 +302,7 @@ class URCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        check_ckpt_path(cfg, self.subcommand)
         self.run_dir = choose_run_dir(cfg, self.subcommand)
         cfg.run.dir = str(self.run_dir)
         runs.point_wandb_at(self.run_dir)
