@@ -200,3 +200,18 @@ def test_a_resumed_dpo_run_ends_with_the_uninterrupted_runs_weights(overlay, min
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert any((a[k] != w).any() for k, w in load_file(mini["base"] / "model.safetensors").items()
                if k in a)  # and the policy moved
+
+
+def test_a_run_that_ends_again_replaces_its_own_export(mini, mini_fit, tmp_path):
+    """A fit resumed after it had exported (killed after on_fit_end, resumed) ends by
+    exporting into the same run folder again."""
+    import lightning as L
+
+    from ur.align.vlm_dpo import VLMDPOModule
+
+    module = VLMDPOModule(checkpoint=str(mini["base"]), finetune="full", reference="copy")
+    module.trainer = L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu")
+    module.on_fit_end()
+    first = (tmp_path / "export" / "model.safetensors").stat().st_mtime_ns
+    module.on_fit_end()
+    assert (tmp_path / "export" / "model.safetensors").stat().st_mtime_ns != first

@@ -22,11 +22,14 @@ class VLMTrainingMixin:
 
     def on_fit_end(self):
         if self.hparams.get("export") and self.trainer.is_global_zero:
-            self.export(Path(self.trainer.default_root_dir) / "export")
+            # the run's own folder: a resumed run that ends again replaces it
+            self.export(Path(self.trainer.default_root_dir) / "export", overwrite=True)
 
-    def export(self, out: str | Path, *, merge_lora: bool | None = None) -> Path:
-        """Save model + processor as a Hugging Face folder (LoRA merged on request)."""
+    def export(self, out: str | Path, *, merge_lora: bool | None = None,
+               overwrite: bool = False) -> Path:
+        """Save model + processor as a Hugging Face folder (LoRA merged on request); an
+        ``out`` that holds anything is replaced only with ``overwrite``."""
         from ur.models.export import save_hf
 
         merge = self.hparams.get("merge_lora", True) if merge_lora is None else merge_lora
-        return save_hf(self.model, self.processor, out, merge_lora=merge)
+        return save_hf(self.model, self.processor, out, merge_lora=merge, overwrite=overwrite)
