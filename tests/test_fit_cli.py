@@ -78,31 +78,41 @@ def test_replaying_a_runs_config_starts_a_new_run(mini_fit, tmp_path):
 
 
 
-# Two ways a run is cut (epochs of 4 training batches of the mini world):
+# Three ways a run is cut (epochs of 4 training batches of the mini world):
 # - "epoch": 3 epochs of 2 batches, killed as step 5 starts; the last checkpoint was
 #   written at the end of epoch 1 (step 4).
 # - "mid_epoch": 2 epochs of 4 batches, validated (and checkpointed) every 2 batches,
 #   killed as step 7 starts; the last checkpoint was written in the middle of epoch 1
 #   (step 6), so the resumed run must skip the batches epoch 1 had already used.
-CUTS = {"epoch": ("max_epochs: 3\n  limit_train_batches: 2\n  val_check_interval: null", 5),
-        "mid_epoch": ("max_epochs: 2\n  limit_train_batches: 4\n  val_check_interval: 2", 7)}
+# - "timed": 2 epochs of 4 batches, validated at epoch ends but checkpointed after every
+#   batch by time (run.checkpoint_minutes: 0), killed as step 3 starts; the last
+#   checkpoint was written as the batch before ended (step 3, in the middle of epoch 0).
+# The judge trains LoRA adapters with dropout, so the resumed run must also draw the
+# uninterrupted run's dropout masks.
+# Each cut: the schedule, the step the run is killed at, the step of its last checkpoint.
+CUTS = {"epoch": ("max_epochs: 3\n  limit_train_batches: 2\n  val_check_interval: null", 5, 4),
+        "mid_epoch": ("max_epochs: 2\n  limit_train_batches: 4\n  val_check_interval: 2", 7, 6),
+        "timed": ("max_epochs: 2\n  limit_train_batches: 4\n  val_check_interval: null", 3, 3)}
+LORA = "  init_args:\n    finetune: lora\n    lora: {dropout: 0.5}\n"
 
 
 # With a loader worker (the quickstart's one), the resumed run used to replay epoch 0's
 # batches: Lightning creates the iterator before it sets the sampler's epoch, and workers
 # are handed indices at once (ur.data.sampling.EpochLoader defers that, and skips what
 # the epoch had used when resumed mid-epoch).
-@pytest.mark.parametrize("workers, cut", [(0, "epoch"), (1, "epoch"), (1, "mid_epoch")])
+@pytest.mark.parametrize("workers, cut", [
+    (0, "epoch"), (1, "epoch"), (1, "mid_epoch"),
+    pytest.param(0, "timed", marks=pytest.mark.slow)])
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mini, workers, cut):
     env = killer_env(tmp_path)
-    schedule, kill_step = CUTS[cut]
+    schedule, kill_step, ckpt_step = CUTS[cut]
     cfg = overlay(tmp_path, mini, steps=-1).read_text()
-    cfg = cfg.replace("  val_check_interval: null\n", "")
+    cfg = cfg.replace("  val_check_interval: null\n", "").replace("  init_args:\n", LORA, 1)
     path = tmp_path / "resume.yaml"
     path.write_text(cfg.replace("max_steps: -1", "max_steps: -1\n  " + schedule))
     base = ["fit", "--config", str(QUICKSTART), "--config", str(path), "--run.test_after_fit",
             "false", "--model.init_args.judge.batch_size", "8", "--data.init_args.num_workers",
-            str(workers)]
+            str(workers), *(["--run.checkpoint_minutes", "0"] if cut == "timed" else [])]
     whole = ur(*base, "--run.name", "whole", cwd=tmp_path)
     whole_dir = Path(whole.stdout.strip().splitlines()[-1])
     killed = ur(*base, "--run.name", "cut", "--trainer.callbacks+=killer.KillAt",
@@ -112,10 +122,17 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mini, worke
     assert len(cut_dirs) == 1 and (cut_dirs[0] / "checkpoints" / "last.ckpt").exists()
     assert not (cut_dirs[0] / "export").exists()
     ckpt = torch.load(cut_dirs[0] / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == kill_step - 1
+    assert ckpt["global_step"] == ckpt_step
+    config = (cut_dirs[0] / "config.yaml").read_text()
     resumed = ur(*base, "--run.name", "cut", "--ckpt_path", "last", cwd=tmp_path)
     assert Path(resumed.stdout.strip().splitlines()[-1]) == cut_dirs[0]
     assert "dataloader is not resumable" not in resumed.stderr
+    assert (cut_dirs[0] / "config.yaml").read_text() == config, "config.yaml is kept"
+    assert len(list(cut_dirs[0].glob("config-*.yaml"))) == 1, "the resumed run's config beside it"
+    offline = sorted((cut_dirs[0] / "wandb").glob("offline-run-*"))
+    run_id = (cut_dirs[0] / "wandb_id").read_text().strip()
+    assert len(offline) == 2 and all(p.name.endswith("-" + run_id) for p in offline), \
+        "the resumed run continues the same W&B run"
     a = load_file(whole_dir / "export" / "model.safetensors")
     b = load_file(cut_dirs[0] / "export" / "model.safetensors")
     assert a.keys() == b.keys()
