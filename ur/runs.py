@@ -138,5 +138,7 @@ def load_module(cls, ckpt: str | Path, command: str, base: str | None = None):
                              "folder here; a base named in a checkpoint is never downloaded. "
                              "Run from the folder the run started in.")
     overrides = {k: v for k, v in _NOT_FROM_CHECKPOINT.items() if k in hparams}
-    return cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True,
-                                    checkpoint=base, **overrides)
+    module = cls(**{**hparams, **overrides, "checkpoint": base})
+    module.on_load_checkpoint(stored)
+    module.load_state_dict(stored["state_dict"])
+    return module
