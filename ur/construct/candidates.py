@@ -142,7 +142,8 @@ def _media_row(media: Media, question: Question) -> dict:
     return {"kind": media.kind, **where, "field": media.field}
 
 
-def _row(c: Candidates) -> dict:
+def candidates_row(c: Candidates) -> dict:
+    """The JSON row of one question's candidates (the file format above)."""
     q = c.question
     return {"id": q.id, "source": q.source, "task": q.task, "prompt": q.prompt,
             "media": [_media_row(m, q) for m in q.media],
@@ -155,7 +156,7 @@ def _row(c: Candidates) -> dict:
 def write_candidates(path: str | Path, candidates: Iterable[Candidates]) -> Path:
     """Write ``candidates`` as JSONL (one question a line) to ``path``, atomically."""
     path = Path(path)
-    text = "".join(json.dumps(_row(c)) + "\n" for c in candidates)
+    text = "".join(json.dumps(candidates_row(c)) + "\n" for c in candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, text)
 
@@ -164,7 +165,8 @@ _SETTINGS = {"model": str, "seed": int, "temperature": (int, float), "top_p": (i
              "top_k": int, "max_new_tokens": int}
 
 
-def _parse(row, file: str, i: int) -> Candidates:
+def parse_candidates_row(row, file: str, i: int) -> Candidates:
+    """The candidates of one JSON row, a bad field a RecordError naming it."""
     def need(name, types):
         if not isinstance(row, dict) or name not in row or not isinstance(row[name], types) \
                 or isinstance(row[name], bool):
@@ -207,7 +209,7 @@ def read_candidates(path: str | Path) -> list[Candidates]:
             except json.JSONDecodeError as e:
                 raise RecordError(f"not valid JSON ({e.msg})", file=path, row=i) from None
             try:
-                out.append(_parse(row, str(path), i))
+                out.append(parse_candidates_row(row, str(path), i))
             except RecordError as e:
                 raise e.located(file=path, row=i) from None
     return out

@@ -113,7 +113,7 @@ def _with_interval(name: str, value: float, samples: torch.Tensor) -> dict[str, 
     return {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
-def _mean_with_interval(name: str, values: torch.Tensor) -> dict[str, float]:
+def mean_with_interval(name: str, values: torch.Tensor) -> dict[str, float]:
     """The mean of per-record values (1 right, 0 wrong) and its bootstrap interval."""
     values = values.double().cpu()
     idx = bootstrap_indices(len(values))
@@ -204,16 +204,16 @@ class PairwiseMetrics(_KeyedMetric):
         if truth.numel() == 0:
             return {}
         right = pred == truth
-        out = {**_mean_with_interval("pair_acc_tau", right),
+        out = {**mean_with_interval("pair_acc_tau", right),
                "parse_rate": (pred >= 0).double().mean().item(),
                "pair_count": float(truth.numel())}
         not_tie = truth != TIE
         if not_tie.any():
-            out.update(_mean_with_interval("pair_acc_diff", right[not_tie]))
+            out.update(mean_with_interval("pair_acc_diff", right[not_tie]))
         both_orders = swapped >= 0
         if both_orders.any():
             consistent = (pred == swapped) & (pred >= 0)
-            out.update(_mean_with_interval("position_consistency", consistent[both_orders]))
+            out.update(mean_with_interval("position_consistency", consistent[both_orders]))
         return out
 
 

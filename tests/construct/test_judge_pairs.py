@@ -1,0 +1,141 @@
+"""Pairs by the judge: the selection rules on their own, then `ur predict` with the
+miniature judge and policy: every prompt done exactly once (also killed and started
+again, also on two processes), ties and unparsed judgments never deciding a pair, pairs
+that the DPO data module reads, and the oracle's check in the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from minirun import REPO, killer_env, run_ur
+
+from ur.construct.judged import (
+    Built,
+    best_and_worst,
+    fixed_pairs,
+    settle,
+    surest,
+    winner_loser,
+)
+from ur.construct.predict import read_parts
+from ur.data.datamodule import SourceSpec
+from ur.data.pairs import PairsDataModule
+
+CONSTRUCT = REPO / "experiments" / "construct" / "understanding.yaml"
+QUESTIONS = 8
+
+MINI = """
+model:
+  init_args:
+    judge: {judge}
+    policy: {base}
+    n: 4
+    max_new_tokens: 8
+    judge_batch_size: 16
+data:
+  init_args:
+    out: {out}
+    questions: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
+    split: train
+    max_questions: {questions}
+    batch_size: 2
+"""
+
+
+def test_a_tie_or_an_unparsed_verdict_decides_nothing():
+    assert winner_loser((2, 3), "first") == (2, 3)
+    assert winner_loser((2, 3), "second") == (3, 2)
+    assert winner_loser((2, 3), "tie") is None and winner_loser((2, 3), None) is None
+    assert fixed_pairs([0, 2, 3, 5, 7]) == [(0, 2), (3, 5)]  # 7 sits out
+
+
+def test_sifting_compares_numbers_and_drops_a_prompt_without_margin():
+    # as strings "10" < "9"; as numbers 10 > 9
+    scores = {0: 10.0, 1: 9.0, 2: None, 3: 2.0}
+    assert best_and_worst([0, 1, 2], [1, 2, 3], scores) == (0, 3)
+    assert settle(Built("rank_sift", scores=dict(scores)), [0, 1], [3]).chosen == 0
+    level = settle(Built("rank_sift", scores={0: 4.0, 1: 4.0}), [0], [1])
+    assert (level.chosen, level.dropped) == (None, "no_margin")
+    unscored = settle(Built("rank_sift", scores={0: None, 1: 3.0}), [0], [1])
+    assert unscored.dropped == "unscored"
+
+
+def test_ranking_only_takes_the_pair_the_judge_is_surest_of():
+    decided = [((0, 1), {"first": 0.6, "second": 0.3, "tie": 0.1}),
+               ((3, 2), {"first": 0.05, "second": 0.9, "tie": 0.05})]
+    assert surest(decided) == (3, 2)
+    assert surest([((0, 1), None), ((3, 2), None)]) == (0, 1)
+
+
+@pytest.fixture(scope="module")
+def setup(mini, mini_fit, tmp_path_factory):
+    root = tmp_path_factory.mktemp("construct")
+    return {"root": root, "judge": mini_fit / "export", "base": mini["base"],
+            "world": mini["world"]}
+
+
+def overlay(setup, name: str, **kwargs) -> tuple[Path, Path]:
+    out = setup["root"] / name
+    path = setup["root"] / f"{name}.yaml"
+    path.write_text(MINI.format(judge=setup["judge"], base=setup["base"], out=out,
+                                world=setup["world"], questions=QUESTIONS) + kwargs.get("extra", ""))
+    return path, out
+
+
+def check_outputs(out: Path) -> dict:
+    rows = read_parts(out)  # raises on a prompt done twice
+    assert len(rows) == QUESTIONS
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prompts"] == summary["expected_prompts"] == QUESTIONS
+    pairs = 0
+    for row in rows:
+        b = row["built"]
+        decided = [winner_loser(tuple(p), v) for p, v in zip(b["pairs"], b["verdicts"], strict=True)]
+        decided = [d for d in decided if d is not None]
+        if b["chosen"] is None:
+            assert b["dropped"] in ("too_few", "undecided", "unscored", "no_margin")
+            continue
+        pairs += 1
+        assert b["chosen"] in [w for w, _ in decided]
+        assert b["rejected"] in [lo for _, lo in decided]
+        assert b["scores"][str(b["chosen"])] > b["scores"][str(b["rejected"])]
+    assert summary["pairs"] == pairs
+    meta = (out / "pairs_meta.jsonl").read_text().splitlines()
+    assert len(meta) == pairs
+    return summary
+
+
+def test_a_killed_construction_started_again_does_every_prompt_once_for_dpo(setup):
+    config, out = overlay(setup, "killed", extra="trainer:\n  callbacks:\n"
+                          "    - {class_path: killer.KillAtPredict, init_args: {batch: 2}}\n")
+    env = killer_env(setup["root"])
+    first = run_ur("predict", "--config", str(CONSTRUCT), "--config", str(config),
+                   cwd=setup["root"], env=env, check=False)
+    assert first.returncode != 0
+    assert len(read_parts(out)) == 4  # two batches of two, written before the kill
+    plain, _ = overlay(setup, "killed")
+    run_ur("predict", "--config", str(CONSTRUCT), "--config", str(plain), cwd=setup["root"])
+    summary = check_outputs(out)
+    root = summary["media_root"]
+    assert root == str(setup["world"].resolve())
+    dm = PairsDataModule(train=[SourceSpec("image_dpo", str(out / "image_pairs.jsonl"),
+                                           media_root=root),
+                                SourceSpec("sharegptvideo_dpo", str(out / "video_pairs.jsonl"),
+                                           media_root=root)],
+                         processor=str(setup["base"]))
+    dm.setup("fit")
+    assert len(dm.pairs["train"]) == summary["pairs"]
+    for figures in summary["tasks"].values():
+        if figures["pairs"]:
+            assert figures["oracle_agreement_ci_low"] <= figures["oracle_agreement"] \
+                <= figures["oracle_agreement_ci_high"]
+
+
+def test_two_processes_do_every_prompt_once(setup):
+    config, out = overlay(setup, "ddp")
+    run_ur("predict", "--config", str(CONSTRUCT), "--config", str(config),
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=setup["root"],
+           timeout=600)
+    check_outputs(out)

@@ -1,0 +1,362 @@
+"""Construction as a Lightning predict run: ``ur predict --config experiments/construct/...``.
+
+- :class:`PromptsDataModule` hands out the prompts not yet done: a candidates file
+  (what :func:`ur.construct.candidates.write_candidates` writes: answers already
+  drawn) or the synthetic world's understanding questions of a split (the policy
+  answers them during the run).
+- :class:`ConstructModule` draws the candidates it lacks from the policy (N per prompt,
+  seeded per prompt) and builds each prompt's pair with the judge
+  (:func:`ur.construct.judged.build_pairs`: pair ranking, then point sifting, or one
+  of the comparison arms). On the synthetic world it also scores every candidate by
+  the oracle, so that the pairs can be checked.
+- :class:`ConstructWriter` (added by the module) writes each batch's prompts to a part
+  file of its own under ``<out>/parts/`` (temporary file, then rename), named by the
+  prompts it holds, on every rank. A prompt is done once its part exists, so a run
+  killed at any moment and started again with the same command does the rest, every
+  prompt exactly once; under DDP Lightning's predict sampler gives each rank its own
+  prompts. At the end rank 0 merges the parts into the outputs.
+
+Outputs in ``out``:
+
+- ``image_pairs.jsonl`` (``image_dpo`` schema) and ``video_pairs.jsonl``
+  (``sharegptvideo_dpo``): what the DPO modules, TRL and the reference trainers read;
+- ``pairs_meta.jsonl``: per pair, the prompt's id, the candidates' indices, the judge's
+  verdicts, probabilities, scores and words, the candidates' origin (model, seed,
+  sampling settings) and, on the world, their oracle scores;
+- ``summary.json``: prompts, pairs, drops by reason, ties and unparsed judgments, the
+  chosen and rejected scores, and on the world the share of pairs whose chosen answer
+  the oracle also scores above the rejected one (``oracle_agreement``, with its 95%
+  bootstrap interval), per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import torch
+from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader
+
+from ur.construct.candidates import (
+    Candidates,
+    candidates_of,
+    candidates_row,
+    parse_candidates_row,
+    read_candidates,
+    sample_answers,
+)
+from ur.construct.judged import DROP_REASONS, METHODS, Built, build_pairs, pool_of
+from ur.data.datamodule import WorldSpec
+from ur.data.questions import Question, world_questions
+from ur.data.records import PreferenceRecord
+from ur.io import write_json_atomic, write_text_atomic
+
+SOURCE = "judge_pairs"
+PAIR_FILES = {"image_understanding": "image_pairs.jsonl",
+              "video_understanding": "video_pairs.jsonl"}
+
+
+def _prompt_id(item: Candidates | Question) -> str:
+    return (item.question if isinstance(item, Candidates) else item).id
+
+
+def done_ids(out: Path) -> set[str]:
+    """Ids of the prompts whose part is written under ``out/parts``."""
+    done = set()
+    for part in sorted((out / "parts").glob("part-*.jsonl")):
+        done |= {json.loads(line)["id"] for line in part.read_text().splitlines() if line}
+    return done
+
+
+class PromptsDataModule(LightningDataModule):
+    """The prompts construction has not done yet.
+
+    Args:
+        out: The construction's folder (its parts say which prompts are done).
+        candidates: A candidates JSONL (answers already drawn); or None and ``questions``.
+        questions: The synthetic world whose understanding questions the policy answers.
+        split: The world's split the questions come from (never the judge's test split
+            when the pairs are measured).
+        max_questions: How many of them (a seeded subset, in the world's order).
+        seed: Seed of that subset.
+        batch_size: Prompts per predict step.
+        media_root: The folder the pair files' media paths are written relative to (read
+            them with the same ``media_root``); default: the world's folder, or the
+            candidates file's.
+    """
+
+    def __init__(self, out: str = "data/pairs/judge", candidates: str | None = None,
+                 questions: WorldSpec | None = None, split: str = "train",
+                 max_questions: int | None = None, seed: int = 0, batch_size: int = 8,
+                 media_root: str | None = None):
+        super().__init__()
+        if (candidates is None) == (questions is None):
+            raise ValueError("give exactly one of candidates (a file of drawn answers) or "
+                             "questions (a synthetic world the policy answers)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.out = Path(out)
+        self.candidates, self.world = candidates, questions
+        self.split, self.max_questions, self.seed = split, max_questions, seed
+        self.batch_size = batch_size
+        self.media_root = Path(media_root or (questions.out if questions is not None
+                                              else Path(candidates).parent)).resolve()
+        self.items: list[Candidates | Question] = []
+        self.total = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.candidates is not None:
+            items = read_candidates(self.candidates)
+        else:
+            self.world.manifest()
+            items = world_questions(self.world.out, self.split,
+                                    max_questions=self.max_questions, seed=self.seed)
+        seen = Counter(_prompt_id(i) for i in items)
+        twice = sorted(k for k, v in seen.items() if v > 1)
+        if twice:
+            where = self.candidates or f"{self.world.out} ({self.split})"
+            raise ValueError(f"{where}: prompt ids must be unique to be done exactly once; "
+                             f"{len(twice)} repeat, e.g. {twice[:3]}")
+        done = done_ids(self.out)
+        self.total = len(items)
+        self.items = [i for i in items if _prompt_id(i) not in done]
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False,
+                          collate_fn=list)
+
+
+class ConstructModule(LightningModule):
+    """Candidates from a policy, pairs from a judge.
+
+    Args:
+        judge: The reward model's checkpoint (a local folder or hub id).
+        policy: The policy that answers questions without drawn answers (None when the
+            data module reads a candidates file).
+        method: ``rank_sift`` (pair ranking, then point sifting), ``rank``, ``sift`` or
+            ``random`` (:mod:`ur.construct.judged`).
+        both_orders: Judge each pair in both orders and average (position bias).
+        judge_mode: ``fast`` or ``generate`` (:class:`ur.reward.judge.Judge`).
+        judge_batch_size: Judgments per forward pass.
+        scale: Pointwise scale (default: the task's scale in the synthetic world).
+        n: Candidates per prompt (UnifiedReward: 10).
+        temperature: Sampling temperature of the policy.
+        top_p: Nucleus sampling of the policy.
+        top_k: Top-k of the policy (0: off).
+        max_new_tokens: Longest candidate answer.
+        sample_batch_size: Prompts per ``generate`` call of the policy.
+        num_frames: Frames read from each video.
+        seed: Seed of the draws (per prompt: the same prompt draws the same candidates
+            in a resumed run or on another rank) and of the ``random`` arm.
+        dtype: Weights dtype (``bfloat16`` on GPUs).
+        trust_remote_code: Run code shipped with the checkpoints (off unless you opt in).
+    """
+
+    def __init__(self, judge: str = "checkpoints/quickstart-judge", policy: str | None = None,
+                 method: str = "rank_sift", both_orders: bool = False,
+                 judge_mode: str = "fast", judge_batch_size: int = 32,
+                 scale: tuple[float, float] | None = None, n: int = 10,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 max_new_tokens: int = 48, sample_batch_size: int = 16, num_frames: int = 4,
+                 seed: int = 0, dtype: str | None = None, trust_remote_code: bool = False):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.save_hyperparameters()
+        from ur.models.loading import load_vlm
+        from ur.reward.judge import Judge
+
+        model, processor = load_vlm(judge, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.judge_model = model.eval().requires_grad_(False)
+        self.judge = Judge(model=self.judge_model, processor=processor, mode=judge_mode,
+                           batch_size=judge_batch_size, both_orders=both_orders,
+                           num_frames=num_frames)
+        self.policy = self.policy_processor = None
+        if policy is not None:
+            model, self.policy_processor = load_vlm(policy, dtype=dtype,
+                                                    trust_remote_code=trust_remote_code)
+            self.policy = model.eval().requires_grad_(False)
+
+    def candidates(self, items: list[Candidates | Question]) -> list[Candidates]:
+        """The batch's candidates, drawing the answers of questions that have none."""
+        hp = self.hparams
+        out = []
+        for item in items:
+            if isinstance(item, Candidates):
+                out.append(item)
+                continue
+            if self.policy is None:
+                raise ValueError(f"question {item.id!r} has no answers and no policy is "
+                                 "given to draw them (model.init_args.policy)")
+            seed = int.from_bytes(hashlib.blake2b(f"{hp.seed}:{item.id}".encode(),
+                                                  digest_size=4).digest(), "little")
+            answers = sample_answers(self.policy, self.policy_processor, [item], n=hp.n,
+                                     temperature=hp.temperature, top_p=hp.top_p, top_k=hp.top_k,
+                                     max_new_tokens=hp.max_new_tokens, seed=seed,
+                                     num_frames=hp.num_frames)
+            out += candidates_of([item], answers, model=str(hp.policy), seed=seed,
+                                 temperature=hp.temperature, top_p=hp.top_p, top_k=hp.top_k,
+                                 max_new_tokens=hp.max_new_tokens)
+        return out
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Prompts stay as they are: the policy and the judge move what they read."""
+        return batch
+
+    def predict_step(self, batch: list, batch_idx: int) -> list[dict]:
+        drawn = self.candidates(batch)
+        built = build_pairs(self.judge, [pool_of(c) for c in drawn],
+                            method=self.hparams.method, scale=self.hparams.scale,
+                            seed=self.hparams.seed)
+        return [prompt_row(c, b) for c, b in zip(drawn, built, strict=True)]
+
+    def configure_callbacks(self):
+        return [ConstructWriter()]
+
+
+def oracle_scores(c: Candidates) -> list[float] | None:
+    """The oracle's score of every answer when the question carries its scene."""
+    if c.question.evidence is None:
+        return None
+    from ur.data.synthetic.oracle import oracle_score
+
+    return [oracle_score(c.question, a) for a in c.answers]
+
+
+def prompt_row(c: Candidates, built: Built) -> dict:
+    """One prompt's line in a part file: its candidates (with their origin), what the
+    judge made of them and, on the world, the oracle's scores."""
+    return {**candidates_row(c), "built": built.as_dict(), "oracle_scores": oracle_scores(c)}
+
+
+class ConstructWriter(BasePredictionWriter):
+    """Each predict batch to its own part file, atomically; the parts merged at the end."""
+
+    def __init__(self):
+        super().__init__(write_interval="batch")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0):
+        if not prediction:
+            return
+        out = Path(trainer.datamodule.out) / "parts"
+        out.mkdir(parents=True, exist_ok=True)
+        name = hashlib.blake2b("\n".join(r["id"] for r in prediction).encode(),
+                               digest_size=8).hexdigest()
+        write_text_atomic(out / f"part-{name}.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in prediction))
+
+    def on_predict_end(self, trainer, pl_module):
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            dm = trainer.datamodule
+            summary = merge(Path(dm.out), media_root=dm.media_root, expected=dm.total)
+            trainer.callback_metrics.update(
+                {k: torch.tensor(float(v)) for k, v in flat_figures(summary).items()})
+        trainer.strategy.barrier()
+
+
+def read_parts(out: Path) -> list[dict]:
+    """Every prompt row of the parts, each id once (a repeat is an error: it would mean
+    a prompt was done twice)."""
+    rows, seen = [], {}
+    for part in sorted((out / "parts").glob("part-*.jsonl")):
+        for line in part.read_text().splitlines():
+            if not line:
+                continue
+            row = json.loads(line)
+            if row["id"] in seen:
+                raise RuntimeError(f"prompt {row['id']!r} is in {seen[row['id']]} and {part}")
+            seen[row["id"]] = part
+            rows.append(row)
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def pair_of(row: dict) -> PreferenceRecord | None:
+    """The DPO pair of a prompt row (chosen first), or None when it was dropped."""
+    b = row["built"]
+    if b["chosen"] is None:
+        return None
+    q = parse_candidates_row(row, "parts", 0).question
+    c, r = b["chosen"], b["rejected"]
+    scores = b["scores"]
+    return PreferenceRecord(
+        task=q.task, form="pairwise", source=SOURCE, id=f"{q.id}-c{c}-r{r}", prompt=q.prompt,
+        media=q.media, responses=(row["answers"][c], row["answers"][r]), label="first",
+        evidence=q.evidence,
+        meta={"question_id": q.id, "chosen_index": c, "rejected_index": r,
+              "chosen_score": scores.get(str(c)), "rejected_score": scores.get(str(r))})
+
+
+def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
+    """Write the pair files (media paths relative to ``media_root``), ``pairs_meta.jsonl``
+    and ``summary.json`` from the parts; returns the summary."""
+    from ur.data.sources import PAIR_SCHEMAS, write_pairs
+    from ur.reward.metrics import mean_with_interval
+
+    rows = read_parts(out)
+    pairs, meta = [], []
+    for row in rows:
+        pair = pair_of(row)
+        if pair is None:
+            continue
+        pairs.append(pair)
+        origin = {k: row[k] for k in ("model", "seed", "temperature", "top_p", "top_k",
+                                      "max_new_tokens", "n")}
+        meta.append({"id": pair.id, **pair.meta, "task": pair.task, **origin,
+                     "judge": row["built"], "oracle_scores": row["oracle_scores"]})
+    for task, name in PAIR_FILES.items():
+        write_pairs(PAIR_SCHEMAS[task], out / name, [p for p in pairs if p.task == task],
+                    media_root=media_root)
+    write_text_atomic(out / "pairs_meta.jsonl", "".join(json.dumps(m) + "\n" for m in meta))
+    summary = {"prompts": len(rows), "expected_prompts": expected, "pairs": len(pairs),
+               "media_root": str(media_root), "files": dict(PAIR_FILES),
+               "methods": sorted({r["built"]["method"] for r in rows}), "tasks": {}}
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        built = [r["built"] for r in mine]
+        kept = [b for b in built if b["chosen"] is not None]
+        figures = {
+            "prompts": len(mine), "pairs": len(kept),
+            "dropped": {k: sum(b["dropped"] == k for b in built) for k in DROP_REASONS},
+            "ties": sum(v == "tie" for b in built for v in b["verdicts"]),
+            "unparsed_verdicts": sum(v is None for b in built for v in b["verdicts"]),
+            "unparsed_scores": sum(s is None for b in built for s in b["scores"].values()),
+        }
+        for side in ("chosen", "rejected"):
+            values = [b["scores"][str(b[side])] for b in kept if str(b[side]) in b["scores"]]
+            values = [v for v in values if v is not None]
+            if values:
+                figures[f"{side}_score_mean"] = statistics.fmean(values)
+                figures[f"{side}_score_std"] = statistics.pstdev(values)
+        judged = [r for r in mine if r["oracle_scores"] is not None
+                  and r["built"]["chosen"] is not None]
+        if judged:
+            above = torch.tensor([float(r["oracle_scores"][r["built"]["chosen"]]
+                                        > r["oracle_scores"][r["built"]["rejected"]])
+                                  for r in judged])
+            figures.update({k.replace("value", "oracle_agreement"): v for k, v in
+                            mean_with_interval("value", above).items()})
+            figures["oracle_ties"] = sum(r["oracle_scores"][r["built"]["chosen"]]
+                                         == r["oracle_scores"][r["built"]["rejected"]]
+                                         for r in judged)
+        summary["tasks"][task] = figures
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def flat_figures(summary: dict) -> dict[str, float]:
+    """The summary's numbers as ``construct/<task>/<figure>`` (for metrics.json)."""
+    flat = {"construct/prompts": summary["prompts"], "construct/pairs": summary["pairs"]}
+    for task, figures in summary["tasks"].items():
+        for k, v in figures.items():
+            if isinstance(v, dict):
+                flat.update({f"construct/{task}/{k}/{kk}": vv for kk, vv in v.items()})
+            elif isinstance(v, (int, float)):
+                flat[f"construct/{task}/{k}"] = v
+    return flat
