@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from ur.cli import main
 from ur.lightning_cli import RUN_DIR_ENV, URCLI
 from ur.reward.sft import RewardSFTModule
 from ur.runs import WANDB_ENV_DIRS, load_module, refuse_remote_checkpoint
@@ -71,7 +72,10 @@ def test_export_never_downloads_a_base_named_in_a_checkpoint(tmp_path, offline):
     start = time.monotonic()
     with pytest.raises(SystemExit, match="'evil-org/evil-model', which is not a folder here"):
         load_module(RewardSFTModule, ckpt, "ur export")
+    with pytest.raises(SystemExit, match="which is not a folder here.*--base"):
+        main(["export", str(ckpt), "--out", str(tmp_path / "out")])
     assert time.monotonic() - start < 5
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_never_takes_trust_remote_code_from_a_checkpoint(mini_fit, tmp_path, offline):

@@ -324,6 +324,10 @@ def _add_export(sub) -> None:
                         "judge)")
     p.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=True,
                    help="merge LoRA adapters into the weights (default: yes)")
+    p.add_argument("--base", default=None,
+                   help="the base model the run started from (a folder, or a hub id, which "
+                        "is then downloaded); default: the folder the checkpoint names, "
+                        "which must exist here (a hub id named in a file is never fetched)")
     p.set_defaults(func=_export)
 
 
@@ -350,6 +354,7 @@ def _export(args) -> int:
     import importlib
 
     from ur.models.export import refuse_to_replace, save_hf
+    from ur.runs import load_module
 
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir():
@@ -364,9 +369,8 @@ def _export(args) -> int:
             refuse_to_replace(args.out)
         module_name, cls_name = EXPORTABLE[_exported_module(ckpt, args.module)]
         cls = getattr(importlib.import_module(module_name), cls_name)
-        # trust_remote_code comes from this command line, never from the checkpoint.
-        module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True,
-                                          trust_remote_code=False)
+        # Weights only, remote code off, a base from this machine or this command line.
+        module = load_module(cls, ckpt, "ur export", base=args.base)
         print(save_hf(module.model, module.processor, args.out, merge_lora=args.merge_lora,
                       overwrite=args.overwrite))
     except FileExistsError as e:

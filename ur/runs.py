@@ -136,7 +136,8 @@ def load_module(cls, ckpt: str | Path, command: str, base: str | None = None):
         if not Path(base).is_dir():
             raise SystemExit(f"{command}: {ckpt} was trained from {base!r}, which is not a "
                              "folder here; a base named in a checkpoint is never downloaded. "
-                             "Run from the folder the run started in.")
+                             "Run from the folder the run started in, or name the base "
+                             "(`ur export --base`).")
     overrides = {k: v for k, v in _NOT_FROM_CHECKPOINT.items() if k in hparams}
     module = cls(**{**hparams, **overrides, "checkpoint": base})
     module.on_load_checkpoint(stored)
