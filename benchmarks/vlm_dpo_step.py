@@ -14,7 +14,10 @@ at a flat learning rate (no warmup or decay), no gradient clipping, float32 on C
   on the fly), with ``reference="copy"`` (a frozen copy of the starting weights) and,
   in another process, ``reference="cached"`` (the reference's log-probabilities of
   every pair computed once, on the first step, into a fresh table, so a step runs the
-  policy alone);
+  policy alone). Both run each pair's prompt and image once for both answers
+  (``shared_prompt``, :mod:`ur.models.prefix`); a third arm, ``ours_full_rows``, runs
+  ``reference="copy"`` with ``shared_prompt=False`` (prompt + chosen and prompt +
+  rejected as two full rows, as TRL does), which measures what sharing the prompt gives;
 * TRL (the peer): ``DPOTrainer.train()`` with ``DPOConfig(bf16=False,
   gradient_checkpointing=False, use_cpu=True, lr_scheduler_type="constant",
   max_grad_norm=0, num_train_epochs=...)`` on a conversational dataset (an ``images``
@@ -23,7 +26,7 @@ at a flat learning rate (no warmup or decay), no gradient clipping, float32 on C
   ``precompute_ref_log_probs=True`` is refused for vision data, so TRL has no cached arm.
 
 Each arm runs in a child process of its own (the script re-invokes itself with
-``--arm ours|ours_cached|trl``), one after another, so memory peaks do not mix; the
+``--arm ours|ours_full_rows|ours_cached|trl``), one after another, so memory peaks do not mix; the
 order alternates over ``--repeats`` rounds. Measured:
 
 1. ms per optimizer step: a callback takes the time at each step's begin and end
@@ -75,7 +78,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("ours", "ours_cached", "trl")
+ARMS = ("ours", "ours_full_rows", "ours_cached", "trl")
 
 
 def log(msg: str) -> None:
@@ -190,6 +193,7 @@ def run_ours(args, clock: Clock, mem: dict) -> dict:
             clock.losses.append(float(outputs["loss"]))
 
     reference = "cached" if args.arm == "ours_cached" else "copy"
+    shared = args.arm != "ours_full_rows"
     cache = tempfile.mkdtemp(prefix="ur_ref_")  # a fresh table: the first step computes it
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
     dm = PairsDataModule(train=[SourceSpec("vl_rewardbench", args.pairs_file)],
@@ -197,7 +201,7 @@ def run_ours(args, clock: Clock, mem: dict) -> dict:
     module = VLMDPOModule(checkpoint=args.base, finetune="full", train_vision=True,
                           train_projector=True, train_language=True, loss="sigmoid",
                           beta=args.beta, sft_weight=0.0, reference=reference,
-                          reference_cache=cache, export=False,
+                          reference_cache=cache, export=False, shared_prompt=shared,
                           optimizer=OptimizerSpec(lr=args.lr, warmup_ratio=0.0,
                                                   min_lr_ratio=1.0))
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
@@ -212,7 +216,7 @@ def run_ours(args, clock: Clock, mem: dict) -> dict:
     params = sum(p.numel() for p in module.model.parameters())
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     return {"pairs": n_pairs, "parameters": params, "trainable": trainable,
-            "loop": "lightning Trainer.fit", "reference": reference}
+            "loop": "lightning Trainer.fit", "reference": reference, "shared_prompt": shared}
 
 
 def run_trl(args, clock: Clock, mem: dict) -> dict:
@@ -392,6 +396,7 @@ def summarize(args, results: dict[str, list[dict]], meta: dict) -> dict:
         return round(a / b, digits) if a is not None and b else None
 
     o, c, t = figures.get("ours"), figures.get("ours_cached"), figures.get("trl")
+    f = figures.get("ours_full_rows")
     out["step_ours_over_trl"] = ratio(o and o["ms_per_step"], t and t["ms_per_step"])
     out["in_step_ours_over_trl"] = ratio(o and o["in_step_ms"], t and t["in_step_ms"])
     out["step_ours_cached_over_trl"] = ratio(c and c["ms_per_step"], t and t["ms_per_step"])
@@ -404,6 +409,12 @@ def summarize(args, results: dict[str, list[dict]], meta: dict) -> dict:
     out["epoch_trl_over_ours_cached"] = ratio(t and t["epoch_s"], c and c["epoch_s"])
     out["epoch_trl_over_ours_copy"] = ratio(t and t["epoch_s"], o and o["epoch_s"])
     out["epoch_cpu_trl_over_ours_cached"] = ratio(t and t["epoch_cpu_s"], c and c["epoch_cpu_s"])
+    out["step_ours_full_rows_over_trl"] = ratio(f and f["ms_per_step"], t and t["ms_per_step"])
+    out["memory_ours_full_rows_over_trl"] = ratio(f and f["peak_over_imports_mb"],
+                                                  t and t["peak_over_imports_mb"])
+    out["step_shared_over_full_rows"] = ratio(o and o["ms_per_step"], f and f["ms_per_step"])
+    out["memory_shared_over_full_rows"] = ratio(o and o["peak_over_imports_mb"],
+                                                f and f["peak_over_imports_mb"])
     out["first_loss_ln2"] = round(math.log(2), 5)
     out["goals"] = {"step_ours_over_trl": "<= 1.0", "memory_ours_over_trl": "<= 1.0",
                     "epoch_trl_over_ours_cached": ">= 1.4"}
@@ -421,7 +432,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=6, help="epochs over the pairs per arm")
     ap.add_argument("--warmup", type=int, default=4, help="first steps left out of step times")
     ap.add_argument("--repeats", type=int, default=2,
-                    help="rounds of the three arms (the order alternates)")
+                    help="rounds of the four arms (the order alternates)")
     ap.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (flat)")
     ap.add_argument("--beta", type=float, default=0.1, help="sigmoid DPO beta")
     ap.add_argument("--hidden-size", type=int, default=128, help="tiny base text width")
