@@ -207,3 +207,22 @@ def test_a_bad_image_shared_by_pairs_is_one_problem(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["records"] == 1 and report["skipped"] == 1
     assert report["bad"][0]["row"] == 0 and report["bad"][0]["field"] == "image_path"
+
+
+def test_text_that_cannot_be_tokenized_is_a_problem_at_its_row(tmp_path, capsys):
+    """A JSON escape of a lone surrogate (in the prompt or a media path) and a prompt of
+    zero-width characters: each a BAD line naming file, row and field; --skip-bad
+    skips exactly those rows."""
+    ok = dict(prompt="a green square", img_path="a.png", total_score=[4])
+    rows = [ok, {**ok, "prompt": "a green \ud800 square"}, {**ok, "img_path": "a\udc00.png"},
+            {**ok, "prompt": "\u200b\u200c\u200d\u2060\ufeff "}, ok]
+    path = _evalmuse(tmp_path / "e", rows)
+    assert "\\ud800" in path.read_text()  # json.dumps writes the escape, as a data set would
+    code, out, bad = _check(capsys, "evalmuse", path)
+    assert code == 1 and len(bad) == 3
+    assert "row 1, field 'prompt': " in bad[0] and "lone surrogate (U+D800)" in bad[0]
+    assert "row 2, field 'img_path': " in bad[1] and "lone surrogate" in bad[1]
+    assert "row 3, field 'prompt': empty prompt" in bad[2]
+    assert main(["corpus", "check", "evalmuse", str(path), "--json", "--skip-bad"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["records"], report["skipped"]) == (2, 3)

@@ -302,3 +302,59 @@ def test_a_labelled_row_without_its_label_is_still_an_error(form, missing):
     with pytest.raises(RecordError) as e:
         PreferenceRecord(**kw)
     assert e.value.field in ("label", "score") and "row 2" in str(e.value)
+
+
+def _understanding(**kwargs):
+    kw = dict(task="image_understanding", form="pairwise", source="s", id="1",
+              prompt="What colour is the shape?", media=(img(),), responses=("red", "blue"),
+              label="first", file="f.json", row=4)
+    return PreferenceRecord(**{**kw, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(prompt="What colour\ud800?"), "prompt"),
+    (dict(responses=("red", "blue\udfff")), "responses"),
+    (dict(id="a\udc80"), "id"),
+    (dict(evidence=("a red \ud83d circle",)), "evidence"),
+    (dict(responses=(), instruction="Which\ud800?", target="Answer 1 is better."),
+     "instruction"),
+    (dict(responses=(), instruction="Which?", target="Answer 1\ud800 is better."), "target"),
+])
+def test_a_lone_surrogate_in_any_text_is_a_record_error(kwargs, field):
+    """JSON's "\\ud800" escape reads as text that UTF-8 and tokenizers refuse."""
+    with pytest.raises(RecordError) as e:
+        _understanding(**kwargs)
+    assert (e.value.file, e.value.row, e.value.field) == ("f.json", 4, field)
+    assert "lone surrogate" in e.value.message
+    with pytest.raises(RecordError, match="lone surrogate"):
+        JudgeQuery(task="image_understanding", form="pairwise", prompt="x\ud800",
+                   media=(img(),), responses=("a", "b"))
+
+
+def test_a_character_outside_the_basic_plane_is_text():
+    assert _understanding(prompt="Is it \U0001F600?").prompt == "Is it \U0001F600?"
+
+
+BLANKS = ["\u200b", "\u200c\u200d", "\u2060", "\ufeff", "   ", " \u200b\t\ufeff\u200d "]
+
+
+@pytest.mark.parametrize("text", BLANKS)
+def test_a_prompt_of_invisible_characters_only_is_empty(text):
+    with pytest.raises(RecordError, match="empty prompt") as e:
+        _understanding(prompt=text)
+    assert (e.value.row, e.value.field) == (4, "prompt")
+    with pytest.raises(RecordError, match="empty prompt"):
+        PreferenceRecord(task="image_generation", form="pairwise", source="s", id="1",
+                         prompt=text, media=(img(), img()), label="first")
+
+
+@pytest.mark.parametrize("text", BLANKS)
+def test_an_answer_of_invisible_characters_only_is_empty(text):
+    with pytest.raises(RecordError, match="empty answer") as e:
+        _understanding(responses=("red", text))
+    assert (e.value.row, e.value.field) == (4, "responses")
+
+
+def test_invisible_characters_beside_visible_text_are_kept():
+    r = _understanding(prompt="\u200bWhat colour?\ufeff", responses=("re\u200dd", "blue"))
+    assert r.prompt == "\u200bWhat colour?\ufeff" and r.responses[0] == "re\u200dd"

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -130,6 +132,37 @@ class Media:
         return f"Media({self.kind}, {self.describe()!r}, field={self.field!r})"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only whitespace and format characters (Unicode
+    category Cf: zero-width spaces and joiners, the word joiner, the byte-order mark,
+    direction marks, the soft hyphen). ``str.strip`` keeps format characters, so a
+    prompt of zero-width spaces passes it and reaches the model as an empty prompt."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
+def surrogate_in(text: str) -> str | None:
+    """The first surrogate code point (U+D800 to U+DFFF) in ``text`` as ``U+XXXX``, or
+    None. Python text holds one only on its own (JSON's ``"\\ud800"`` escape parses into
+    one, undecodable bytes read with ``surrogateescape`` become one); it is no character,
+    so UTF-8 encoding and tokenizers refuse it."""
+    m = _SURROGATE.search(text)
+    return None if m is None else f"U+{ord(m.group()):04X}"
+
+
+def _texts(q):
+    """``(field, text)`` of every text a question carries."""
+    yield "source", q.source
+    yield "id", q.id
+    yield "prompt", q.prompt
+    yield from (("responses", r) for r in q.responses)
+    yield "instruction", q.instruction
+    yield "target", q.target
+    yield from (("evidence", e) for e in q.evidence or ())
+
+
 def _check_question(q) -> None:
     """Validate (and normalise in place) what records and queries share: the task and
     form, the id, the prompt, the media and responses each task needs, the scale of a
@@ -141,8 +174,9 @@ def _check_question(q) -> None:
         fail("form", f"unknown form {q.form!r}; expected pairwise or pointwise")
     if not isinstance(q.id, str) or not q.id:
         fail("id", "a record needs a non-empty string id")
-    if not isinstance(q.prompt, str) or not q.prompt.strip():
-        fail("prompt", "the prompt (caption or question) is missing or empty")
+    if not isinstance(q.prompt, str) or blank(q.prompt):
+        fail("prompt", "empty prompt: the caption or question is missing, or holds only "
+             "whitespace and invisible characters")
     object.__setattr__(q, "media", tuple(q.media))
     object.__setattr__(q, "responses", tuple(q.responses))
     n = 2 if q.form == "pairwise" else 1
@@ -166,8 +200,9 @@ def _check_question(q) -> None:
             fail("responses", f"{q.form} {q.task} needs {n} response(s), "
                  f"got {len(q.responses)}")
         for r in q.responses:
-            if not isinstance(r, str) or not r.strip():
-                fail("responses", "a response is missing or empty")
+            if not isinstance(r, str) or blank(r):
+                fail("responses", "empty answer: a response is missing, or holds only "
+                     "whitespace and invisible characters")
     if q.form == "pointwise":
         if q.scale is None or len(q.scale) != 2:
             fail("scale", "a pointwise record needs its scale as (low, high)")
@@ -184,6 +219,11 @@ def _check_question(q) -> None:
             fail("evidence", f"evidence needs one entry per media item ({len(q.media)}), "
                  f"got {len(ev)}")
         object.__setattr__(q, "evidence", ev)
+    for name, text in _texts(q):
+        bad = isinstance(text, str) and surrogate_in(text)
+        if bad:
+            fail(name, f"the text holds a lone surrogate ({bad}), which is no character: "
+                 "it cannot be encoded as UTF-8 or tokenized")
 
 
 def _candidates(q) -> tuple:

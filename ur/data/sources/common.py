@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from ur.data.answers import parse_pairwise, parse_score
-from ur.data.records import Media, PreferenceRecord, RecordError, task_modality
+from ur.data.records import Media, PreferenceRecord, RecordError, surrogate_in, task_modality
 from ur.io import UnsafePathError, safe_join, write_text_atomic
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
@@ -517,6 +517,9 @@ def resolve_path(value: str, root: Path, field: str) -> str:
         raise RecordError("media path is missing or empty", field=field)
     if "\0" in value:
         raise RecordError("media path holds a NUL character", field=field)
+    if bad := surrogate_in(value):  # the file system cannot encode it
+        raise RecordError(f"media path holds a lone surrogate ({bad}), which is no character",
+                          field=field)
     try:
         return str(safe_join(root, value))
     except UnsafePathError:
