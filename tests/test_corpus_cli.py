@@ -152,10 +152,11 @@ def test_missing_or_malformed_manifest_is_one_problem(tmp_path, capsys, content)
 
 def test_manifest_entries_are_checked_one_by_one(tmp_path, capsys):
     _evalmuse(tmp_path / "world" / "evalmuse")
-    entries = [{"source": "evalmuse", "path": "evalmuse/data.json"},
-               {"source": "no_such_source", "path": "evalmuse/data.json"},
-               {"source": "evalmuse", "path": "../outside.json"},
-               {"source": "evalmuse"},
+    kinds = dict(split="train", task="image_generation", form="pointwise")
+    entries = [{**kinds, "source": "evalmuse", "path": "evalmuse/data.json"},
+               {**kinds, "source": "no_such_source", "path": "evalmuse/data.json"},
+               {**kinds, "source": "evalmuse", "path": "../outside.json"},
+               {**kinds, "source": "evalmuse"},
                "not an entry"]
     (tmp_path / "world" / "manifest.json").write_text(json.dumps({"entries": entries}))
     assert main(["corpus", "check", "manifest", str(tmp_path / "world"), "--json"]) == 1
@@ -226,3 +227,43 @@ def test_text_that_cannot_be_tokenized_is_a_problem_at_its_row(tmp_path, capsys)
     assert main(["corpus", "check", "evalmuse", str(path), "--json", "--skip-bad"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["records"], report["skipped"]) == (2, 3)
+
+
+def test_an_id_that_several_rows_use_is_one_warning_naming_them(tmp_path, capsys):
+    ok = dict(prompt="a green square", img_path="a.png", total_score=[4])
+    path = _evalmuse(tmp_path / "e", [{**ok, "id": i} for i in ("a", "b", "a", "c", "a")])
+    code, out, bad = _check(capsys, "evalmuse", path)
+    warn = [line for line in out.splitlines() if line.startswith("WARN")]
+    assert code == 0 and not bad
+    assert warn == [f"WARN {path}, rows 0, 2, 4, field 'id': id 'a' of evalmuse is used by 3 rows"]
+    main(["corpus", "check", "evalmuse", str(path), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 5 and report["repeated_ids"][0]["rows"] == [
+        [str(path), 0], [str(path), 2], [str(path), 4]]
+
+
+def test_media_a_train_and_a_test_record_share_are_problems(tmp_path, capsys):
+    """The same file, and a copy of a train image under another name, used by test rows
+    of a world: one BAD line each naming the test row and the train row."""
+    world = tmp_path / "world"
+    world.mkdir()
+    for name, colour in (("a.png", 10), ("b.png", 20), ("copy_of_b.png", 20), ("c.png", 30)):
+        (world / name).write_bytes(_png((colour, 0, 0)))
+    def rows(*images):
+        return json.dumps([dict(prompt="a square", img_path=i, total_score=[4]) for i in images])
+    (world / "train.json").write_text(rows("a.png", "b.png"))
+    (world / "test.json").write_text(rows("c.png", "a.png", "copy_of_b.png"))
+    kinds = dict(task="image_generation", form="pointwise", source="evalmuse")
+    (world / "manifest.json").write_text(json.dumps({"entries": [
+        {**kinds, "split": "train", "path": "train.json"},
+        {**kinds, "split": "test", "path": "test.json"}]}))
+    code, out, bad = _check(capsys, "manifest", world)
+    assert code == 1 and len(bad) == 2, out
+    train = world / "train.json"
+    assert bad[0].startswith(f"BAD  {world / 'test.json'}, row 1, field 'img_path': test "
+                             f"record uses the same image as train record {train}, row 0")
+    assert bad[1].startswith(f"BAD  {world / 'test.json'}, row 2, field 'img_path': test "
+                             "record's image has the bytes of")
+    assert f"b.png of train record {train}, row 1" in bad[1]
+    code, out, bad = _check(capsys, "manifest", world, "--no-media")  # by path only
+    assert code == 1 and len(bad) == 1 and "row 1" in bad[0]

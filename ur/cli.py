@@ -52,8 +52,16 @@ def _add_corpus(sub) -> None:
     check = csub.add_parser(
         "check", help="load every record of a source and its media; report counts and problems",
         description="Load every record of SOURCE at PATH and decode its media. Strict by "
-                    "default: lists every problem (file, row, field) and exits 1 if there is "
-                    "any. --skip-bad exits 0 and counts them.",
+                    "default: lists every problem (file, row, field) as a BAD line and exits 1 "
+                    "if there is any. --skip-bad exits 0 and counts them. For a synthetic "
+                    "world ('manifest'), a val or test record that uses the image or video "
+                    "of a train record (the same file, or a file with the same bytes) is a "
+                    "problem too: the held-out splits would measure memory. An id that "
+                    "several rows of one source use is a WARN line and changes neither the "
+                    "exit code nor the counts: each row is still read and trained on as "
+                    "its own record, and public data sets repeat ids (a prompt's id on each "
+                    "of its pairs), but messages, written pairs and construction's resume "
+                    "(prompts done by id) then cannot tell those rows apart.",
         epilog="sources: " + ", ".join(SOURCE_NAMES) + "; or 'manifest' with PATH a synthetic "
                "world folder (checks every entry of its manifest.json)")
     check.add_argument("source", metavar="SOURCE", choices=(*SOURCE_NAMES, "manifest"),
@@ -120,13 +128,15 @@ def _parse_options(pairs: list[str]) -> dict:
     return out
 
 
-def _manifest_entries(world: Path) -> tuple[list[tuple[str, Path, dict]], list]:
-    """``(source, path, options)`` of every entry of a world's manifest.json, and a
-    RecordError for the manifest itself or each entry that cannot be used (naming the
-    entry as its row and the key as its field)."""
+def _manifest_entries(world: Path) -> tuple[list[tuple[str, Path, dict, str]], list]:
+    """``(source, path, options, split)`` of every usable entry of a world's
+    manifest.json, and a RecordError for the manifest itself or each entry that cannot be
+    used (naming the entry as its row and the key as its field): all that
+    ``read_manifest`` refuses (see ``manifest_problems``), and a source no adapter reads."""
     from ur.data.records import RecordError
     from ur.data.sources import SOURCE_NAMES
-    from ur.io import UnsafePathError, safe_join
+    from ur.data.synthetic.writer import manifest_problems
+    from ur.io import safe_join
 
     file = world / "manifest.json"
     try:
@@ -135,28 +145,118 @@ def _manifest_entries(world: Path) -> tuple[list[tuple[str, Path, dict]], list]:
         return [], [RecordError("no manifest.json: not a world folder", file=file)]
     except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
         return [], [RecordError(f"not a readable JSON file ({e})", file=file)]
-    entries = manifest.get("entries") if isinstance(manifest, dict) else None
-    if not isinstance(entries, list):
-        return [], [RecordError("it has no list of entries", file=file, field="entries")]
-    found, bad = [], []
-    for k, entry in enumerate(entries):
-        def problem(message, field=None, k=k):
-            bad.append(RecordError(message, file=file, row=k, field=field))
-
-        if not isinstance(entry, dict):
-            problem(f"an entry is an object, got {type(entry).__name__}")
-        elif entry.get("source") not in SOURCE_NAMES:
-            problem(f"unknown source {entry.get('source')!r}", "source")
-        elif not isinstance(entry.get("path"), str) or not entry["path"].strip():
-            problem("the path is missing", "path")
+    problems = manifest_problems(world, manifest)
+    if any(p.row is None for p in problems):  # no list of entries
+        return [], problems
+    refused = {p.row for p in problems}
+    found = []
+    for k, entry in enumerate(manifest["entries"]):
+        if k in refused:
+            continue
+        if entry["source"] not in SOURCE_NAMES:
+            problems.append(RecordError(f"unknown source {entry['source']!r}", file=file,
+                                        row=k, field="source"))
         else:
+            found.append((entry["source"], safe_join(world, entry["path"]), {}, entry["split"]))
+    return found, sorted(problems, key=lambda p: p.row)
+
+
+class _RepeatedIds:
+    """Ids that more than one row of a source uses. Records that one row yields share
+    its location and are not repeats of each other."""
+
+    def __init__(self):
+        self.rows: dict[tuple, dict[tuple, None]] = {}
+
+    def add(self, source_index: int, record) -> None:
+        key = (source_index, record.source, record.id)
+        self.rows.setdefault(key, {})[(record.file, record.row)] = None
+
+    def warnings(self) -> list[dict]:
+        out = []
+        for (_, source, rid), rows in self.rows.items():
+            if len(rows) > 1:
+                where = list(rows)
+                out.append({"file": where[0][0], "rows": [list(w) for w in where],
+                            "field": "id",
+                            "warning": f"id {rid!r} of {source} is used by {len(where)} rows"})
+        return out
+
+
+class _SharedMedia:
+    """Images and videos that a train record and a record of another split both use,
+    found by path and, when ``by_content``, by a hash of their bytes (a copy under
+    another name). A clip held as frame files is one video: its frame paths and the
+    bytes of all its frames."""
+
+    def __init__(self, by_content: bool):
+        self.by_content = by_content
+        self.train: dict[tuple, tuple] = {}
+        self.held_out: list[tuple] = []
+        self._digests: dict[str, str | None] = {}
+
+    def _file_digest(self, path: str) -> str | None:
+        import hashlib
+
+        if path not in self._digests:
             try:
-                found.append((entry["source"], safe_join(world, entry["path"]), {}))
-            except UnsafePathError:
-                problem(f"path {entry['path']!r} leaves the world folder", "path")
-            except ValueError:  # a NUL character
-                problem(f"path {entry['path']!r} is not a path", "path")
-    return found, bad
+                with open(path, "rb") as fh:
+                    self._digests[path] = hashlib.file_digest(fh, "blake2b").hexdigest()
+            except OSError:  # the media check reports the file
+                self._digests[path] = None
+        return self._digests[path]
+
+    def _keys(self, media) -> list[tuple]:
+        """``("path", ...)`` and ``("content", ...)`` keys of one media reference."""
+        import hashlib
+
+        from ur.data.media import frame_files
+
+        if media.data is not None:
+            return [("content", hashlib.blake2b(media.data).hexdigest())]
+        files = frame_files(media) if media.kind == "frames" else [media.path]
+        keys = [("path", "\x1e".join(files))]
+        if self.by_content:
+            digests = [self._file_digest(f) for f in files]
+            if None not in digests:
+                keys.append(("content", "\x1e".join(digests)))
+        return keys
+
+    def add(self, split: str | None, record) -> None:
+        from ur.data.records import RecordError
+
+        if split is None:
+            return
+        for m in record.media:
+            try:
+                keys = self._keys(m)
+            except RecordError:  # the media check reports it
+                continue
+            what = "image" if m.kind == "image" else "video"
+            where = (record.file, record.row, m.field, what, m.describe(), split)
+            if split == "train":
+                for key in keys:
+                    self.train.setdefault(key, where)
+            else:
+                self.held_out.append((keys, where))
+
+    def problems(self) -> list:
+        from ur.data.records import RecordError
+
+        out = {}
+        for keys, (file, row, field, what, _, split) in self.held_out:
+            for kind, value in keys:
+                if (kind, value) not in self.train:
+                    continue
+                t_file, t_row, t_field, _, t_media, _ = self.train[(kind, value)]
+                train = f"train record {t_file}, row {t_row}, field {t_field!r}"
+                message = (f"{split} record uses the same {what} as {train}" if kind == "path"
+                           else f"{split} record's {what} has the bytes of {t_media} of {train}")
+                error = RecordError(f"{message}: the splits share media", file=file, row=row,
+                                    field=field)
+                out.setdefault((file, row, field, t_file, t_row), error)
+                break
+        return list(out.values())
 
 
 def check_corpus(source: str, path, *, split=None, media_root=None, options=None,
@@ -165,7 +265,10 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
 
     Each problem is reported once, with the file, row and field it concerns: a record
     error, an unreadable shard or file, a broken manifest entry, or media that do not
-    decode (a row that several records share is reported once per distinct problem)."""
+    decode (a row that several records share is reported once per distinct problem).
+    ``shared_media`` lists each record of a world's val or test split that uses an image
+    or video of a train record (by path, and by content when media are decoded);
+    ``repeated_ids`` each id that several rows of one source use."""
     from ur.data.collate import load_record_media
     from ur.data.records import RecordError
     from ur.data.sources import read_source
@@ -175,9 +278,10 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
     if source == "manifest":
         entries, problems = _manifest_entries(Path(path))
     else:
-        entries, problems = [(source, path, options or {})], []
+        entries, problems = [(source, path, options or {}, None)], []
     by_task, by_form, by_label = Counter(), Counter(), Counter()
     bad, good = {}, 0
+    ids, shared = _RepeatedIds(), _SharedMedia(by_content=decode_media)
 
     def report(error):
         p = error.as_dict()
@@ -185,23 +289,25 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
 
     for p in problems:
         report(p)
-    items = (item for name, p, opts in entries
+    items = ((k, part, item) for k, (name, p, opts, part) in enumerate(entries)
              for item in read_source(name, p, split=split, media_root=media_root, **opts))
     if progress:
         from rich.progress import Progress, SpinnerColumn, TextColumn
 
         bar = Progress(SpinnerColumn(), TextColumn("{task.description} {task.completed}"),
                        transient=True, console=_stderr_console())
-    for item in _with_progress(items, bar if progress else None):
+    for k, part, item in _with_progress(items, bar if progress else None):
         if isinstance(item, RecordError):
             report(item)
             continue
+        ids.add(k, item)
         if decode_media:
             try:
                 load_record_media(item, num_frames)
             except RecordError as e:
                 report(e)
                 continue
+        shared.add(part, item)
         good += 1
         by_task[item.task] += 1
         by_form[item.form] += 1
@@ -209,7 +315,9 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
             by_label[item.label] += 1
     return {"records": good, "by_task": dict(by_task), "by_form": dict(by_form),
             "by_label": {k: by_label.get(k, 0) for k in ("first", "second", "tie")},
-            "bad": list(bad.values())}
+            "bad": list(bad.values()),
+            "shared_media": [e.as_dict() for e in shared.problems()],
+            "repeated_ids": ids.warnings()}
 
 
 def _stderr_console():
@@ -229,24 +337,39 @@ def _with_progress(items, bar):
             bar.advance(task)
 
 
+def _where(p: dict) -> str:
+    """``file, row R, field 'F'`` of a reported problem, or ``file, rows R1, R2`` / ``f1,
+    row R1; f2, row R2`` of the rows that share an id."""
+    rows = p.get("rows") or [(p["file"], p["row"])]
+    if len({f for f, _ in rows}) == 1:
+        listed = ", ".join(str(r) for _, r in rows if r is not None)
+        places = ", ".join(x for x in (str(rows[0][0]), listed and
+                                       f"row{'s' * (len(rows) > 1)} {listed}") if x)
+    else:
+        places = "; ".join(f"{f}, row {r}" for f, r in rows)
+    return places + (f", field {p['field']!r}" if p["field"] else "")
+
+
 def _corpus_check(args) -> int:
     report = check_corpus(args.source, args.path, split=args.split, media_root=args.media_root,
                           options=_parse_options(args.option), num_frames=args.num_frames,
                           decode_media=not args.no_media,
                           progress=not args.json and sys.stderr.isatty())
     report["skipped" if args.skip_bad else "failed"] = len(report["bad"])
+    problems = len(report["bad"]) + len(report["shared_media"])
     if args.json:
         print(json.dumps(report))
     else:
-        for p in report["bad"]:
-            where = ", ".join(str(x) for x in (p["file"], p["row"] is not None and f"row {p['row']}",
-                                                p["field"] and f"field {p['field']!r}") if x)
-            print(f"BAD  {where}: {p['error']}")
-        print(f"records: {report['records']}  bad: {len(report['bad'])}")
+        for p in report["bad"] + report["shared_media"]:
+            print(f"BAD  {_where(p)}: {p['error']}")
+        for p in report["repeated_ids"]:
+            print(f"WARN {_where(p)}: {p['warning']}")
+        print(f"records: {report['records']}  bad: {len(report['bad'])}  shared media: "
+              f"{len(report['shared_media'])}  repeated ids: {len(report['repeated_ids'])}")
         for key in ("by_task", "by_form", "by_label"):
             print(f"{key[3:]:6s}: " + ", ".join(f"{k}={v}" for k, v in report[key].items()))
-    if report["bad"] and not args.skip_bad:
-        print(f"ur corpus check: {len(report['bad'])} problem(s); fix them or pass --skip-bad",
+    if problems and not args.skip_bad:
+        print(f"ur corpus check: {problems} problem(s); fix them or pass --skip-bad",
               file=sys.stderr)
         return 1
     return 0

@@ -311,7 +311,7 @@ def read_manifest(out_dir: str | Path) -> dict | None:
 
     A manifest whose entries are malformed, or name a ``path`` outside ``out_dir``
     (``../..``, an absolute path, a link out), raises a :class:`RecordError` naming the
-    entry and the field.
+    entry and the field (the first of :func:`manifest_problems`).
     """
     path = Path(out_dir) / "manifest.json"
     if not path.is_file():
@@ -320,24 +320,45 @@ def read_manifest(out_dir: str | Path) -> dict | None:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
+    problems = manifest_problems(out_dir, manifest)
+    if problems:
+        raise problems[0]
+    return manifest
+
+
+def manifest_problems(out_dir: str | Path, manifest) -> list[RecordError]:
+    """Every problem of a parsed manifest of the world in ``out_dir``: no list of
+    entries, or per entry the first of: not an object, a ``split``, ``task``, ``form``,
+    ``source`` or ``path`` that is not a non-empty string, a ``path`` outside
+    ``out_dir``. Each names manifest.json, the entry as its row and the key as its field.
+    """
+    path = Path(out_dir) / "manifest.json"
     entries = manifest.get("entries") if isinstance(manifest, dict) else None
     if not isinstance(entries, list):
-        raise RecordError("not a synthetic world's manifest (no list of entries)", file=path,
-                          field="entries")
+        return [RecordError("not a synthetic world's manifest (no list of entries)",
+                            file=path, field="entries")]
+    problems = []
     for row, entry in enumerate(entries):
-        for field in ("split", "task", "form", "source", "path"):
-            if not isinstance(entry, dict) or not isinstance(entry.get(field), str):
-                raise RecordError("the entry needs a string here", file=path, row=row,
-                                  field=field)
+        if not isinstance(entry, dict):
+            problems.append(RecordError("an entry is an object of strings (split, task, form, "
+                                        f"source, path), got {type(entry).__name__}",
+                                        file=path, row=row))
+            continue
+        field = next((f for f in ("split", "task", "form", "source", "path")
+                      if not isinstance(entry.get(f), str) or not entry[f].strip()), None)
+        if field is not None:
+            problems.append(RecordError("the entry needs a non-empty string here", file=path,
+                                        row=row, field=field))
+            continue
         try:
             safe_join(out_dir, entry["path"])
         except UnsafePathError:
-            raise RecordError(f"{entry['path']!r} leaves the world's folder", file=path,
-                              row=row, field="path") from None
+            problems.append(RecordError(f"{entry['path']!r} leaves the world's folder",
+                                        file=path, row=row, field="path"))
         except ValueError:  # a NUL character
-            raise RecordError(f"{entry['path']!r} is not a path", file=path, row=row,
-                              field="path") from None
-    return manifest
+            problems.append(RecordError(f"{entry['path']!r} is not a path", file=path, row=row,
+                                        field="path"))
+    return problems
 
 
 def contents(out_dir: str | Path) -> dict:
