@@ -55,8 +55,10 @@ def _add_corpus(sub) -> None:
                     "default: lists every problem (file, row, field) as a BAD line and exits 1 "
                     "if there is any. --skip-bad exits 0 and counts them. For a synthetic "
                     "world ('manifest'), a val or test record that uses the image or video "
-                    "of a train record (the same file, or a file with the same bytes) is a "
-                    "problem too: the held-out splits would measure memory. An id that "
+                    "file of a train record is a problem too: the held-out splits would "
+                    "measure memory. One whose media have the bytes of a train record's "
+                    "under another name is a WARN line: a copy, or two media that happen "
+                    "to be equal (the world's blank 'no shape' frames are). An id that "
                     "several rows of one source use is a WARN line and changes neither the "
                     "exit code nor the counts: each row is still read and trained on as "
                     "its own record, and public data sets repeat ids (a prompt's id on each "
@@ -241,20 +243,35 @@ class _SharedMedia:
                 self.held_out.append((keys, where))
 
     def problems(self) -> list:
+        """Held-out records that use a train record's media file: the splits share it."""
         from ur.data.records import RecordError
 
+        return [RecordError(f"{split} record uses the same {what} as {train}: the splits "
+                            "share media", file=file, row=row, field=field)
+                for (file, row, field, what, split), train in self._matches("path")]
+
+    def warnings(self) -> list[dict]:
+        """Held-out records whose media have the bytes of a train record's under another
+        name: a copy, or two media that happen to be equal (a blank frame)."""
+        return [{"file": file, "row": row, "field": field,
+                 "warning": f"{split} record's {what} has the bytes of {train}"}
+                for (file, row, field, what, split), train in self._matches("content")]
+
+    def _matches(self, wanted: str) -> list[tuple]:
         out = {}
         for keys, (file, row, field, what, _, split) in self.held_out:
+            if any((kind, value) in self.train for kind, value in keys
+                   if kind == "path" and wanted == "content"):
+                continue  # the same file: a problem, not a warning
             for kind, value in keys:
-                if (kind, value) not in self.train:
+                if kind != wanted or (kind, value) not in self.train:
                     continue
                 t_file, t_row, t_field, _, t_media, _ = self.train[(kind, value)]
                 train = f"train record {t_file}, row {t_row}, field {t_field!r}"
-                message = (f"{split} record uses the same {what} as {train}" if kind == "path"
-                           else f"{split} record's {what} has the bytes of {t_media} of {train}")
-                error = RecordError(f"{message}: the splits share media", file=file, row=row,
-                                    field=field)
-                out.setdefault((file, row, field, t_file, t_row), error)
+                if kind == "content":
+                    train = f"{t_media} of {train}"
+                out.setdefault((file, row, field, t_file, t_row), ((file, row, field, what,
+                                                                     split), train))
                 break
         return list(out.values())
 
@@ -267,7 +284,8 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
     error, an unreadable shard or file, a broken manifest entry, or media that do not
     decode (a row that several records share is reported once per distinct problem).
     ``shared_media`` lists each record of a world's val or test split that uses an image
-    or video of a train record (by path, and by content when media are decoded);
+    or video file of a train record, ``identical_media`` (warnings) each whose media
+    have the bytes of a train record's under another name (when media are decoded);
     ``repeated_ids`` each id that several rows of one source use."""
     from ur.data.collate import load_record_media
     from ur.data.records import RecordError
@@ -317,6 +335,7 @@ def check_corpus(source: str, path, *, split=None, media_root=None, options=None
             "by_label": {k: by_label.get(k, 0) for k in ("first", "second", "tie")},
             "bad": list(bad.values()),
             "shared_media": [e.as_dict() for e in shared.problems()],
+            "identical_media": shared.warnings(),
             "repeated_ids": ids.warnings()}
 
 
@@ -362,10 +381,11 @@ def _corpus_check(args) -> int:
     else:
         for p in report["bad"] + report["shared_media"]:
             print(f"BAD  {_where(p)}: {p['error']}")
-        for p in report["repeated_ids"]:
+        for p in report["identical_media"] + report["repeated_ids"]:
             print(f"WARN {_where(p)}: {p['warning']}")
         print(f"records: {report['records']}  bad: {len(report['bad'])}  shared media: "
-              f"{len(report['shared_media'])}  repeated ids: {len(report['repeated_ids'])}")
+              f"{len(report['shared_media'])}  identical media: "
+              f"{len(report['identical_media'])}  repeated ids: {len(report['repeated_ids'])}")
         for key in ("by_task", "by_form", "by_label"):
             print(f"{key[3:]:6s}: " + ", ".join(f"{k}={v}" for k, v in report[key].items()))
     if problems and not args.skip_bad:
