@@ -118,3 +118,93 @@ class StepSeeds(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.seed = state_dict.get("seed", self.seed)
+
+
+class UnusableData(RuntimeError):
+    """Training met more unusable records than the data module's ``max_bad``, or an
+    epoch none of whose batches held a usable record."""
+
+
+class SkippedRecords(Callback):
+    """Counts the records the collators dropped as unusable under ``skip_bad`` (a 0-byte
+    image, an unreadable frame, a prompt with no room), from each batch's
+    ``records.skipped``: the batch carries them because a DataLoader worker's collator
+    is a copy whose counter the trainer never sees.
+
+    Logs ``train/skipped_records`` (the fit's running total, restored on resume) and
+    ``val/skipped_records`` (the last validation's), summed over ranks, so both reach
+    W&B and ``metrics.json``. Stops the fit when these, with the records the data module
+    skipped at setup (its ``skipped`` per split), pass its ``max_bad``; and stops an
+    epoch none of whose batches held a usable record, which would otherwise end as if it
+    had trained (or, bounded by ``max_steps`` alone, never end). The modules that train
+    on skippable data add it through ``configure_callbacks``."""
+
+    def __init__(self):
+        self.train_total = 0
+        self._val, self._epoch = 0, [0, 0]  # local: skipped; (batches, usable batches)
+        self._examples: list[str] = []
+
+    def _note(self, batch) -> tuple[int, int]:
+        records = batch.get("records") if isinstance(batch, dict) else None
+        skipped = list(getattr(records, "skipped", ()))
+        self._examples = (self._examples + skipped)[:5]
+        return len(skipped), int(bool(records))
+
+    def _summed(self, trainer, pl_module, *values) -> list[int]:
+        local = torch.tensor(values, dtype=torch.long, device=pl_module.device)
+        return [int(v) for v in trainer.strategy.reduce(local, reduce_op="sum")]
+
+    def _check_cap(self, trainer, val: int) -> None:
+        dm = trainer.datamodule
+        if dm is None or not getattr(dm, "skip_bad", False):
+            return
+        at_setup = sum(getattr(dm, "skipped", {}).get(s, 0) for s in ("train", "val"))
+        total = at_setup + self.train_total + val
+        if total > dm.max_bad:
+            raise UnusableData(
+                f"{total} unusable record(s), over max_bad {dm.max_bad} ({at_setup} at "
+                f"setup, {self.train_total} in training batches, {val} in the last "
+                f"validation); for example:\n{self._described()}")
+
+    def _described(self) -> str:
+        return "\n".join(f"  {p}" for p in self._examples) or "  (seen on another rank)"
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch = [0, 0]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        skipped, usable = self._note(batch)
+        self._epoch[0] += 1
+        self._epoch[1] += usable
+        self.train_total += self._summed(trainer, pl_module, skipped)[0]
+        pl_module.log("train/skipped_records", float(self.train_total), on_step=True,
+                      on_epoch=False, batch_size=1)
+        self._check_cap(trainer, 0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        batches, usable = self._summed(trainer, pl_module, *self._epoch)
+        if batches and not usable:
+            raise UnusableData(
+                f"no training batch of epoch {trainer.current_epoch} held a usable record: "
+                f"all {batches} batch(es) were dropped as unusable (skip_bad); "
+                f"for example:\n{self._described()}")
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._val = 0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx,
+                                  dataloader_idx=0) -> None:
+        self._val += self._note(batch)[0]
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        val = self._summed(trainer, pl_module, self._val)[0]
+        pl_module.log("val/skipped_records", float(val), batch_size=1)
+        self._check_cap(trainer, val)
+
+    def state_dict(self) -> dict:
+        return {"train_total": self.train_total}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_total = state_dict.get("train_total", 0)

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch  # what Lightning calls
+from PIL import Image
 
 from ur.data.collate import IGNORE_INDEX, JudgeCollator
 from ur.data.datamodule import CorpusError, PreferenceDataModule, SourceSpec, WorldSpec
@@ -97,6 +98,7 @@ def broken_source(tmp_path):
     rows.append({"id": "bad2", "response": ["red", "blue"], "image": "x.png", "human_ranking": [0, 1]})
     path = tmp_path / "vl.json"
     path.write_text(json.dumps(rows))
+    Image.new("RGB", (28, 28)).save(tmp_path / "x.png")  # setup decodes the media
     return SourceSpec(name="vl_rewardbench", path=str(path))
 
 

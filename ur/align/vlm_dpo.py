@@ -40,6 +40,7 @@ from lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from ur.align.losses import PreferenceKind, preference_loss, rpo_loss, sequence_logps
+from ur.callbacks import SkippedRecords
 from ur.data.records import record_key
 from ur.models.module import VLMTrainingMixin
 from ur.models.prefix import answer_logits
@@ -145,6 +146,10 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
         self.oracle = torch.nn.ModuleDict({
             stage: torch.nn.ModuleDict({"all": MeanMetric(), **{t: MeanMetric() for t in UNDERSTANDING}})
             for stage in ("val", "test")})
+
+    def configure_callbacks(self):
+        """Counting, logging and capping the pairs the collator drops as unusable."""
+        return [SkippedRecords()]
 
     # -- scoring pairs ---------------------------------------------------------------------
     @staticmethod

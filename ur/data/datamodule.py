@@ -15,7 +15,10 @@ of the world shown as text (their evidence in the prompt, no media), drawn per b
 and padded apart from the batch's records (``batch["text_views"]``).
 
 Bad input: strict by default (any unusable record stops setup with every problem
-listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``.
+listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``. Setup also decodes
+the media of every training and validation record (``check_media``: all, a seeded
+sample, or none), so a 0-byte image stops a strict run before its first step, not at
+step N; what still fails inside a batch is counted by :class:`ur.callbacks.SkippedRecords`.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from ur.data.collate import Conversation, JudgeCollator, TextView, size_key
+from ur.data.collate import Conversation, JudgeCollator, TextView, load_record_media, size_key
 from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError, is_generation
 from ur.data.sampling import (
     EpochLoader,
@@ -45,6 +49,7 @@ from ur.data.templates import PromptTemplates
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+CheckMedia = Literal["all", "sample", "none"]
 
 
 @dataclass
@@ -141,6 +146,48 @@ def load_records(specs: Sequence[SourceSpec], *, tasks=None, forms=None, skip_ba
     return per_source, problems
 
 
+def unusable_media(records: Sequence[PreferenceRecord], num_frames: int, *,
+                   check: CheckMedia = "all", sample: int = 1000, seed: int = 0
+                   ) -> list[tuple[PreferenceRecord, RecordError]]:
+    """Decode the media of ``records`` as the collator will (``check``: all of them, a
+    seeded ``sample`` of the records, or none): each record whose media cannot be used,
+    with its problem naming file, row and field. Media that several records share are
+    decoded once."""
+    if check == "none":
+        return []
+    if check == "sample" and len(records) > sample:
+        rng = np.random.default_rng(seed)
+        records = [records[i] for i in sorted(rng.choice(len(records), sample, replace=False))]
+    decoded: dict[tuple, RecordError | None] = {}
+    problems = []
+    for r in records:
+        if r.media not in decoded:
+            try:
+                load_record_media(r, num_frames)
+                decoded[r.media] = None
+            except RecordError as e:
+                decoded[r.media] = e
+        if (e := decoded[r.media]) is not None:
+            problems.append((r, RecordError(e.message, file=r.file, row=r.row, field=e.field)))
+    return problems
+
+
+def without_bad_media(per_source: list[list[PreferenceRecord]], num_frames: int, *,
+                      check: CheckMedia, sample: int, seed: int, skip_bad: bool,
+                      max_bad: int | None, earlier: int = 0
+                      ) -> tuple[list[list[PreferenceRecord]], list[RecordError]]:
+    """``per_source`` without the records whose media cannot be decoded
+    (:func:`unusable_media`) and those problems; they stop setup as
+    :func:`load_records`' do (strict, or with ``earlier`` problems past ``max_bad``)."""
+    flat = [r for recs in per_source for r in recs]
+    found = unusable_media(flat, num_frames, check=check, sample=sample, seed=seed)
+    problems = [e for _, e in found]
+    if problems and (not skip_bad or (max_bad is not None and earlier + len(problems) > max_bad)):
+        raise CorpusError(problems, total=max_bad if skip_bad else None)
+    bad = {id(r) for r, _ in found}
+    return [[r for r in recs if id(r) not in bad] for recs in per_source], problems
+
+
 def stable_coin(seed: int, key: str) -> bool:
     """A fair coin that depends only on (seed, key): the same on every worker and run."""
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
@@ -221,7 +268,13 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         eval_seed: Seed of the validation/test subset and candidate order; fixed apart from
             ``seed`` so runs with different seeds are scored on the same records.
         skip_bad: Skip unusable records and count them instead of stopping.
-        max_bad: With skip_bad, stop anyway past this many.
+        max_bad: With skip_bad, stop anyway past this many (at setup and in training
+            batches together).
+        check_media: At setup, decode the media of ``all`` training and validation
+            records, of a seeded ``sample`` of ``check_media_sample`` records per split
+            (huge corpora), or ``none``; unusable media stop a strict run there, or are
+            skipped and counted.
+        check_media_sample: Records per split that ``sample`` checks.
         length_grouping: Training batches are cut from runs of this many batches sorted
             by media and prompt length (less padding, see :class:`MixtureSampler`); 0
             shuffles freely.
@@ -259,6 +312,8 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         eval_seed: int = 0,
         skip_bad: bool = False,
         max_bad: int = 1000,
+        check_media: CheckMedia = "all",
+        check_media_sample: int = 1000,
         processor_kwargs: dict | None = None,
         length_grouping: int = 8,
         text_views: int = 0,
@@ -283,6 +338,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         self.max_records = {"val": max_val_records, "test": max_test_records}
         self.seed = 0 if seed is None else seed
         self.eval_seed, self.skip_bad, self.max_bad = eval_seed, skip_bad, max_bad
+        self.check_media, self.check_media_sample = check_media, check_media_sample
         self.processor_kwargs = dict(processor_kwargs or {})
         if length_grouping < 0:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
@@ -319,15 +375,21 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             per_source, problems = load_records(self.specs(split), tasks=tasks,
                                                 forms=self.forms, skip_bad=self.skip_bad,
                                                 max_bad=self.max_bad)
-            if problems:
-                log.warning("%s: skipped %d unusable record(s)", split, len(problems))
-            self.skipped[split] = len(problems)
             seed = self.seed if split == "train" else self.eval_seed
             cap = self.max_records.get(split)
             if cap is not None:
                 rng = np.random.default_rng(seed)
                 per_source = [[recs[i] for i in sorted(rng.choice(len(recs), cap, replace=False))]
                               if len(recs) > cap else recs for recs in per_source]
+            if split != "test":
+                per_source, bad_media = without_bad_media(
+                    per_source, self.num_frames, check=self.check_media,
+                    sample=self.check_media_sample, seed=seed, skip_bad=self.skip_bad,
+                    max_bad=self.max_bad, earlier=sum(self.skipped.values()) + len(problems))
+                problems = problems + bad_media
+            if problems:
+                log.warning("%s: skipped %d unusable record(s)", split, len(problems))
+            self.skipped[split] = len(problems)
             records = [randomize_order(r, seed) for recs in per_source for r in recs]
             self.sizes[split] = [len(r) for r in per_source]
             views = ()

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from lightning import LightningModule
 
+from ur.callbacks import SkippedRecords
 from ur.data.collate import IGNORE_INDEX
 from ur.models.module import VLMTrainingMixin
 from ur.reward.judge import Judge
@@ -116,6 +117,10 @@ class RewardSFTModule(VLMTrainingMixin, LightningModule):
         self._judge = None
 
     # -- training --------------------------------------------------------------------------
+    def configure_callbacks(self):
+        """Counting, logging and capping the records the collator drops as unusable."""
+        return [SkippedRecords()]
+
     @staticmethod
     def model_inputs(batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k not in ("records", "text_views")}
