@@ -275,3 +275,10 @@ def test_cli_without_a_world_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no synthetic world"):
         main(["construct", "oracle-pairs", "--policy", "unused", "--world",
               str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\u200b\u200d", "\ufeff \u2060"])
+def test_a_question_of_invisible_characters_only_is_refused(prompt):
+    with pytest.raises(RecordError, match="empty") as err:
+        image_question(prompt, "a red circle on the left")
+    assert err.value.field == "prompt"

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ur.data.records import Media, PreferenceRecord, RecordError, is_generation
+from ur.data.records import Media, PreferenceRecord, RecordError, blank, is_generation
 from ur.data.templates import embedded_answer
 
 UNDERSTANDING_TASKS: tuple[str, ...] = ("image_understanding", "video_understanding")
@@ -47,8 +47,9 @@ class Question:
                  f"got {self.task!r}")
         if not isinstance(self.id, str) or not self.id:
             fail("id", "a question needs a non-empty string id")
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            fail("prompt", "the question is missing or empty")
+        if not isinstance(self.prompt, str) or blank(self.prompt):
+            fail("prompt", "the question is missing or empty (nothing but spaces or "
+                 "zero-width characters)")
         media = tuple(self.media)
         if len(media) != 1 or not isinstance(media[0], Media):
             fail("media", f"a question is about one image or video, got {len(media)} items")
