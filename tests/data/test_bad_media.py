@@ -12,6 +12,7 @@ from PIL import Image
 
 from ur.callbacks import UnusableData
 from ur.data.datamodule import CorpusError, PreferenceDataModule, SourceSpec
+from ur.data.pairs import PairsDataModule
 from ur.models.tiny import build_tiny_vlm
 from ur.reward.sft import RewardSFTModule
 
@@ -92,3 +93,18 @@ def test_a_fit_whose_batches_are_all_empty_fails(base, tmp_path):
     with pytest.raises(UnusableData, match="no training batch") as err:
         fit(base, source(tmp_path / "d", bad_rows={0, 1, 2, 3}), tmp_path)
     assert "empty" in str(err.value) and "vl.json" in str(err.value)
+
+
+def test_dpo_pairs_with_a_bad_image_stop_setup_or_are_counted_per_batch(base, tmp_path):
+    spec = source(tmp_path, bad_rows={2})
+    with pytest.raises(CorpusError) as err:
+        PairsDataModule(train=[spec], processor=base).setup("fit")
+    assert [(p.row, p.field) for p in err.value.problems] == [(2, "image")]
+    dm = PairsDataModule(train=[spec], processor=base, skip_bad=True, check_media="none")
+    dm.setup("fit")
+    collate = dm.collator()
+    empty = collate([dm.pairs["train"][2]])  # a batch of bad pairs only
+    assert len(empty["records"]) == 0 and len(empty["records"].skipped) == 1
+    batch = collate(dm.pairs["train"])
+    assert [p.row for p in batch["records"]] == [0, 1, 3]
+    assert "vl.json, row 2" in batch["records"].skipped[0]
