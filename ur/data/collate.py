@@ -12,6 +12,7 @@ for any processor whose chat template takes ``{"type": "image"}`` / ``{"type":
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,14 +26,19 @@ _SENTINEL = "\x00UR-TARGET\x00"
 
 
 class RecordBatch:
-    """The records behind a batch. Opaque on purpose: Lightning moves batches to devices
-    by recursing into lists and dataclasses and refuses frozen dataclasses, and records
-    need no moving."""
+    """The records behind a batch, and ``skipped``: the problems (described, with file,
+    row and field) of the batch's records the collator dropped as unusable
+    (``skip_bad``). Opaque on purpose: Lightning moves batches to devices by recursing
+    into lists and dataclasses and refuses frozen dataclasses, records need no moving,
+    and every consumer of a batch takes ``records`` out before the model sees it. The
+    problems travel with the batch because a collator in a DataLoader worker is a copy
+    whose own counter the trainer never sees."""
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "skipped")
 
-    def __init__(self, items):
+    def __init__(self, items, skipped: Sequence[str] = ()):
         self.items = list(items)
+        self.skipped = list(skipped)
 
     def __len__(self):
         return len(self.items)
@@ -168,7 +174,9 @@ class ConversationCollator:
     file, row and field: media that cannot be decoded, text holding the model's own
     special tokens (``<|image_pad|>``, ``<image>``, ``<|im_end|>``: the processor would
     read them as markup), a prompt that leaves no room within ``max_length``. With
-    ``skip_bad`` it is dropped from its batch and counted in ``skipped`` instead.
+    ``skip_bad`` it is dropped from its batch and counted instead: described in the
+    batch's ``records.skipped`` (what training counts, see
+    :class:`ur.callbacks.SkippedRecords`) and in this collator's running ``skipped``.
     """
 
     processor: object
@@ -193,39 +201,52 @@ class ConversationCollator:
         return self.tokenizer.eos_token_id if pad is None else pad
 
     def __call__(self, conversations: list[Conversation]) -> dict:
-        kept, media, prompt_ids, token_types = self.encode_prompts(conversations)
-        if self._too_long(kept, prompt_ids):
-            return self(kept)  # encoded again without them
-            return {"records": RecordBatch([])}
+        kept, media, prompt_ids, token_types, skipped = self.encode_prompts(conversations)
+        if not kept:
+            return {"records": RecordBatch([], skipped)}
         targets = [c.target + self._eot if self.with_targets else "" for c in kept]
         target_ids = (self.tokenizer(targets, add_special_tokens=False)["input_ids"]
                       if self.with_targets else [[] for _ in kept])
         batch = self._pad(prompt_ids, target_ids, token_types)
         batch.update(media)
-        batch["records"] = RecordBatch(c.record for c in kept)
+        batch["records"] = RecordBatch((c.record for c in kept), skipped)
         return batch
 
     def encode_prompts(self, conversations: list[Conversation]
-                       ) -> tuple[list[Conversation], dict, list[list[int]], list | None]:
+                       ) -> tuple[list[Conversation], dict, list[list[int]], list | None, list[str]]:
         """The processor's view of each conversation's prompt: ``(kept, media tensors,
-        prompt token ids, token types or None)``, undecodable ones dropped under
-        ``skip_bad``."""
-        kept, images, videos, prompts = [], [], [], []
+        prompt token ids, token types or None, problems)``. Conversations that cannot be
+        used (undecodable media, special tokens in the text, a prompt with no room
+        within ``max_length``) stop the run, or under ``skip_bad`` are dropped, their
+        problems described and counted in ``skipped``; the rest are encoded again
+        without them, their media decoded once."""
+        loaded, problems = [], []
         for c in conversations:
             try:
                 self._check_text(c)
-                imgs, vids = load_record_media(c, self.num_frames)
-            except RecordError:
+                loaded.append((c, *load_record_media(c, self.num_frames)))
+            except RecordError as e:
                 if not self.skip_bad:
                     raise
-                self.skipped += 1
-                continue
-            kept.append(c)
-            images.append(imgs)
-            videos.extend(vids)
-            prompts.append(prompt_text(self.processor, user_message(c.media, c.instruction)))
-        if not kept:
-            return [], {}, [], None
+                problems.append(e.describe())
+        encoded = [], {}, [], None
+        while loaded:
+            encoded = self._processed(loaded)
+            over = self._too_long(encoded[0], encoded[2])
+            if not over:
+                break
+            problems += over.values()
+            loaded = [item for i, item in enumerate(loaded) if i not in over]
+            encoded = [], {}, [], None
+        self.skipped += len(problems)
+        return (*encoded, problems)
+
+    def _processed(self, loaded: list[tuple[Conversation, list, list]]):
+        """The processor run on conversations whose media are decoded."""
+        kept = [c for c, _, _ in loaded]
+        images = [imgs for _, imgs, _ in loaded]
+        videos = [v for _, _, vids in loaded for v in vids]
+        prompts = [prompt_text(self.processor, user_message(c.media, c.instruction)) for c in kept]
         kwargs = dict(self.processor_kwargs)
         if any(images):
             # LLaVA-OneVision needs to know which prompt holds which images.
@@ -257,25 +278,26 @@ class ConversationCollator:
                                   file=getattr(origin, "file", None),
                                   row=getattr(origin, "row", None), field=name)
 
-    def _too_long(self, kept: list[Conversation], prompt_ids: list[list[int]]) -> bool:
-        """Whether a prompt leaves no room within ``max_length`` (an answer needs a token;
-        a prompt to continue fits exactly); under ``skip_bad`` those are taken out of
-        ``kept`` and counted, otherwise the first stops the run."""
+    def _too_long(self, kept: list[Conversation], prompt_ids: list[list[int]]) -> dict[int, str]:
+        """The prompts that leave no room within ``max_length`` (an answer needs a token;
+        a prompt to continue fits exactly): their problems by index; outside
+        ``skip_bad`` the first stops the run."""
         if self.max_length is None:
-            return False
+            return {}
         room = self.max_length - (1 if self.with_targets else 0)
-        over = [i for i, ids in enumerate(prompt_ids) if len(ids) > room]
-        if over and not self.skip_bad:
-            origin = kept[over[0]].record
-            raise RecordError(f"the prompt alone is {len(prompt_ids[over[0]])} tokens with its "
-                              f"media, leaving no room within max_length {self.max_length} "
-                              "(only answers are cut, never media tokens)",
-                              file=getattr(origin, "file", None),
-                              row=getattr(origin, "row", None), field="max_length")
-        for i in reversed(over):
-            del kept[i]
-        self.skipped += len(over)
-        return bool(over)
+        over = {}
+        for i, ids in enumerate(prompt_ids):
+            if len(ids) > room:
+                origin = kept[i].record
+                error = RecordError(f"the prompt alone is {len(ids)} tokens with its media, "
+                                    f"leaving no room within max_length {self.max_length} "
+                                    "(only answers are cut, never media tokens)",
+                                    file=getattr(origin, "file", None),
+                                    row=getattr(origin, "row", None), field="max_length")
+                if not self.skip_bad:
+                    raise error
+                over[i] = error.describe()
+        return over
 
     def _pad(self, prompt_ids, target_ids, token_types) -> dict:
         """Right-pad prompt+target for training; left-pad prompts alone for generation."""
@@ -328,5 +350,6 @@ class JudgeCollator(ConversationCollator):
         if not (media and views):
             return super().__call__(media or views)
         batch = super().__call__(media)
-        batch["text_views"] = super().__call__(views)  # no media, so nothing is skipped
+        batch["text_views"] = super().__call__(views)
+        batch["records"].skipped += batch["text_views"]["records"].skipped
         return batch

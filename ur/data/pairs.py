@@ -35,11 +35,13 @@ from ur.data.collate import (
     pad_rows,
 )
 from ur.data.datamodule import (
+    CheckMedia,
     CorpusError,
     ProcessorFromPath,
     SourceSpec,
     WorldSpec,
     load_records,
+    without_bad_media,
 )
 from ur.data.questions import Question, world_questions
 from ur.data.records import PreferenceRecord, RecordError, is_generation
@@ -69,16 +71,15 @@ class PairCollator(ConversationCollator):
     Only the answer end of an over-long pair is cut; a prompt that leaves no room for
     an answer, media that cannot be decoded and text holding the model's special tokens
     are each a :class:`RecordError` naming the pair; with ``skip_bad`` such a pair
-    leaves the batch whole and is counted in ``skipped``.
+    leaves the batch whole and is counted (``records.skipped``, as in
+    :class:`ConversationCollator`).
     """
 
     def __call__(self, pairs: list[PreferenceRecord]) -> dict:
-        kept, media, prompt_ids, token_types = self.encode_prompts(
+        kept, media, prompt_ids, token_types, skipped = self.encode_prompts(
             [Conversation(p.media, p.prompt, "", p) for p in pairs])
-        if self._too_long(kept, prompt_ids):
-            return self([c.record for c in kept])  # encoded again without them
         if not kept:
-            return {"records": RecordBatch([])}
+            return {"records": RecordBatch([], skipped)}
         records = [c.record for c in kept]
         answers = [r.responses[i] + self._eot for i in (0, 1) for r in records]
         answer_ids = [list(a) for a in self.tokenizer(answers, add_special_tokens=False)["input_ids"]]
@@ -95,7 +96,7 @@ class PairCollator(ConversationCollator):
         batch.update(media)
         batch["answer_ids"] = pad_rows(answer_ids, pad)
         batch["answer_mask"] = pad_rows([[1] * len(a) for a in answer_ids], 0)
-        batch["records"] = RecordBatch(records)
+        batch["records"] = RecordBatch(records, skipped)
         return batch
 
     def texts(self, conversation: Conversation) -> list[tuple[str, str]]:
@@ -124,7 +125,13 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
         max_length: Cut conversations to this many tokens, the answer end only.
         seed: Seed of the training order (``ur fit`` sets it to ``seed_everything``).
         skip_bad: Skip unusable pairs and count them instead of stopping.
-        max_bad: With skip_bad, stop anyway past this many.
+        max_bad: With skip_bad, stop anyway past this many (at setup and in training
+            batches together).
+        check_media: At setup, decode the media of ``all`` training and validation
+            pairs, of a seeded ``sample`` of ``check_media_sample`` pairs per split
+            (huge corpora), or ``none``; unusable media stop a strict run there, or are
+            skipped and counted.
+        check_media_sample: Pairs per split that ``sample`` checks.
         processor_kwargs: Extra keywords for the processor call (e.g. pixel budgets).
     """
 
@@ -146,6 +153,8 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
         seed: int | None = None,
         skip_bad: bool = False,
         max_bad: int = 1000,
+        check_media: CheckMedia = "all",
+        check_media_sample: int = 1000,
         processor_kwargs: dict | None = None,
     ):
         super().__init__()
@@ -158,10 +167,12 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
         self.num_workers, self.num_frames, self.max_length = num_workers, num_frames, max_length
         self.seed = 0 if seed is None else seed
         self.skip_bad, self.max_bad = skip_bad, max_bad
+        self.check_media, self.check_media_sample = check_media, check_media_sample
         self.processor_kwargs = dict(processor_kwargs or {})
         self.pairs: dict[str, list[PreferenceRecord]] = {}
         self.sizes: dict[str, list[int]] = {}
         self.dropped: dict[str, Counter] = {}
+        self.skipped: dict[str, int] = {}  # unusable pairs, for the max_bad cap
         self._questions: dict[str, list[Question]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -183,6 +194,11 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
                     else:
                         ok.append(pair)
                 kept.append(ok)
+            kept, bad_media = without_bad_media(
+                kept, self.num_frames, check=self.check_media, sample=self.check_media_sample,
+                seed=self.seed, skip_bad=self.skip_bad, max_bad=self.max_bad,
+                earlier=sum(self.skipped.values()) + len(problems))
+            dropped["bad"] += len(bad_media)
             if not any(kept):
                 raise CorpusError([RecordError(f"no usable understanding pair in the {split} "
                                                f"sources ({dict(dropped)})")])
@@ -192,6 +208,7 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
             self.pairs[split] = [p for recs in kept for p in recs]
             self.sizes[split] = [len(recs) for recs in kept]
             self.dropped[split] = dropped
+            self.skipped[split] = dropped["bad"]
 
     def questions(self, stage: str = "val") -> list[Question]:
         """Held-out questions ``stage`` (val or test) asks the policy (none without a
