@@ -93,3 +93,26 @@ def test_resuming_the_newest_run_without_a_checkpoint_stops(tmp_path, cli_env):
     assert str(newest) in str(e.value) and "no checkpoint yet" in str(e.value)
     assert sorted(p.name for p in older.rglob("*")) == ["checkpoints", "last.ckpt"]
     assert list(newest.iterdir()) == []
+
+
+UNUSABLE = """
+from lightning.pytorch.demos.boring_classes import BoringDataModule
+from ur.data.datamodule import CorpusError
+from ur.data.records import RecordError
+
+
+class Unusable(BoringDataModule):
+    def setup(self, stage):
+        raise CorpusError([RecordError("cannot decode", file="pairs.jsonl", row=7,
+                                       field="image")])
+"""
+
+
+def test_bad_data_stops_a_stage_with_its_message_not_a_traceback(tmp_path):
+    (tmp_path / "unusable.py").write_text(UNUSABLE)
+    run = run_ur("fit", "--model", "lightning.pytorch.demos.boring_classes.BoringModel",
+                 "--data", "unusable.Unusable", "--trainer.max_steps", "1", cwd=tmp_path,
+                 check=False, env={"PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert "ur fit:" in run.stderr and "pairs.jsonl, row 7, field 'image'" in run.stderr

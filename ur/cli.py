@@ -746,10 +746,19 @@ def _plain_parser() -> argparse.ArgumentParser:
 
 # -- Lightning stages --------------------------------------------------------------------
 def run_lightning(argv: list[str]) -> None:
+    from ur.callbacks import UnusableData
+    from ur.data.datamodule import CorpusError
+    from ur.data.records import RecordError
     from ur.lightning_cli import URCLI
 
-    # LightningCLI reads sys.argv itself when given nothing; pass argv only when it differs.
-    URCLI(None if argv == sys.argv[1:] else argv)
+    try:
+        # LightningCLI reads sys.argv itself when given nothing; pass argv only when it
+        # differs.
+        URCLI(None if argv == sys.argv[1:] else argv)
+    except (CorpusError, UnusableData, RecordError) as e:
+        # Bad data is the user's to fix: the message names file, row and field, and a
+        # traceback would bury it.
+        raise SystemExit(f"ur {argv[0] if argv else 'fit'}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
