@@ -131,6 +131,11 @@ def test_a_killed_construction_started_again_does_every_prompt_once_for_dpo(setu
         if figures["pairs"]:
             assert figures["oracle_agreement_ci_low"] <= figures["oracle_agreement"] \
                 <= figures["oracle_agreement_ci_high"]
+            untied = figures["pairs"] - figures["oracle_ties"]
+            assert ("oracle_agreement_untied" in figures) == (untied > 0)
+            if untied:  # the same pairs above, counted among the untied ones
+                assert figures["oracle_agreement_untied"] * untied == pytest.approx(
+                    figures["oracle_agreement"] * figures["pairs"])
 
 
 def test_two_processes_do_every_prompt_once(setup):

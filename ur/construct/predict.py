@@ -26,7 +26,9 @@ Outputs in ``out``:
 - ``summary.json``: prompts, pairs, drops by reason, ties and unparsed judgments, the
   chosen and rejected scores, and on the world the share of pairs whose chosen answer
   the oracle also scores above the rejected one (``oracle_agreement``, with its 95%
-  bootstrap interval), per task.
+  bootstrap interval; a pair the oracle scores level counts against it), the pairs the
+  oracle scores level (``oracle_ties``) and the share among the others
+  (``oracle_agreement_untied``), per task.
 """
 
 from __future__ import annotations
@@ -342,9 +344,12 @@ def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
                                   for r in judged])
             figures.update({k.replace("value", "oracle_agreement"): v for k, v in
                             mean_with_interval("value", above).items()})
-            figures["oracle_ties"] = sum(r["oracle_scores"][r["built"]["chosen"]]
-                                         == r["oracle_scores"][r["built"]["rejected"]]
-                                         for r in judged)
+            gaps = torch.tensor([r["oracle_scores"][r["built"]["chosen"]]
+                                 - r["oracle_scores"][r["built"]["rejected"]] for r in judged])
+            figures["oracle_ties"] = int((gaps == 0).sum())
+            if (gaps != 0).any():  # among the pairs the oracle tells apart
+                figures.update({k.replace("value", "oracle_agreement_untied"): v for k, v in
+                                mean_with_interval("value", (gaps[gaps != 0] > 0).float()).items()})
         summary["tasks"][task] = figures
     write_json_atomic(out / "summary.json", summary)
     return summary
