@@ -118,7 +118,7 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
         max_test_questions: How many questions ``ur test`` asks (None: all).
         processor: Path or hub id of the policy's processor; ``ur fit`` links it from the
             model's checkpoint.
-        batch_size: Pairs per batch (each pair is two rows).
+        batch_size: Pairs per batch (each pair: one prompt, two answers).
         eval_batch_size: Pairs per validation batch (default: batch_size).
         num_workers: DataLoader workers.
         num_frames: Frames sampled uniformly from each video.
