@@ -70,7 +70,7 @@ def test_evaluation_ignores_training_weights(tmp_path):
     path = tmp_path / "vl.json"
     path.write_text(json.dumps(rows))
     spec = SourceSpec(name="vl_rewardbench", path=str(path), weight=0.5)
-    dm = PreferenceDataModule(train=[spec], val=[spec])
+    dm = PreferenceDataModule(train=[spec], val=[spec], check_media="none")  # tables only
     dm.setup("fit")
     assert len(dm.sampler("train", shuffle=True)) == 3
     assert len(dm.sampler("val", shuffle=False)) == 6
