@@ -316,8 +316,10 @@ class URCLI(LightningCLI):
         self.save_config_kwargs["run_dir"] = str(self.run_dir)
 
     def _finish(self, stage: str) -> None:
-        if self.trainer.is_global_zero and stage != "predict":
-            runs.record_metrics(self.run_dir, stage, dict(self.trainer.callback_metrics))
+        metrics = dict(self.trainer.callback_metrics)
+        # predict logs nothing itself; what its callbacks report (construction's summary)
+        if self.trainer.is_global_zero and (stage != "predict" or metrics):
+            runs.record_metrics(self.run_dir, stage, metrics)
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 import wandb

@@ -140,7 +140,11 @@ def test_a_killed_construction_started_again_does_every_prompt_once_for_dpo(setu
 
 def test_two_processes_do_every_prompt_once(setup):
     config, out = overlay(setup, "ddp")
-    run_ur("predict", "--config", str(CONSTRUCT), "--config", str(config),
-           "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=setup["root"],
-           timeout=600)
-    check_outputs(out)
+    run = run_ur("predict", "--config", str(CONSTRUCT), "--config", str(config),
+                 "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=setup["root"],
+                 timeout=600)
+    summary = check_outputs(out)
+    run_dir = Path(run.stdout.strip().splitlines()[-1])
+    recorded = json.loads((run_dir / "metrics.json").read_text())["predict"]
+    assert recorded["construct/prompts"] == QUESTIONS
+    assert recorded["construct/pairs"] == summary["pairs"]
