@@ -69,10 +69,7 @@ def _prompt_id(item: Candidates | Question) -> str:
 
 def done_ids(out: Path) -> set[str]:
     """Ids of the prompts whose part is written under ``out/parts``."""
-    done = set()
-    for part in sorted((out / "parts").glob("part-*.jsonl")):
-        done |= {json.loads(line)["id"] for line in part.read_text().splitlines() if line}
-    return done
+    return {row["id"] for row in read_parts(out)}
 
 
 class PromptsDataModule(LightningDataModule):
