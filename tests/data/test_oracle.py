@@ -126,6 +126,19 @@ def test_blank_and_odd_input_never_crash():
     assert oracle.score_video(np.zeros((0, 84, 84, 3), np.uint8), caption).score == 0.0
 
 
+def test_blotchy_generated_pictures_score_without_error():
+    """What an untrained generator draws: blotches the detector finds without a colour
+    or a shape. Two such detections in one picture must still order and score."""
+    rng = np.random.default_rng(0)
+    caption = "a red circle on the left and a blue square at the top"
+    for _ in range(40):
+        coarse = rng.random((8, 8, 3))
+        x = (np.kron(coarse, np.ones((4, 4, 1))) * 255).astype(np.uint8)
+        for fn, pixels in ((oracle.score_image, x), (oracle.score_video, np.stack([x, x]))):
+            res = fn(pixels, caption)
+            assert 0.0 <= res.score <= 1.0
+
+
 def test_score_any_picture_against_its_caption():
     """An object placed by hand (not by the sampler) is scored by what it shows."""
     scene = Scene((Obj("triangle", "blue", "right", 0.82, 0.5, 0.13),), "image")

@@ -125,10 +125,12 @@ def article(word: str) -> str:
 
 
 def ordered(objects) -> tuple:
-    """Objects in the world's canonical text order: palette order of colour."""
+    """Objects in the world's canonical text order: palette order of colour, then shape.
+    A detection in a generated picture may lack a colour or a shape (None); it sorts
+    after every named one."""
     return tuple(sorted(objects, key=lambda o: (COLOUR_NAMES.index(o.colour)
                                                 if o.colour in COLOURS else 99,
-                                                o.shape, o.x, o.y)))
+                                                o.shape is None, o.shape or "", o.x, o.y)))
 
 
 @dataclass(frozen=True)
