@@ -616,3 +616,30 @@ def oracle_accuracy(questions: Sequence, answers: Sequence[str]) -> float:
     if not questions:
         raise ValueError("oracle accuracy needs at least one question")
     return sum(oracle_score(q, a) for q, a in zip(questions, answers, strict=True)) / len(questions)
+
+
+# ------------------------------------------------------------------ generated samples
+
+def check_rates(results: Sequence[OracleResult]) -> dict[str, float]:
+    """How often each kind of caption check held over ``results``: ``present``,
+    ``colour``, ``shape``, ``place`` and ``motion`` (the kinds that occur)."""
+    held: dict[str, list[bool]] = {}
+    for r in results:
+        for name, ok in r.checks:
+            held.setdefault(name.split()[0], []).append(ok)
+    return {k: float(np.mean(v)) for k, v in sorted(held.items())}
+
+
+def score_samples(samples, captions: Sequence[str], kind: str) -> dict:
+    """The oracle's verdict on generated ``samples`` (uint8 images (N, H, W, 3) or clips
+    (N, F, H, W, 3)), sample i drawn for ``captions[i]``: the mean ``alignment``,
+    ``quality`` and ``score``, the per-sample lists (``per_sample``) and the check rates
+    (``checks``)."""
+    if len(samples) != len(captions):
+        raise ValueError(f"{len(samples)} samples for {len(captions)} captions")
+    score = score_image if kind == "image" else score_video
+    results = [score(s, c) for s, c in zip(samples, captions, strict=True)]
+    per = {"alignment": [r.alignment for r in results], "quality": [r.quality for r in results],
+           "score": [r.score for r in results]}
+    return {**{k: float(np.mean(v)) if v else 0.0 for k, v in per.items()},
+            "per_sample": per, "checks": check_rates(results)}
