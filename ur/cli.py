@@ -541,6 +541,23 @@ def _add_models(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_models_tiny)
 
+    p = msub.add_parser(
+        "generator", help="build and pretrain a tiny text-to-image or text-to-video generator",
+        description="Build a tiny pixel-space diffusers pipeline (a transformer denoiser, a "
+                    "CLIP text encoder, a word-level tokenizer of the world's captions) and "
+                    "pretrain it on scenes rendered from the synthetic world's captions, the "
+                    "held-out captions excepted. The oracle scores samples of the held-out "
+                    "captions as it trains (pretrain_run/metrics.json, samples.png). Cached: "
+                    "a folder built from the same settings is reused.")
+    p.add_argument("--kind", choices=("image", "video"), default="image")
+    p.add_argument("--prediction", choices=("flow", "epsilon", "v"), default=None,
+                   help="the denoiser's target (default: flow for image, epsilon for video)")
+    p.add_argument("--out", type=Path, help="default: checkpoints/tiny/t2i-world or t2v-world")
+    p.add_argument("--steps", type=int, default=1500, help="pretraining steps (default: 1500)")
+    p.add_argument("--batch-size", type=int, help="default: 32 for image, 8 for video")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_models_generator)
+
 
 def _models_tiny(args) -> int:
     from ur.pretrain import TinyVLMSpec, ensure_tiny_vlm
@@ -551,6 +568,19 @@ def _models_tiny(args) -> int:
                               "difficulty": 1},
                        seed=args.seed)
     print(ensure_tiny_vlm(args.out or Path("checkpoints/tiny") / f"{args.family}-world", spec))
+    return 0
+
+
+def _models_generator(args) -> int:
+    from ur.pretrain import TinyGeneratorSpec, ensure_tiny_generator
+
+    video = args.kind == "video"
+    spec = TinyGeneratorSpec(kind=args.kind,
+                             prediction=args.prediction or ("epsilon" if video else "flow"),
+                             steps=args.steps, batch_size=args.batch_size or (8 if video else 32),
+                             seed=args.seed)
+    out = args.out or Path("checkpoints/tiny") / ("t2v-world" if video else "t2i-world")
+    print(ensure_tiny_generator(out, spec))
     return 0
 
 
@@ -702,6 +732,56 @@ def _add_construct(sub) -> None:
                    help="drop a question whose best and worst oracle scores differ by less "
                         "(default: 0, any difference makes a pair)")
     p.set_defaults(func=_construct_oracle_pairs)
+
+    p = csub.add_parser(
+        "oracle-generation",
+        help="pairs of a generator's own samples, best against worst by the world's oracle",
+        description="Sample N images or clips from a text-to-image or text-to-video generator "
+                    "for each of --prompts training captions of the synthetic world (never a "
+                    "held-out one), score each with the world's oracle (caption alignment "
+                    "times quality), and pair the best sample (chosen) with the worst "
+                    "(rejected). A caption is dropped when its best and worst differ by less "
+                    "than --min-gap. This is the ceiling arm of the generation alignment "
+                    "experiments: the pairs a perfect judge would build.",
+        epilog="Writes into OUT: image_pairs.parquet (Pick-a-Pic v2 schema, images inline) or "
+               "video_pairs.jsonl (VideoDPO schema, clips as PNG frame folders under media/), "
+               "each pair with both oracle scores in ur_scores, and summary.json. The "
+               "folder's path is printed last.")
+    p.add_argument("--generator", required=True,
+                   help="the generator: a diffusers folder or hub id")
+    p.add_argument("--kind", choices=("image", "video"), default="image")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--prompts", type=int, default=400,
+                   help="training captions to sample (default: 400)")
+    p.add_argument("--n", type=int, default=4, help="samples per caption (default: 4)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the captions and of every sample's noise (default: 0)")
+    p.add_argument("--min-gap", type=float, default=0.1,
+                   help="drop a caption whose best and worst scores differ by less "
+                        "(default: 0.1)")
+    p.add_argument("--sample-steps", type=int, default=12,
+                   help="denoising steps per sample (default: 12)")
+    p.add_argument("--guidance", type=float, default=3.0,
+                   help="classifier-free guidance scale (default: 3.0)")
+    p.add_argument("--num-frames", type=int, default=4, help="frames per clip (default: 4)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="samples drawn at once (default: 64)")
+    p.set_defaults(func=_construct_oracle_generation)
+
+
+def _construct_oracle_generation(args) -> int:
+    from ur.construct.oracle_generation import construct_oracle_generation_pairs, summary_line
+
+    try:
+        out = construct_oracle_generation_pairs(
+            args.generator, args.out, kind=args.kind, prompts=args.prompts, n=args.n,
+            seed=args.seed, min_gap=args.min_gap, sample_steps=args.sample_steps,
+            guidance=args.guidance, num_frames=args.num_frames, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"ur construct oracle-generation: {e}") from None
+    print(summary_line(out), file=sys.stderr)
+    print(out)
+    return 0
 
 
 def _construct_oracle_pairs(args) -> int:

@@ -10,7 +10,9 @@ It adds these options to every stage:
 - ``--run.*``: name, root folder, an exact folder, W&B project and tags, free-form
   facts to record, ``test_after_fit`` and how often fit saves a checkpoint;
 - ``--pretrain``: build and pretrain a tiny base (:class:`ur.pretrain.TinyVLMSpec`) at
-  ``model.init_args.checkpoint`` before the model is made, when it is missing.
+  ``model.init_args.checkpoint`` before the model is made, when it is missing;
+  ``--pretrain_generator`` does the same for a tiny generator
+  (:class:`ur.pretrain.TinyGeneratorSpec`).
 
 The model's checkpoint is handed to the DataModule as its ``processor`` where the model
 has a ``checkpoint`` and the DataModule a ``processor`` (a diffusion model or a pairs
@@ -38,7 +40,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from ur import runs
 from ur.io import write_json_atomic
-from ur.pretrain import TinyVLMSpec
+from ur.pretrain import TinyGeneratorSpec, TinyVLMSpec
 
 RUN_DIR_ENV = "UR_RUN_DIR"
 """Set by rank 0 to its run folder; the processes Lightning starts for the other ranks
@@ -120,6 +122,10 @@ def add_run_arguments(parser: LightningArgumentParser) -> None:
                         help="build and pretrain a tiny base at model.init_args.checkpoint "
                              "first, when it is missing or was built from other settings "
                              "(cached; processes started together build it once)")
+    parser.add_argument("--pretrain_generator", type=TinyGeneratorSpec | None, default=None,
+                        help="build and pretrain a tiny text-to-image or text-to-video "
+                             "generator at model.init_args.checkpoint first, when it is "
+                             "missing or was built from other settings (cached)")
 
 
 def is_other_rank() -> bool:
@@ -267,17 +273,20 @@ def sweep_record() -> dict | None:
 
 
 def build_pretrained_base(cfg: Namespace) -> None:
-    """``--pretrain``: the tiny base at the model's checkpoint, built once."""
-    if cfg.get("pretrain") is None:
-        return
-    from ur.pretrain import ensure_tiny_vlm
+    """``--pretrain`` / ``--pretrain_generator``: the tiny base at the model's
+    checkpoint, built once."""
+    from ur.pretrain import ensure_tiny_generator, ensure_tiny_vlm
 
-    model = _init_args(cfg, "model")
-    if model is None or "checkpoint" not in model:
-        raise SystemExit("ur: pretrain: needs a model with a `checkpoint` to build the base at")
-    spec = cfg.pretrain
-    spec = spec if isinstance(spec, TinyVLMSpec) else TinyVLMSpec(**spec.as_dict())
-    ensure_tiny_vlm(model.checkpoint, spec)
+    for key, cls, ensure in (("pretrain", TinyVLMSpec, ensure_tiny_vlm),
+                             ("pretrain_generator", TinyGeneratorSpec, ensure_tiny_generator)):
+        if cfg.get(key) is None:
+            continue
+        model = _init_args(cfg, "model")
+        if model is None or "checkpoint" not in model:
+            raise SystemExit(f"ur: {key}: needs a model with a `checkpoint` to build the base at")
+        spec = cfg[key]
+        spec = spec if isinstance(spec, cls) else cls(**spec.as_dict())
+        ensure(model.checkpoint, spec)
 
 
 class URCLI(LightningCLI):

@@ -246,7 +246,7 @@ class DiffusionDPOModule(LightningModule):
         if hp.sft_weight:
             loss = loss + hp.sft_weight * per_sample_mse(pred[:n], target[:n]).mean()
         z = -0.5 * ((out.model_mse_w - out.model_mse_l) - (out.ref_mse_w - out.ref_mse_l))
-        values = {"loss": loss, "implicit_acc": out.implicit_acc,
+        values = {"implicit_acc": out.implicit_acc,
                   "mse/chosen": out.model_mse_w.mean(), "mse/rejected": out.model_mse_l.mean(),
                   "ref_mse/chosen": out.ref_mse_w.mean(), "ref_mse/rejected": out.ref_mse_l.mean(),
                   "rewards/margins": z.mean()}
