@@ -202,6 +202,22 @@ class DiffusionDPOModule(LightningModule):
             if ".ref." in name or name.endswith(".ref"):
                 p.requires_grad_(False)
 
+    def _place_pipeline(self) -> None:
+        """The frozen parts (text encoders, VAE) are not this module's children, so
+        Lightning does not move them: they follow the denoiser's device here."""
+        for part in self.pipe.components.values():
+            if isinstance(part, torch.nn.Module) and part is not self.denoiser:
+                part.to(self.device)
+
+    def on_fit_start(self):
+        self._place_pipeline()
+
+    def on_validation_start(self):
+        self._place_pipeline()
+
+    def on_test_start(self):
+        self._place_pipeline()
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         hp = self.hparams
         if hp.reference == "online" and self.global_step % hp.ref_update_steps == 0:
