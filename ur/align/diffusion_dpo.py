@@ -26,7 +26,9 @@ Logged per split: ``loss``, ``implicit_acc``, ``mse/chosen``, ``mse/rejected``,
 loss). Validation and test sample the data module's held-out prompts with fixed seeds
 and log the oracle's ``oracle_alignment``, ``oracle_quality`` and ``oracle_score`` of
 those samples (synthetic world), with a grid of them to W&B: the figures that say
-whether DPO helped, which the loss cannot.
+whether DPO helped, which the loss cannot. With the
+:class:`ur.reward.sample_scores.JudgeSampleScores` callback, a judge scores the same
+samples (``judge_score``).
 """
 
 from __future__ import annotations
@@ -289,12 +291,15 @@ class DiffusionDPOModule(LightningModule):
         finally:
             self.denoiser.train(was)
 
-    def prompt_step(self, batch: dict, stage: str) -> None:
+    def prompt_step(self, batch: dict, stage: str) -> dict | None:
+        """Sample the batch's prompts, score the samples by the oracle, and return them
+        (``samples``, ``prompts``) for callbacks such as
+        :class:`ur.reward.sample_scores.JudgeSampleScores`."""
         from ur.data.synthetic.oracle import score_samples
 
         prompts, seeds = list(batch["prompts"]), list(batch["seeds"])
         if not prompts:
-            return
+            return None
         samples = self.sample(prompts, seeds)
         found = score_samples(samples, prompts, "video" if self.denoising.video else "image")
         for k, metric in self.samples[stage].items():
@@ -302,19 +307,19 @@ class DiffusionDPOModule(LightningModule):
         if len(self._grid) < 16:
             self._grid.extend(zip(samples[:16 - len(self._grid)], prompts, found["per_sample"]["score"],
                                   strict=False))
+        return {"samples": samples, "prompts": prompts}
 
     def _is_prompts(self, batch) -> bool:
         return "seeds" in batch
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if self._is_prompts(batch):
-            self.prompt_step(batch, "val")
-        else:
-            self.pair_step(batch, "val")
+            return self.prompt_step(batch, "val")
+        self.pair_step(batch, "val")
+        return None
 
     def test_step(self, batch, batch_idx, dataloader_idx=0):
-        if self._is_prompts(batch):
-            self.prompt_step(batch, "test")
+        return self.prompt_step(batch, "test") if self._is_prompts(batch) else None
 
     def _samples_end(self, stage: str) -> None:
         for name, metric in self.samples[stage].items():
