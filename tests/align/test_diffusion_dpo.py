@@ -401,3 +401,22 @@ def test_ddp_test_gives_the_single_process_oracle_figures(oracle_pairs, tmp_path
     assert {"test/oracle_alignment", "test/oracle_quality"} <= single.keys() == ddp.keys()
     for key, value in single.items():
         assert ddp[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_cached_latents_and_text_are_what_encoding_gives(generators):
+    """With both caches on, a pair seen again is read back in its own place in the batch:
+    the denoiser's space and the text inputs equal fresh encodings, rows in batch order."""
+    module = dpo_module(generators["video-epsilon"], cache_latents=True, cache_text=True)
+    first = {**pair_batch("video-epsilon", n=3, seed=0), "ids": ["a", "b", "c"]}
+    module.encode_pairs(first)
+    assert sorted(module._latent_cache) == ["a", "b", "c"]
+    again = {"ids": ["c", "a"], "prompts": [first["prompts"][2], first["prompts"][0]],
+             "chosen": first["chosen"][[2, 0]], "rejected": first["rejected"][[2, 0]]}
+    cached = module.encode_pairs({**again, "chosen": again["chosen"] * 0})  # not re-read
+    fresh = torch.cat([again["chosen"], again["rejected"]])
+    assert torch.equal(cached, fresh)
+    text = module.encode_text(again["prompts"])
+    with torch.no_grad():
+        direct = module.denoising.encode_text(again["prompts"])
+    for key, value in direct.items():
+        torch.testing.assert_close(text[key], value)

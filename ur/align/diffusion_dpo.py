@@ -86,8 +86,12 @@ class DiffusionDPOModule(LightningModule):
         ref_update_steps: With ``online``, steps between refreshes of the ``ref`` adapter.
         timesteps: Train only on these DDPM timesteps (the turbo subset
             ``[249, 499, 749, 999]``); None: all.
-        cache_text: Encode each prompt once and keep its text embedding (the text
-            encoders are frozen).
+        cache_text: Encode each prompt once and keep its text embedding in memory (the
+            text encoders are frozen): for pair sets with few distinct prompts; a
+            corpus of mostly distinct prompts would keep one embedding per pair.
+        cache_latents: Encode each pair's media once and keep the latents in memory
+            (CPU), keyed by pair id: pays where a VAE encodes every step (SD, SDXL, SD3,
+            Wan) and the pair set fits in memory; nothing to gain in pixel space.
         sample_steps: Denoising steps when validation samples held-out prompts.
         guidance: Classifier-free guidance scale of those samples.
         num_frames: Frames per sampled clip (video generators).
@@ -109,7 +113,8 @@ class DiffusionDPOModule(LightningModule):
         reference: Reference = "auto",
         ref_update_steps: int = 100,
         timesteps: list[int] | None = None,
-        cache_text: bool = True,
+        cache_text: bool = False,
+        cache_latents: bool = False,
         sample_steps: int = 12,
         guidance: float = 3.0,
         num_frames: int = 4,
@@ -131,7 +136,7 @@ class DiffusionDPOModule(LightningModule):
             "optimizer": plain(optimizer), "loss": loss, "beta": beta,
             "sft_weight": sft_weight, "reference": reference,
             "ref_update_steps": ref_update_steps, "timesteps": timesteps,
-            "cache_text": cache_text, "sample_steps": sample_steps, "guidance": guidance,
+            "cache_text": cache_text, "cache_latents": cache_latents, "sample_steps": sample_steps, "guidance": guidance,
             "num_frames": num_frames, "dtype": dtype, "trust_remote_code": trust_remote_code,
             "export": export, "log_samples": log_samples}, logger=False)
         self.optim = as_spec(OptimizerSpec, optimizer) or OptimizerSpec(lr=1e-4,
@@ -162,6 +167,7 @@ class DiffusionDPOModule(LightningModule):
             denoiser.requires_grad_(True)
         self.denoiser = denoiser.train()
         self._text_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.samples = torch.nn.ModuleDict({
             stage: torch.nn.ModuleDict({k: CatMetric() for k in ("alignment", "quality", "score")})
             for stage in ("val", "test")})
@@ -173,10 +179,12 @@ class DiffusionDPOModule(LightningModule):
         params = dict(self.denoising.denoiser.named_parameters())
         with torch.no_grad():
             for name, p in params.items():
-                if f".{source}." in name or name.endswith(f".{source}"):
-                    other = name.replace(f".{source}", f".{target}")
-                    params[other].copy_(p)
-                    params[other].requires_grad_(False)
+                parts = name.split(".")
+                if source in parts[1:]:  # an adapter's name is a segment after the layer's
+                    at = len(parts) - 1 - parts[::-1].index(source)
+                    other = params[".".join(parts[:at] + [target] + parts[at + 1:])]
+                    other.copy_(p)
+                    other.requires_grad_(False)
 
     def reference_predict(self, noisy, t, cond) -> torch.Tensor:
         d = self.denoising
@@ -240,6 +248,24 @@ class DiffusionDPOModule(LightningModule):
         return {k: torch.stack([self._text_cache[p][k] for p in prompts]).to(self.device)
                 for k in self._text_cache[prompts[0]]}
 
+    @torch.no_grad()
+    def encode_pairs(self, batch: dict) -> torch.Tensor:
+        """[winners; losers] in the denoiser's space, from the cache when
+        ``cache_latents`` (keyed by pair id)."""
+        d = self.denoising
+        ids = list(batch.get("ids") or [])
+        if not (self.hparams.cache_latents and ids):
+            return torch.cat([d.encode_media(batch["chosen"]), d.encode_media(batch["rejected"])])
+        missing = [i for i, key in enumerate(ids) if key not in self._latent_cache]
+        if missing:
+            w = d.encode_media(batch["chosen"][missing])
+            lo = d.encode_media(batch["rejected"][missing])
+            for k, i in enumerate(missing):
+                self._latent_cache[ids[i]] = (w[k].cpu(), lo[k].cpu())
+        pairs = [self._latent_cache[key] for key in ids]
+        return torch.cat([torch.stack([w for w, _ in pairs]),
+                          torch.stack([lo for _, lo in pairs])]).to(self.device)
+
     # -- the pair step -----------------------------------------------------------------------
     def pair_step(self, batch: dict, stage: str) -> torch.Tensor | None:
         prompts = list(batch["prompts"])
@@ -247,8 +273,7 @@ class DiffusionDPOModule(LightningModule):
         if not n:
             return None
         d = self.denoising
-        with torch.no_grad():
-            x0 = torch.cat([d.encode_media(batch["chosen"]), d.encode_media(batch["rejected"])])
+        x0 = self.encode_pairs(batch)
         cond = self.encode_text(prompts)
         cond = {k: torch.cat([v, v]) for k, v in cond.items()}
         # One noise and one timestep per pair, shared by its winner and loser.

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import (
@@ -167,8 +168,14 @@ def load_generator(path_or_id: str | os.PathLike, *, dtype: str | torch.dtype | 
     if variant:
         kwargs["variant"] = variant
     cls = DiffusionPipeline
-    if os.path.isdir(source) and _index_class(Path(source)) == PixelDiffusionPipeline.__name__:
+    named = _index_class(Path(source)) if os.path.isdir(source) else None
+    if named == PixelDiffusionPipeline.__name__:
         cls = PixelDiffusionPipeline
+    elif (named is not None and not (isinstance(named, str) and hasattr(diffusers, named))
+          and not trust_remote_code):
+        raise ValueError(f"{source}: model_index.json names the pipeline class {named!r}, "
+                         "which diffusers does not have; code shipped with a checkpoint runs "
+                         "only with trust_remote_code=True")
     pipe = cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
