@@ -444,16 +444,19 @@ def _judge(args) -> int:
 
 
 EXPORTABLE = {"judge": ("ur.reward.sft", "RewardSFTModule"),
-              "policy": ("ur.align.vlm_dpo", "VLMDPOModule")}
+              "policy": ("ur.align.vlm_dpo", "VLMDPOModule"),
+              "generator": ("ur.align.diffusion_dpo", "DiffusionDPOModule")}
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a trained judge or aligned policy as a Hugging "
-                                      "Face folder",
-                       description="Load a Lightning checkpoint of a judge (RewardSFTModule) or "
-                                   "of a DPO policy (VLMDPOModule) (a .ckpt file, or a run "
+    p = sub.add_parser("export", help="write a trained judge, aligned policy or aligned "
+                                      "generator as a Hugging Face / diffusers folder",
+                       description="Load a Lightning checkpoint of a judge (RewardSFTModule), "
+                                   "of a DPO policy (VLMDPOModule) or of a Diffusion-DPO "
+                                   "generator (DiffusionDPOModule) (a .ckpt file, or a run "
                                    "folder: its checkpoints/last.ckpt) and save model + "
-                                   "processor with save_pretrained, LoRA merged on request. "
+                                   "processor with save_pretrained, LoRA merged on request "
+                                   "(a generator: the whole diffusers pipeline, LoRA merged). "
                                    "`ur fit` already exports to <run>/export. Code shipped "
                                    "with a checkpoint never runs here. The folder is written "
                                    "beside --out and renamed into place when complete.")
@@ -514,8 +517,11 @@ def _export(args) -> int:
         cls = getattr(importlib.import_module(module_name), cls_name)
         # Weights only, remote code off, a base from this machine or this command line.
         module = load_module(cls, ckpt, "ur export", base=args.base)
-        print(save_hf(module.model, module.processor, args.out, merge_lora=args.merge_lora,
-                      overwrite=args.overwrite))
+        if hasattr(module, "pipe"):  # a generator: a diffusers folder, LoRA merged
+            print(module.export(args.out, overwrite=args.overwrite))
+        else:
+            print(save_hf(module.model, module.processor, args.out,
+                          merge_lora=args.merge_lora, overwrite=args.overwrite))
     except FileExistsError as e:
         raise SystemExit(f"ur export: {e}; pass --overwrite to replace it") from None
     return 0

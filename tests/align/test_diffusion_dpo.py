@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, WanTransformer3DModel
 from lightning import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from minirun import REPO, run_ur
 from torch.utils.data import DataLoader
 
@@ -324,9 +325,10 @@ def test_the_export_is_the_trained_generator_with_lora_merged(generators, tmp_pa
     module = dpo_module(generators["image-flow"], reference, export=True, beta=50.0,
                         optimizer=OptimizerSpec(lr=1e-2, warmup_ratio=0.0, min_lr_ratio=1.0))
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0,
-                      default_root_dir=tmp_path)
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints",
+                                                 save_last=True)],
+                      enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, train_dataloaders=DataLoader(
         [pair_batch("image-flow", seed=s) for s in range(3)], batch_size=None))
     exported = load_generator(tmp_path / "export")
@@ -341,6 +343,12 @@ def test_the_export_is_the_trained_generator_with_lora_merged(generators, tmp_pa
     start = dpo_module(generators["image-flow"], reference).sample(prompts, seeds)
     assert np.array_equal(ours, theirs)
     assert (ours != start).mean() > 0.05, "training moved the samples"
+    if reference == "adapters_off":
+        # `ur export` of the run's checkpoint writes the same generator.
+        run_ur("export", str(tmp_path / "checkpoints" / "last.ckpt"), "--module", "generator",
+               "--out", str(tmp_path / "exported"), cwd=tmp_path)
+        again = dpo_module(str(tmp_path / "exported"), reference).sample(prompts, seeds)
+        assert np.array_equal(ours, again)
 
 
 # -- ur fit and ur test with 2 CPU processes -----------------------------------------------
