@@ -369,10 +369,18 @@ def _scheduler(config: TinyGeneratorConfig):
     if config.prediction == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.train_timesteps,
                                                shift=1.0)
+    if config.prediction == "epsilon":
+        # Stable Diffusion's schedule: its last step keeps a little signal (alpha_bar
+        # about 0.005), so a noise prediction gives an image estimate at every sampling
+        # step. Where alpha_bar reaches 0 (the cosine schedule), the first step's
+        # estimate divides by about 0 and sampling returns noise.
+        return DDIMScheduler(num_train_timesteps=config.train_timesteps,
+                             beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                             clip_sample=True, prediction_type="epsilon",
+                             set_alpha_to_one=False, timestep_spacing="leading", steps_offset=1)
     return DDIMScheduler(num_train_timesteps=config.train_timesteps,
                          beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                         prediction_type="epsilon" if config.prediction == "epsilon"
-                         else "v_prediction", set_alpha_to_one=True,
+                         prediction_type="v_prediction", set_alpha_to_one=True,
                          timestep_spacing="trailing")
 
 

@@ -49,7 +49,7 @@ from ur.models.generators import (
 from ur.training import OptimizerSpec, warmup_cosine
 
 SPEC_FILE = "ur_pretrain.json"
-FORMAT = 1
+FORMAT = 2
 """Bumped when what a spec builds changes, so cached generators are rebuilt."""
 
 
