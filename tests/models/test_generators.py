@@ -196,3 +196,15 @@ def test_training_timesteps(pipes):
     assert set(t.tolist()) == set(turbo)
     with pytest.raises(ValueError, match="flow"):
         Denoising(pipes["image-flow"], timesteps=turbo)
+
+
+def test_an_epsilon_generator_starts_sampling_where_noise_still_tells_the_image():
+    """An epsilon prediction gives the image estimate (x - sqrt(1 - a) eps) / sqrt(a): at
+    a schedule's first sampling step a must keep some signal, or the estimate divides
+    by about 0 and a trained model samples noise (the cosine schedule's a is 5e-5)."""
+    pipe = build_tiny_generator(["a red circle"], TinyGeneratorConfig(kind="video",
+                                                                      prediction="epsilon"))
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(12)
+    first = scheduler.alphas_cumprod[scheduler.timesteps[0]]
+    assert first > 1e-3
