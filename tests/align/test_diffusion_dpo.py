@@ -64,8 +64,8 @@ def pair_batch(name: str, n: int = 3, seed: int = 0) -> dict:
 
 def dpo_module(folder: str, reference: str = "adapters_off", **kwargs):
     return DiffusionDPOModule(checkpoint=folder, finetune=FINETUNE[reference],
-                              reference=reference, log_samples=False, sample_steps=3,
-                              num_frames=FRAMES, **{"export": False, **kwargs})
+                              reference=reference, sample_steps=3, num_frames=FRAMES,
+                              **{"export": False, "log_samples": False, **kwargs})
 
 
 def perturb(module, scale: float = 0.2, seed: int = 0) -> None:
@@ -428,3 +428,29 @@ def test_cached_latents_and_text_are_what_encoding_gives(generators):
         direct = module.denoising.encode_text(again["prompts"])
     for key, value in direct.items():
         torch.testing.assert_close(text[key], value)
+
+
+@pytest.mark.parametrize("name", ["image-flow", "video-epsilon"])
+def test_validation_logs_the_oracles_figures_and_a_grid_of_samples(generators, tmp_path,
+                                                                    monkeypatch, name):
+    """Held-out prompts are sampled and scored; the samples reach W&B as images (a
+    clip as a strip of its frames) with their captions."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    module = dpo_module(generators[name], log_samples=True)
+    prompts = [{"prompts": PROMPTS[:2], "seeds": [0, 1]}, {"prompts": PROMPTS[2:3], "seeds": [2]}]
+    trainer = Trainer(accelerator="cpu", devices=1, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False,
+                      logger=WandbLogger(save_dir=str(tmp_path), offline=True))
+    metrics = trainer.validate(module, dataloaders=DataLoader(prompts, batch_size=None))[0]
+    assert {"val/oracle_alignment", "val/oracle_quality", "val/oracle_score"} <= set(metrics)
+    assert 0.0 <= metrics["val/oracle_alignment"] <= 1.0
+    trainer.logger.experiment.finish()
+    pngs = list(tmp_path.rglob("media/images/val/samples_*.png"))
+    assert len(pngs) == 3
+    from PIL import Image
+
+    width = SIZE * (FRAMES if name.startswith("video") else 1)
+    assert all(Image.open(p).size == (width, SIZE) for p in pngs)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from lightning import LightningModule
 from torchmetrics import CatMetric
@@ -360,17 +361,16 @@ class DiffusionDPOModule(LightningModule):
         self._grid = []
 
     def _log_grid(self, stage: str) -> None:
+        """The first samples with their captions and oracle scores, as images (a clip's
+        frames side by side: a strip needs no video encoder)."""
         log_image = getattr(self.logger, "log_image", None)
-        log_video = getattr(self.logger, "log_video", None)
-        video = self.denoising.video
-        if video and log_video is not None:
-            log_video(f"{stage}/samples", videos=[s.transpose(0, 3, 1, 2) for s, _, _ in self._grid],
-                      caption=[f"{p} ({sc:.2f})" for _, p, sc in self._grid],
-                      step=self.global_step, fps=[4] * len(self._grid))
-        elif not video and log_image is not None:
-            log_image(f"{stage}/samples", images=[s for s, _, _ in self._grid],
-                      caption=[f"{p} ({sc:.2f})" for _, p, sc in self._grid],
-                      step=self.global_step)
+        if log_image is None:
+            return
+        images = [np.concatenate(list(s), axis=1) if s.ndim == 4 else s
+                  for s, _, _ in self._grid]
+        log_image(f"{stage}/samples", images=images,
+                  caption=[f"{p} ({sc:.2f})" for _, p, sc in self._grid],
+                  step=self.global_step)
 
     def on_validation_epoch_end(self):
         self._samples_end("val")
