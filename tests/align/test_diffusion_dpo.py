@@ -345,8 +345,10 @@ def test_the_export_is_the_trained_generator_with_lora_merged(generators, tmp_pa
     assert (ours != start).mean() > 0.05, "training moved the samples"
     if reference == "adapters_off":
         # `ur export` of the run's checkpoint writes the same generator.
-        run_ur("export", str(tmp_path / "checkpoints" / "last.ckpt"), "--module", "generator",
-               "--out", str(tmp_path / "exported"), cwd=tmp_path)
+        from ur.cli import main
+
+        assert main(["export", str(tmp_path / "checkpoints" / "last.ckpt"), "--module",
+                     "generator", "--out", str(tmp_path / "exported")]) == 0
         again = dpo_module(str(tmp_path / "exported"), reference).sample(prompts, seeds)
         assert np.array_equal(ours, again)
 
