@@ -47,8 +47,11 @@ def mini_overlay(path, *, world, base, steps=4, extra=""):
 def run_ur(*args, cwd, check=True, env=None, timeout=900) -> subprocess.CompletedProcess:
     """``ur ARGS...`` in ``cwd``; with ``check``, a failure shows its output's tail. A run
     that hangs (a distributed deadlock) fails after ``timeout`` seconds."""
+    # A W&B service some test started in this process is never shared with a run: a
+    # resumed run would find its killed run's id still held there.
+    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     run = subprocess.run([sys.executable, "-m", "ur.cli", *args], cwd=cwd, capture_output=True,
-                         text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+                         text=True, env={**base, **(env or {})}, timeout=timeout)
     if check and run.returncode != 0:
         raise AssertionError(f"ur {' '.join(args)} failed:\n{run.stdout[-3000:]}\n"
                              f"{run.stderr[-5000:]}")

@@ -8,6 +8,7 @@ text-to-image experiment under DDP with 2 CPU processes."""
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -446,10 +447,19 @@ def test_validation_logs_the_oracles_figures_and_a_grid_of_samples(generators, t
     trainer = Trainer(accelerator="cpu", devices=1, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False,
                       logger=WandbLogger(save_dir=str(tmp_path), offline=True))
-    metrics = trainer.validate(module, dataloaders=DataLoader(prompts, batch_size=None))[0]
+    try:
+        metrics = trainer.validate(module, dataloaders=DataLoader(prompts, batch_size=None))[0]
+        trainer.logger.experiment.finish()
+    finally:
+        # The W&B service this process started must not outlive the test: its address
+        # (WANDB_SERVICE) would reach every later `ur` subprocess, and a resumed run
+        # would find its killed run's id still held there.
+        import wandb
+
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
     assert {"val/oracle_alignment", "val/oracle_quality", "val/oracle_score"} <= set(metrics)
     assert 0.0 <= metrics["val/oracle_alignment"] <= 1.0
-    trainer.logger.experiment.finish()
     pngs = list(tmp_path.rglob("media/images/val/samples_*.png"))
     assert len(pngs) == 3
     from PIL import Image
