@@ -34,12 +34,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ur.data.collate import RecordBatch, load_record_media
 from ur.data.datamodule import (
     CheckMedia,
-    CorpusError,
     SourceSpec,
     load_records,
-    without_bad_media,
 )
-from ur.data.pairs import chosen_first
+from ur.data.pairs import chosen_first, keep_usable_pairs
 from ur.data.records import PreferenceRecord, RecordError, is_generation, task_modality
 from ur.data.sampling import EpochLoader, MixtureSampler, ResumableTrainLoader
 from ur.data.synthetic.captions import HELD_OUT_POOL, held_out_captions
@@ -274,21 +272,7 @@ class GenerationPairsDataModule(ResumableTrainLoader, LightningDataModule):
             self._one_modality({
                 f"{split} source {spec.name} {spec.path}": {task_modality(r.task) for r in recs}
                 for spec, recs in zip(self.sources[split], kept, strict=True) if recs})
-            kept, bad_media = without_bad_media(
-                kept, self.num_frames, check=self.check_media, sample=self.check_media_sample,
-                seed=self.seed, skip_bad=self.skip_bad, max_bad=self.max_bad,
-                earlier=sum(self.skipped.values()) + len(problems))
-            dropped["bad"] += len(bad_media)
-            if not any(kept):
-                raise CorpusError([RecordError(f"no usable generation pair in the {split} "
-                                               f"sources ({dict(dropped)})")])
-            for reason, n in dropped.items():
-                if n:
-                    log.warning("%s: dropped %d pair(s): %s", split, n, reason)
-            self.pairs[split] = [p for recs in kept for p in recs]
-            self.sizes[split] = [len(recs) for recs in kept]
-            self.dropped[split] = dropped
-            self.skipped[split] = dropped["bad"]
+            keep_usable_pairs(self, split, kept, dropped, len(problems), "generation")
 
     @staticmethod
     def _pairs_of(records: list[PreferenceRecord], dropped: Counter) -> list[PreferenceRecord]:

@@ -57,6 +57,30 @@ def chosen_first(record: PreferenceRecord) -> PreferenceRecord | None:
     return record if record.label == "first" else record.swapped()
 
 
+def keep_usable_pairs(dm, split: str, kept: list[list[PreferenceRecord]], dropped: Counter,
+                      unreadable: int, what: str) -> None:
+    """Settle a pairs DataModule's ``split``: drop the pairs whose media do not decode
+    (strict or skipped and counted, as ``dm`` says), refuse a split with no pair left,
+    log what was dropped, and record ``dm.pairs``, ``sizes``, ``dropped`` and
+    ``skipped`` for it. ``kept`` holds each source's pairs, chosen first; ``unreadable``
+    counts the records the readers already skipped."""
+    kept, bad_media = without_bad_media(
+        kept, dm.num_frames, check=dm.check_media, sample=dm.check_media_sample,
+        seed=dm.seed, skip_bad=dm.skip_bad, max_bad=dm.max_bad,
+        earlier=sum(dm.skipped.values()) + unreadable)
+    dropped["bad"] += len(bad_media)
+    if not any(kept):
+        raise CorpusError([RecordError(f"no usable {what} pair in the {split} "
+                                       f"sources ({dict(dropped)})")])
+    for reason, n in dropped.items():
+        if n:
+            log.warning("%s: dropped %d pair(s): %s", split, n, reason)
+    dm.pairs[split] = [p for recs in kept for p in recs]
+    dm.sizes[split] = [len(recs) for recs in kept]
+    dm.dropped[split] = dropped
+    dm.skipped[split] = dropped["bad"]
+
+
 @dataclass
 class PairCollator(ConversationCollator):
     """Pairs -> one batch: each pair's prompt and media once, its two answers beside them
@@ -194,21 +218,7 @@ class PairsDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDataModu
                     else:
                         ok.append(pair)
                 kept.append(ok)
-            kept, bad_media = without_bad_media(
-                kept, self.num_frames, check=self.check_media, sample=self.check_media_sample,
-                seed=self.seed, skip_bad=self.skip_bad, max_bad=self.max_bad,
-                earlier=sum(self.skipped.values()) + len(problems))
-            dropped["bad"] += len(bad_media)
-            if not any(kept):
-                raise CorpusError([RecordError(f"no usable understanding pair in the {split} "
-                                               f"sources ({dict(dropped)})")])
-            for reason, n in dropped.items():
-                if n:
-                    log.warning("%s: dropped %d pair(s): %s", split, n, reason)
-            self.pairs[split] = [p for recs in kept for p in recs]
-            self.sizes[split] = [len(recs) for recs in kept]
-            self.dropped[split] = dropped
-            self.skipped[split] = dropped["bad"]
+            keep_usable_pairs(self, split, kept, dropped, len(problems), "understanding")
 
     def questions(self, stage: str = "val") -> list[Question]:
         """Held-out questions ``stage`` (val or test) asks the policy (none without a
