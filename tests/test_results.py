@@ -26,7 +26,13 @@ def write_run(root, name, seed, tasks, acc):
                "image_generation/parse_rate": 1.0,
                "video_generation/pair_acc_diff": acc - 0.2,
                "video_generation/pair_acc_diff_ci_low": acc - 0.3,
-               "video_generation/pair_acc_diff_ci_high": acc - 0.1}
+               "video_generation/pair_acc_diff_ci_high": acc - 0.1,
+               "image_generation/pair_acc_diff@blur": acc - 0.1,
+               "image_generation/pair_acc_diff@blur_ci_low": acc - 0.2,
+               "image_generation/pair_acc_diff@blur_ci_high": acc,
+               "image_generation/pair_count@blur": 50.0,
+               "image_generation/pair_acc_diff@wrong_colour": acc + 0.1,
+               "video_generation/pair_acc_diff@stutter": acc - 0.3}
     (run / "metrics.json").write_text(json.dumps({"test": {f"test/{k}": v
                                                            for k, v in metrics.items()}}))
 
@@ -82,3 +88,20 @@ def test_the_command_shows_intervals_and_summaries(runs, capsys):
     assert "image_generation/pair_acc_diff_ci_low" in header  # CSV keeps the bounds as numbers
     with pytest.raises(SystemExit, match="not a metric"):
         main(["results", str(runs), "--summary", "pair_acc_diff_ci_high"])
+
+
+def test_the_kinds_table_is_per_task_and_kind_over_seeds(runs, capsys):
+    table = results.kinds_table(results.collect([runs]))
+    # tasks in order, then kinds in the world's order (content errors before pixel errors)
+    assert list(table.index) == [("image_generation", "wrong_colour"),
+                                 ("image_generation", "blur"), ("video_generation", "stutter")]
+    mean = sum(ACC.values()) / 3
+    assert table["mean"].loc[("image_generation", "blur"), "img-gen+vid-gen"] == \
+        pytest.approx(mean - 0.1)
+    assert table["count"].loc[("video_generation", "stutter"), "img-gen+vid-gen"] == 3
+    assert table["mean"].loc[("image_generation", "blur"), "img-gen"] == pytest.approx(0.5)
+    assert main(["results", str(runs), "--kinds"]) == 0
+    text = capsys.readouterr().out
+    assert f"{mean - 0.1:.3f} ± 0.050 (3)" in text and "stutter" in text
+    with pytest.raises(KeyError, match="per kind"):
+        results.kinds_table(results.collect([runs]), "point_spearman")

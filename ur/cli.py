@@ -421,6 +421,10 @@ def _add_judge(sub) -> None:
         if name == "rank":
             p.add_argument("--both-orders", action="store_true",
                            help="judge both orders and combine (cancels position bias)")
+            p.add_argument("--pair-from", choices=("verdict", "points", "both"),
+                           default="verdict",
+                           help="decide from the pairwise verdict, from two pointwise scores "
+                                "(one per candidate, on the task's scale), or both averaged")
         else:
             p.add_argument("--scale", type=float, nargs=2, default=(1, 5), metavar=("LOW", "HIGH"))
         p.set_defaults(func=_judge)
@@ -433,7 +437,8 @@ def _judge(args) -> int:
 
     judge = Judge.from_pretrained(args.checkpoint, mode=args.mode, num_frames=args.num_frames,
                                   trust_remote_code=args.trust_remote_code,
-                                  both_orders=getattr(args, "both_orders", False))
+                                  both_orders=getattr(args, "both_orders", False),
+                                  pair_from=getattr(args, "pair_from", "verdict"))
     if args.judge_command == "rank":
         result = judge.rank(args.task, args.prompt, *args.candidates, media=args.media)
     else:
@@ -644,7 +649,10 @@ def _add_results(sub) -> None:
                     "task, accuracies and correlations with their 95% bootstrap interval "
                     "(markdown: '0.80 [0.76, 0.84]'; CSV: the bounds as <metric>_ci_low and "
                     "<metric>_ci_high columns). With --summary METRIC, the ablation table "
-                    "instead: arms x tasks, mean ± std over seeds (number of seeds). "
+                    "instead: arms x tasks, mean ± std over seeds (number of seeds). With "
+                    "--kinds, pairwise accuracy per kind of difference (synthetic world: "
+                    "wrong_colour, blur, ... for generation; what the question asks for "
+                    "understanding): task and kind x arms, mean ± std over seeds. "
                     "--wandb ENTITY/PROJECT reads the W&B API instead.")
     p.add_argument("dirs", nargs="*", type=Path, metavar="DIR", help="run folders or their parents")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from the W&B API")
@@ -652,6 +660,9 @@ def _add_results(sub) -> None:
     p.add_argument("--summary", metavar="METRIC",
                    help="e.g. pair_acc_diff or point_spearman: arms x tasks, mean ± std over "
                         "seeds (number of seeds)")
+    p.add_argument("--kinds", action="store_true",
+                   help="pair_acc_diff (or --summary's metric) per kind of difference: task "
+                        "and kind x arms, mean ± std over seeds (number of seeds)")
     p.add_argument("--format", choices=("csv", "markdown"), default="markdown")
     p.add_argument("--out", type=Path, help="write here instead of printing")
     p.set_defaults(func=_results)
@@ -671,14 +682,17 @@ def _results(args) -> int:
         raise SystemExit("ur results: give run folders (DIR...) or --wandb ENTITY/PROJECT")
     if df.empty:
         raise SystemExit(f"ur results: no run with {args.stage} metrics found")
-    if args.summary:
-        try:
+    summarised = bool(args.summary or args.kinds)
+    try:
+        if args.kinds:
+            df = results.formatted(results.kinds_table(df, args.summary or "pair_acc_diff"))
+        elif args.summary:
             df = results.formatted(results.synergy_table(df, args.summary))
-        except KeyError as e:
-            raise SystemExit(f"ur results: {e.args[0]}") from None
-    elif args.format == "markdown":
+    except KeyError as e:
+        raise SystemExit(f"ur results: {e.args[0]}") from None
+    if not summarised and args.format == "markdown":
         df = results.with_intervals(df)
-    text = df.to_csv(index=args.summary is not None) if args.format == "csv" else df.to_markdown()
+    text = df.to_csv(index=summarised) if args.format == "csv" else df.to_markdown()
     if args.out:
         from ur.io import write_text_atomic
 

@@ -11,8 +11,12 @@ W&B API for users with an online project. ``with_intervals`` writes each single 
 value with its interval ("0.80 [0.76, 0.84]"); ``synergy_table`` turns either table into
 the ablation table: arms x tasks, mean and spread over seeds.
 
-``ur results DIR... [--format csv|markdown] [--out FILE] [--summary METRIC]`` is the
-command-line face of the same functions.
+``kinds_table`` gives a metric per kind of difference (what tells a pair's candidates
+apart on the synthetic world: a wrong colour, blur, a question about shape), task and
+kind x arms.
+
+``ur results DIR... [--format csv|markdown] [--out FILE] [--summary METRIC] [--kinds]``
+is the command-line face of the same functions.
 """
 
 from __future__ import annotations
@@ -164,6 +168,28 @@ def synergy_table(df: pd.DataFrame, metric: str = "pair_acc_diff") -> pd.DataFra
     stats = long.groupby(["arm", "task"], observed=True)[metric].agg(["mean", "std", "count"])
     table = stats.unstack("task")
     return table.reindex(columns=[t for t in TASKS if t in long["task"].unique()], level=1)
+
+
+def kinds_table(df: pd.DataFrame, metric: str = "pair_acc_diff") -> pd.DataFrame:
+    """(task, kind of difference) x arms: mean, standard deviation and number of runs of
+    ``metric`` per kind (the ``<task>/<metric>@<kind>`` columns), tasks and kinds in
+    their canonical order."""
+    from ur.data.synthetic.world import DIFFERENCE_KINDS
+
+    cols = [c for c in df.columns if not is_interval_bound(c) and "/" in c
+            and c.split("/", 1)[0] in TASKS and c.split("/", 1)[1].startswith(f"{metric}@")]
+    if not cols:
+        raise KeyError(f"no column holds {metric} per kind (<task>/{metric}@<kind>); the runs "
+                       "were not judged on the synthetic world's pairs")
+    long = df.melt(id_vars=["arm", "seed"], value_vars=cols, var_name="column",
+                   value_name=metric).dropna(subset=[metric])
+    long["task"] = long["column"].str.split("/", n=1).str[0]
+    long["kind"] = long["column"].str.rsplit("@", n=1).str[1]
+    stats = long.groupby(["task", "kind", "arm"], observed=True)[metric].agg(["mean", "std", "count"])
+    table = stats.unstack("arm")
+    rank = {k: i for i, k in enumerate(DIFFERENCE_KINDS)}
+    order = sorted(table.index, key=lambda tk: (TASKS.index(tk[0]), rank.get(tk[1], len(rank))))
+    return table.reindex(order)
 
 
 def gains(df: pd.DataFrame, metric: str = "pair_acc_diff") -> pd.DataFrame:

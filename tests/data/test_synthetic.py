@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 
 from ur.data.records import TASKS, RecordError
-from ur.data.synthetic.world import SCALES, TIE_MARGIN, build_item, pair_label, split_counts
+from ur.data.synthetic.scene import parse_question
+from ur.data.synthetic.world import (
+    DIFFERENCE_KINDS,
+    SCALES,
+    TIE_MARGIN,
+    build_item,
+    difference_kind,
+    pair_label,
+    split_counts,
+)
 from ur.data.synthetic.writer import BENCHMARKS, SCHEMAS, read_manifest, synthesize, write_world
 
 
@@ -81,6 +90,32 @@ def test_difficulty_changes_the_distribution():
     assert shared0 == 0 and shared2 > 0.2
     with pytest.raises(ValueError, match="difficulty"):
         build_item("image_generation", "pairwise", 0, difficulty=7)
+
+
+def test_a_pairs_kind_is_what_tells_its_candidates_apart():
+    seen = Counter()
+    for task in TASKS:
+        for index in range(60):
+            item = build_item(task, "pairwise", index, seed=4, difficulty=1)
+            assert item.kind in DIFFERENCE_KINDS
+            seen[task, item.kind] += 1
+            if item.intended == "tie":
+                assert item.kind == "tie"
+            elif task.endswith("generation"):
+                better, worse = (0, 1) if item.intended == "first" else (1, 0)
+                # the worse candidate carries the better one's errors and exactly one more
+                assert set(item.errors[worse]) - set(item.errors[better]) == {item.kind}
+                assert set(item.errors[better]) <= set(item.errors[worse])
+            else:
+                # what the question asks, as the oracle reads the question
+                assert parse_question(item.prompt).asks == item.kind, (item.kind, item.prompt)
+            # the id alone gives the kind back, from the world's settings
+            assert difference_kind(item.id, seed=4, difficulty=1) == item.kind
+    # every task has pairs of several kinds
+    for task in TASKS:
+        assert sum(1 for (t, _), n in seen.items() if t == task) >= 4, seen
+    assert difference_kind("image_generation-pointwise-000001") is None
+    assert difference_kind("pickapic-12345") is None
 
 
 def test_split_counts():

@@ -1,5 +1,6 @@
 """The judge on a briefly trained tiny model: fast decisions agree with generate-and-parse."""
 
+from collections import Counter
 from dataclasses import replace
 
 import lightning as L
@@ -8,11 +9,11 @@ import torch
 
 from ur.data.collate import IGNORE_INDEX, JudgeCollator
 from ur.data.datamodule import PreferenceDataModule, WorldSpec
-from ur.data.records import is_generation
+from ur.data.records import TASKS, JudgeQuery, Media, is_generation
 from ur.data.templates import PromptTemplates
 from ur.models.tiny import build_tiny_vlm
 from ur.pretrain.tiny_vlm import tokenizer_texts
-from ur.reward.judge import Judge
+from ur.reward.judge import POINT_SCALES, Judge, Judgment, _from_points
 from ur.reward.sft import RewardSFTModule
 from ur.training import OptimizerSpec
 
@@ -201,3 +202,72 @@ def test_the_test_loop_logs_the_loss_per_target_token_and_intervals(trained):
     for task in ("image_generation", "video_understanding"):
         name = f"test/{task}/pair_acc_tau"
         assert out[f"{name}_ci_low"] <= out[name] <= out[f"{name}_ci_high"]
+    # the world's pairs are also scored per kind of difference, each non-tie pair once
+    for task in TASKS:
+        untied = [r for r in dm.datasets["test"].records
+                  if r.task == task and r.form == "pairwise" and r.label != "tie"]
+        per_kind = {k.rsplit("@", 1)[1]: v for k, v in out.items()
+                    if k.startswith(f"test/{task}/pair_count@")}
+        assert sum(per_kind.values()) == len(untied) == out[f"test/{task}/pair_count"] - sum(
+            r.label == "tie" for r in dm.datasets["test"].records
+            if r.task == task and r.form == "pairwise")
+        kinds = Counter(dm.difference_kinds(untied))
+        assert per_kind == pytest.approx(dict(kinds)), task
+
+
+def test_points_decide_a_pair_from_its_two_candidates_scores(trained):
+    """pair_from=points: the label follows P(A > B) + P(A = B) / 2 of the two pointwise
+    score distributions the judge gives each candidate on its own."""
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:12]
+    judged = Judge(module.model, module.processor, mode="fast", pair_from="points",
+                   both_orders=True)(records)
+    plain = Judge(module.model, module.processor, mode="fast")
+    for r, j in zip(records, judged, strict=True):
+        q = r.query()
+        a, b = plain([q.candidate(0, POINT_SCALES[r.task]), q.candidate(1, POINT_SCALES[r.task])])
+        pa = {float(v): p for v, p in a.probs.items()}
+        pb = {float(v): p for v, p in b.probs.items()}
+        first = sum(p * pb[w] for v, p in pa.items() for w in pb if v > w) \
+            + sum(p * pb[v] for v, p in pa.items() if v in pb) / 2
+        assert j.probs["first"] == pytest.approx(first, abs=1e-4)
+        assert j.probs["tie"] == 0
+        assert j.label == ("first" if first > 0.5 else "second")
+        assert j.label_swapped is None  # scores do not depend on the order
+
+
+def test_both_averages_the_verdict_and_the_points(trained):
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:12]
+    kwargs = dict(mode="fast", both_orders=True)
+    both = Judge(module.model, module.processor, pair_from="both", **kwargs)(records)
+    verdict = Judge(module.model, module.processor, **kwargs)(records)
+    points = Judge(module.model, module.processor, pair_from="points", **kwargs)(records)
+    for b, v, p in zip(both, verdict, points, strict=True):
+        for key in ("first", "second", "tie"):
+            assert b.probs[key] == pytest.approx((v.probs[key] + p.probs[key]) / 2, abs=1e-5)
+        assert b.label == max(b.probs, key=b.probs.get)
+        assert b.label_swapped == v.label_swapped
+
+
+def test_pairs_from_points_by_hand():
+    """Generate mode gives scores without distributions: the higher score wins, equal
+    scores tie, and a score that did not parse leaves the pair undecided."""
+    q = JudgeQuery(task="image_generation", form="pairwise", prompt="a red circle",
+                   media=(Media(kind="image", path="/a.png", field="a"),
+                          Media(kind="image", path="/b.png", field="b")))
+
+    def point(score, probs=None):
+        return Judgment("image_generation", "pointwise", score=score, probs=probs)
+
+    assert _from_points(q, point(4.0), point(3.0)).label == "first"
+    assert _from_points(q, point(2.0), point(3.0)).label == "second"
+    assert _from_points(q, point(3.0), point(3.0)).label == "tie"
+    assert _from_points(q, point(None), point(3.0)).label is None
+    assert _from_points(q, point(5.0), point(None)).label is None
+    # distributions: A is 1 or 2 (even odds), B is always 1 -> P(A > B) + P(A = B) / 2 = 3/4
+    j = _from_points(q, point(1.5, {"1": 0.5, "2": 0.5}), point(1.0, {"1": 1.0, "2": 0.0}))
+    assert j.probs == pytest.approx({"first": 0.75, "second": 0.25, "tie": 0.0})
+    assert j.label == "first"
+    with pytest.raises(ValueError, match="pair_from"):
+        Judge(None, None, pair_from="scores")

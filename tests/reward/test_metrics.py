@@ -42,6 +42,33 @@ def test_pairwise_accuracies_by_hand():
     assert "position_consistency" not in out
 
 
+def test_pairwise_accuracy_per_kind_by_hand():
+    m = PairwiseMetrics()
+    truth = ["first", "second", "first", "tie", "first", "second", "first"]
+    pred = ["first", "first", "first", "tie", "second", "second", "first"]
+    kinds = ["blur", "blur", "blur", "blur", "wrong_shape", "wrong_shape", None]
+    m.update(truth, pred, keys=keys(7), kinds=kinds)
+    out = m.compute()
+    # blur: #1 #2 #3 (#4 is a ground-truth tie) -> right on #1 and #3 -> 2/3
+    assert out["pair_acc_diff@blur"] == pytest.approx(2 / 3)
+    assert out["pair_count@blur"] == 3
+    # wrong_shape: #5 wrong, #6 right -> 1/2
+    assert out["pair_acc_diff@wrong_shape"] == pytest.approx(1 / 2)
+    assert out["pair_acc_diff@wrong_shape_ci_low"] <= 0.5 <= out["pair_acc_diff@wrong_shape_ci_high"]
+    # a pair without a kind counts in the whole, in no kind
+    assert out["pair_acc_diff"] == pytest.approx(4 / 6)
+    assert sorted(k for k in out if k.startswith("pair_count@")) == ["pair_count@blur",
+                                                                     "pair_count@wrong_shape"]
+
+
+def test_without_kinds_there_is_no_per_kind_metric_and_a_wrong_kind_is_refused():
+    m = PairwiseMetrics()
+    m.update(["first", "second"], ["first", "first"], keys=keys(2))
+    assert not any("@" in k for k in m.compute())
+    with pytest.raises(ValueError, match="unknown difference kinds"):
+        m.update(["first"], ["first"], keys=[9], kinds=["sharpness"])
+
+
 def test_position_consistency_by_hand():
     m = PairwiseMetrics()
     # swapped answers are already mapped back to the original order
@@ -266,6 +293,12 @@ def teacher_forced(n):
     return torch.randn(n, 4, 7, generator=generator), labels
 
 
+def kinds_of(records):
+    """A difference kind per pairwise record, by its id (None for pointwise records)."""
+    kinds = ("blur", "noise", "wrong_colour", "colour", "describe")
+    return [kinds[int(r.id) % len(kinds)] if r.form == "pairwise" else None for r in records]
+
+
 def ddp_worker(rank: int, port: int, out: str, shards) -> None:
     torch.set_num_threads(1)
     # A rank left waiting in a gather fails after the timeout instead of hanging the run.
@@ -274,12 +307,12 @@ def ddp_worker(rank: int, port: int, out: str, shards) -> None:
     try:
         jm = JudgeMetrics("test")
         records, judgments = shards[rank]
-        jm.update(records, judgments)
+        jm.update(records, judgments, kinds_of(records))
         if rank == 0:  # the loss of rank 0's records only: rank 1 syncs an empty loss
             jm.update_loss(records, *teacher_forced(len(records)))
         values = jm.compute()
         jm.reset()  # a second epoch syncs again, every task empty on one rank or both
-        jm.update(records, judgments)
+        jm.update(records, judgments, kinds_of(records))
         again = jm.compute()
         Path(out, f"{rank}.json").write_text(json.dumps({"first": values, "again": again}))
     finally:
@@ -296,11 +329,13 @@ def test_metrics_sync_across_two_processes_counting_each_record_once(tmp_path):
     mp.spawn(ddp_worker, args=(free_port(), str(tmp_path), [image, padded]), nprocs=2)
     got = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     single = JudgeMetrics("test")
-    single.update(image[0] + video[0], image[1] + video[1])
+    single.update(image[0] + video[0], image[1] + video[1], kinds_of(image[0] + video[0]))
     single.update_loss(image[0], *teacher_forced(len(image[0])))
     expected = single.compute()
     assert "test/image_generation/pair_acc_diff_ci_low" in expected and "test/loss" in expected
     assert expected["test/video_understanding/pair_count"] == 20
+    # per kind, each record once: the repeated video record is not counted twice
+    assert expected["test/video_understanding/pair_count@blur"] == 4
     without_loss = {k: v for k, v in expected.items() if k != "test/loss"}
     for rank in (0, 1):
         assert got[rank]["first"] == pytest.approx(expected)

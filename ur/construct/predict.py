@@ -140,6 +140,8 @@ class ConstructModule(LightningModule):
         method: ``rank_sift`` (pair ranking, then point sifting), ``rank``, ``sift`` or
             ``random`` (:mod:`ur.construct.judged`).
         both_orders: Judge each pair in both orders and average (position bias).
+        pair_from: Where pair ranking's decisions come from: ``verdict``, ``points``
+            (two pointwise scores) or ``both`` (:class:`ur.reward.judge.Judge`).
         judge_mode: ``fast`` or ``generate`` (:class:`ur.reward.judge.Judge`).
         judge_batch_size: Judgments per forward pass.
         scale: Pointwise scale (default: the task's scale in the synthetic world).
@@ -158,6 +160,7 @@ class ConstructModule(LightningModule):
 
     def __init__(self, judge: str = "checkpoints/quickstart-judge", policy: str | None = None,
                  method: str = "rank_sift", both_orders: bool = False,
+                 pair_from: str = "verdict",
                  judge_mode: str = "fast", judge_batch_size: int = 32,
                  scale: tuple[float, float] | None = None, n: int = 10,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -174,7 +177,7 @@ class ConstructModule(LightningModule):
         self.judge_model = model.eval().requires_grad_(False)
         self.judge = Judge(model=self.judge_model, processor=processor, mode=judge_mode,
                            batch_size=judge_batch_size, both_orders=both_orders,
-                           num_frames=num_frames)
+                           pair_from=pair_from, num_frames=num_frames)
         self.policy = self.policy_processor = None
         if policy is not None:
             model, self.policy_processor = load_vlm(policy, dtype=dtype,

@@ -350,6 +350,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
         self._processor = None
+        self._kinds: dict[str, str | None] = {}
 
     # -- sources -----------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -404,6 +405,28 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
                     log.info("text_views: the training split (tasks=%s) has no "
                              "understanding records to view; none added", tasks)
             self.datasets[split] = RecordDataset(records, views)
+
+    def difference_kinds(self, records: Sequence[PreferenceRecord]) -> list[str | None]:
+        """Per record, what tells its two candidates apart
+        (:func:`ur.data.synthetic.world.difference_kind`) for the synthetic world's
+        pairwise records, None for any other record."""
+        if self.world is None:
+            return [None] * len(records)
+        from ur.data.synthetic.world import difference_kind
+
+        root = Path(self.world.out).resolve()
+        out = []
+        for r in records:
+            if r.form != "pairwise" or r.file is None or not Path(r.file).resolve().is_relative_to(root):
+                out.append(None)
+                continue
+            if r.id not in self._kinds:
+                w = self.world
+                self._kinds[r.id] = difference_kind(r.id, seed=w.seed, difficulty=w.difficulty,
+                                                    image_size=w.image_size,
+                                                    num_frames=w.num_frames)
+            out.append(self._kinds[r.id])
+        return out
 
     def summary(self, split: str) -> dict:
         """Counts by task and form of a split that has been set up."""

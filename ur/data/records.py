@@ -309,6 +309,22 @@ class JudgeQuery(_Judged):
             return replace(self, media=self.media[::-1], evidence=ev)
         return replace(self, responses=self.responses[::-1])
 
+    def candidate(self, i: int, scale: tuple[float, float]) -> JudgeQuery:
+        """The pointwise question about candidate ``i`` (0 or 1) of this pairwise query,
+        on ``scale``: its image or clip (generation), or its answer about the same media
+        (understanding), with that candidate's evidence when the query has some."""
+        if self.form != "pairwise":
+            raise ValueError("only a pairwise query has candidates to score one by one")
+        if self.instruction is not None:
+            raise ValueError("a query with a verbatim instruction cannot be split into "
+                             "its candidates")
+        if is_generation(self.task):
+            ev = None if self.evidence is None else (self.evidence[i],)
+            return replace(self, form="pointwise", media=(self.media[i],), evidence=ev,
+                           scale=tuple(scale))
+        return replace(self, form="pointwise", responses=(self.responses[i],),
+                       scale=tuple(scale))
+
 
 @dataclass(frozen=True)
 class PreferenceRecord(_Judged):

@@ -36,6 +36,22 @@ swapped. Fast mode averages the two probability vectors (position bias cancels);
 generate mode keeps the verdict when the two agree and calls it a tie when they do not.
 Either way each judgment also reports the swapped verdict (mapped back to the original
 order) for the position-consistency metric.
+
+``pair_from`` says where a pairwise decision comes from:
+
+``verdict``
+    The judge's pairwise verdict (above).
+``points``
+    Two pointwise judgments, one per candidate, on the task's scale
+    (:data:`POINT_SCALES`): the candidate with the higher score wins, equal scores are a
+    tie. With score distributions (fast mode), ``probs`` are ``P(A > B) + P(A = B) / 2``
+    and its complement for A and B independent, and tie 0; the label follows the larger
+    (a tie only when they are equal). An unparsed score leaves the pair unparsed.
+    Pointwise questions do not depend on the order, so there is no swapped verdict.
+``both``
+    The mean of the verdict's probabilities and the points' probabilities, label the
+    most probable (fast mode); in generate mode, the verdict where the two agree or
+    only one decides, and a tie where they disagree.
 """
 
 from __future__ import annotations
@@ -57,7 +73,13 @@ from ur.data.answers import (
 )
 from ur.data.collate import JudgeCollator
 from ur.data.records import JudgeQuery, Media, PreferenceRecord, is_generation
+from ur.data.synthetic.world import SCALES
 from ur.data.templates import PromptTemplates
+
+PAIR_FROM: tuple[str, ...] = ("verdict", "points", "both")
+POINT_SCALES: dict[str, tuple[float, float]] = dict(SCALES)
+"""The scale a candidate of a pairwise query is scored on when a decision is made from
+points: each task's usual public scale (FACTS.md section 1)."""
 
 # Where a verdict starts, and how far it must be written before the decision can be read
 # (a pairwise verdict can be read as soon as it is recognised).
@@ -101,10 +123,14 @@ class Judge:
     both_orders: bool = False
     score_steps: int = 4
     processor_kwargs: dict = field(default_factory=dict)
+    pair_from: str = "verdict"
 
     def __post_init__(self):
         if self.mode not in ("fast", "generate"):
             raise ValueError(f"judge mode must be 'fast' or 'generate', got {self.mode!r}")
+        if self.pair_from not in PAIR_FROM:
+            raise ValueError(f"pair_from must be one of {', '.join(PAIR_FROM)}, "
+                             f"got {self.pair_from!r}")
         self.collator = JudgeCollator(self.processor, templates=self.templates,
                                       num_frames=self.num_frames, with_targets=False,
                                       processor_kwargs=self.processor_kwargs)
@@ -151,20 +177,39 @@ class Judge:
         """One judgment per query, in order. Records are judged as their queries, so a
         labelled record and its query get the same judgment."""
         asked = [q.query() if isinstance(q, PreferenceRecord) else q for q in queries]
-        work = list(asked)
-        swapped_at = {}
-        if self.both_orders:
-            for i, q in enumerate(asked):
-                if q.form == "pairwise" and q.instruction is None:
-                    swapped_at[i] = len(work)
+        verdicts = self.pair_from in ("verdict", "both")
+        points = self.pair_from in ("points", "both")
+        # Every question asked, once: a plan per query names its positions in ``work``.
+        work: list[JudgeQuery] = []
+        plans = []
+        for q in asked:
+            split = q.form == "pairwise" and q.instruction is None
+            plan = {}
+            if verdicts or not split:
+                plan["self"] = len(work)
+                work.append(q)
+                if split and self.both_orders:
+                    plan["swapped"] = len(work)
                     work.append(q.swapped())
+            if split and points:
+                plan["points"] = (len(work), len(work) + 1)
+                scale = POINT_SCALES[q.task]
+                work.extend((q.candidate(0, scale), q.candidate(1, scale)))
+            plans.append(plan)
         out: list[Judgment] = []
         for start in range(0, len(work), self.batch_size):
             chunk = work[start:start + self.batch_size]
             out.extend(self._fast(chunk) if self.mode == "fast" else self._generate(chunk))
-        results = out[:len(asked)]
-        for i, j in swapped_at.items():
-            results[i] = self._combine(results[i], out[j])
+        results = []
+        for q, plan in zip(asked, plans, strict=True):
+            verdict = out[plan["self"]] if "self" in plan else None
+            if "swapped" in plan:
+                verdict = self._combine(verdict, out[plan["swapped"]])
+            if "points" in plan:
+                a, b = (out[k] for k in plan["points"])
+                from_points = _from_points(q, a, b)
+                verdict = from_points if verdict is None else _with_points(verdict, from_points)
+            results.append(verdict)
         return results
 
     def _combine(self, a: Judgment, b: Judgment) -> Judgment:
@@ -470,6 +515,39 @@ def _pair_probs(at_verdict, at_number, t_tie, noun_tokens, number_tokens) -> dic
     which = torch.softmax(at_number[list(number_tokens)].float(), dim=0)
     return {"first": (1 - p_tie) * float(which[0]), "second": (1 - p_tie) * float(which[1]),
             "tie": p_tie}
+
+
+def _from_points(query, a: Judgment, b: Judgment) -> Judgment:
+    """A pairwise judgment from the pointwise judgments of its two candidates."""
+    text = f"{a.text}\n---\n{b.text}"
+    if a.score is None or b.score is None:
+        return Judgment(query.task, "pairwise", text=text)
+    probs = None
+    if a.probs is not None and b.probs is not None:
+        pa = {float(v): p for v, p in a.probs.items()}
+        pb = {float(v): p for v, p in b.probs.items()}
+        above = sum(p * q for va, p in pa.items() for vb, q in pb.items() if va > vb)
+        level = sum(p * q for va, p in pa.items() for vb, q in pb.items() if va == vb)
+        first = above + level / 2
+        probs = {"first": first, "second": 1 - first, "tie": 0.0}
+        margin = probs["first"] - probs["second"]
+    else:
+        margin = a.score - b.score
+    label = "first" if margin > 0 else "second" if margin < 0 else "tie"
+    return Judgment(query.task, "pairwise", label=label, text=text, probs=probs)
+
+
+def _with_points(verdict: Judgment, points: Judgment) -> Judgment:
+    """The verdict and the points' decision together (``pair_from: both``)."""
+    text = f"{verdict.text}\n---\n{points.text}"
+    if verdict.probs is not None and points.probs is not None:
+        probs = {k: (verdict.probs[k] + points.probs[k]) / 2 for k in ("first", "second", "tie")}
+        return replace(verdict, label=max(probs, key=probs.get), probs=probs, text=text)
+    if verdict.label is None or points.label is None:
+        label = verdict.label or points.label
+    else:
+        label = verdict.label if verdict.label == points.label else "tie"
+    return replace(verdict, label=label, probs=None, text=text)
 
 
 def media_token_ids(processor) -> list[int]:

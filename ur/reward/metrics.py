@@ -13,6 +13,11 @@ Pairwise (labels coded 0 = first, 1 = second, 2 = tie; -1 = the answer did not p
 Pointwise: ``point_spearman``, ``point_pearson``, ``point_mae`` (on the [0, 1]-normalized
 scale, so tasks with different scales compare), and ``point_parse_rate``.
 
+Per kind of difference, when the records say what tells their two candidates apart
+(the synthetic world: :data:`ur.data.synthetic.world.DIFFERENCE_KINDS`, a wrong colour,
+blur, a question about shape, ...): ``pair_acc_diff@<kind>`` with its interval and
+``pair_count@<kind>``, over the kind's pairs whose ground truth is not a tie.
+
 Across tasks: ``loss``, the teacher-forced next-token cross-entropy per target token over
 the split's records (:class:`TargetLoss`), which no batching or process count changes.
 
@@ -44,6 +49,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from ur.data.records import TASKS, record_key
+from ur.data.synthetic.world import DIFFERENCE_KINDS
 
 if TYPE_CHECKING:
     from ur.data.records import PreferenceRecord
@@ -185,18 +191,25 @@ class PairwiseMetrics(_KeyedMetric):
     """Accumulates pairwise judgments of one task."""
 
     STATES = {"keys": torch.long, "truth": torch.long, "pred": torch.long,
-              "pred_swapped": torch.long}
+              "pred_swapped": torch.long, "kind": torch.long}
 
     def update(self, truth: Sequence[str], pred: Sequence[str | None],
                pred_swapped: Sequence[str | None] | None = None, *,
-               keys: Sequence[int]) -> None:
+               keys: Sequence[int], kinds: Sequence[str | None] | None = None) -> None:
         """``pred_swapped``: the judge's answer with the candidates swapped, already
         mapped back to the original order (so a consistent judge gives ``pred``).
-        ``keys``: one per judgment (:func:`ur.data.records.record_key`)."""
+        ``keys``: one per judgment (:func:`ur.data.records.record_key`). ``kinds``: what
+        tells each pair's candidates apart, a :data:`DIFFERENCE_KINDS` entry or None."""
         swapped = pred_swapped if pred_swapped is not None else [None] * len(pred)
+        kinds = kinds if kinds is not None else [None] * len(pred)
+        unknown = {k for k in kinds if k is not None and k not in DIFFERENCE_KINDS}
+        if unknown:
+            raise ValueError(f"unknown difference kinds {sorted(unknown)}; "
+                             f"expected some of {', '.join(DIFFERENCE_KINDS)}")
         self._append(keys=list(keys), truth=[LABEL_CODE[t] for t in truth],
                      pred=[LABEL_CODE[p] for p in pred],
-                     pred_swapped=[LABEL_CODE[p] for p in swapped])
+                     pred_swapped=[LABEL_CODE[p] for p in swapped],
+                     kind=[-1 if k is None else DIFFERENCE_KINDS.index(k) for k in kinds])
 
     def compute(self) -> dict[str, float]:
         s = self.unique_states()
@@ -210,6 +223,12 @@ class PairwiseMetrics(_KeyedMetric):
         not_tie = truth != TIE
         if not_tie.any():
             out.update(mean_with_interval("pair_acc_diff", right[not_tie]))
+        kind = s["kind"]
+        for code in kind[not_tie & (kind >= 0)].unique().tolist():
+            name = DIFFERENCE_KINDS[code]
+            chosen = not_tie & (kind == code)
+            out.update(mean_with_interval(f"pair_acc_diff@{name}", right[chosen]))
+            out[f"pair_count@{name}"] = float(chosen.sum())
         both_orders = swapped >= 0
         if both_orders.any():
             consistent = (pred == swapped) & (pred >= 0)
@@ -300,24 +319,28 @@ class JudgeMetrics(torch.nn.Module):
         loss, tokens = target_token_losses(logits, labels)
         self.loss.update(loss, tokens, keys=[record_key(r) for r in records])
 
-    def update(self, records: Sequence[PreferenceRecord], judgments: Sequence[Judgment]) -> None:
+    def update(self, records: Sequence[PreferenceRecord], judgments: Sequence[Judgment],
+               kinds: Sequence[str | None] | None = None) -> None:
         """Add the judgments of labelled records (one judgment per record, in order), each
         task and form to its own metric, keyed by :func:`ur.data.records.record_key`.
-        Pointwise scores are normalized by their records' scales."""
+        Pointwise scores are normalized by their records' scales. ``kinds``: per record,
+        what tells its candidates apart (None where unknown)."""
+        kinds = list(kinds) if kinds is not None else [None] * len(records)
         groups = defaultdict(list)
-        for r, j in zip(records, judgments, strict=True):
-            groups[(r.form, r.task)].append((r, j))
+        for r, j, k in zip(records, judgments, kinds, strict=True):
+            groups[(r.form, r.task)].append((r, j, k))
         for (form, task), pairs in groups.items():
-            keys = [record_key(r) for r, _ in pairs]
+            keys = [record_key(r) for r, _, _ in pairs]
             if form == "pairwise":
-                self.pairwise[task].update([r.label for r, _ in pairs],
-                                           [j.label for _, j in pairs],
-                                           [j.label_swapped for _, j in pairs], keys=keys)
+                self.pairwise[task].update([r.label for r, _, _ in pairs],
+                                           [j.label for _, j, _ in pairs],
+                                           [j.label_swapped for _, j, _ in pairs], keys=keys,
+                                           kinds=[k for _, _, k in pairs])
             else:
                 self.pointwise[task].update(
-                    [r.normalized_score() for r, _ in pairs],
+                    [r.normalized_score() for r, _, _ in pairs],
                     [None if j.score is None else (j.score - r.scale[0]) / (r.scale[1] - r.scale[0])
-                     for r, j in pairs], keys=keys)
+                     for r, j, _ in pairs], keys=keys)
 
     def compute(self) -> dict[str, float]:
         """Every task's metrics, synced across processes (every rank takes part in every

@@ -52,6 +52,9 @@ class JudgeSpec:
     """Judge pairs in both orders: combines them and measures position consistency."""
     max_new_tokens: int = 96
     batch_size: int = 16
+    pair_from: Literal["verdict", "points", "both"] = "verdict"
+    """Where a pairwise decision comes from: the pairwise verdict, two pointwise scores
+    (one per candidate, on the task's scale), or both averaged (ur.reward.judge)."""
 
 
 class RewardSFTModule(VLMTrainingMixin, LightningModule):
@@ -154,7 +157,8 @@ class RewardSFTModule(VLMTrainingMixin, LightningModule):
             spec = self.judge_spec
             self._judge = Judge(self.model, self.processor, mode=spec.mode,
                                 both_orders=spec.both_orders, max_new_tokens=spec.max_new_tokens,
-                                batch_size=spec.batch_size, **kwargs)
+                                batch_size=spec.batch_size, pair_from=spec.pair_from,
+                                **kwargs)
         return self._judge
 
     def _eval_step(self, batch, stage: str):
@@ -166,7 +170,9 @@ class RewardSFTModule(VLMTrainingMixin, LightningModule):
         metrics = self.metrics[stage]
         inputs = {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
         metrics.update_loss(records, self.model(**inputs).logits, batch["labels"])
-        metrics.update(records, self.judge(records))
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        kinds = dm.difference_kinds(records) if hasattr(dm, "difference_kinds") else None
+        metrics.update(records, self.judge(records), kinds)
 
     def _eval_end(self, stage: str):
         values = self.metrics[stage].compute()  # synced: the same on every rank

@@ -54,6 +54,7 @@ Pointwise scales (FACTS.md section 1): image generation 1-5, video generation 1-
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -121,6 +122,7 @@ class Item:
     errors: tuple[tuple[str, ...], ...] = ()
     intended: str | None = None
     dims: dict[str, int] | None = None
+    kind: str | None = None
     results: tuple = field(default=(), repr=False)
 
     def record(self, media: tuple[Media, ...], *, source: str = "synthetic") -> PreferenceRecord:
@@ -235,6 +237,8 @@ def _generation_item(task, form, index, rng, difficulty, image_size, num_frames)
                 errors=tuple(tuple(s) for s in sets), intended=intended, results=results)
     if form == "pairwise":
         item.label = pair_label(*scores)
+        extra = set(sets[0]) ^ set(sets[1])
+        item.kind = "tie" if intended == "tie" or not extra else extra.pop()
     else:
         item.scale = SCALES[task]
         item.score = to_scale(scores[0], item.scale)
@@ -323,6 +327,7 @@ def _understanding_item(task, form, index, rng, difficulty, image_size, num_fram
                 intended=intended)
     if form == "pairwise":
         item.label = pair_label(*scores)
+        item.kind = "tie" if intended == "tie" else asks
     else:
         item.scale = SCALES[task]
         item.score = to_scale(scores[0], item.scale, 25 if task == "image_understanding" else 1)
@@ -345,6 +350,41 @@ def build_item(task: str, form: str, index: int, *, seed: int = 0, difficulty: i
     rng = item_rng(seed, difficulty, task, form, index)
     make = _generation_item if is_generation(task) else _understanding_item
     return make(task, form, index, rng, difficulty, image_size, num_frames)
+
+
+GENERATION_KINDS: tuple[str, ...] = tuple(dict.fromkeys(
+    degrade.CONTENT_ERRORS["image"] + degrade.CONTENT_ERRORS["clip"]
+    + degrade.PIXEL_ERRORS["clip"]))
+UNDERSTANDING_KINDS: tuple[str, ...] = ("colour", "shape", "place", "motion", "count",
+                                        "describe")
+DIFFERENCE_KINDS: tuple[str, ...] = GENERATION_KINDS + UNDERSTANDING_KINDS + ("tie",)
+"""What tells a pair's two candidates apart (``Item.kind``): for generation, the one
+error the worse candidate has more (``wrong_colour``, ``blur``, ...); for understanding,
+what the question asks (``colour``, ``describe``, ...: a ``describe`` pair compares
+descriptions with 0-2 wrong attributes); ``tie`` for a pair built as a tie."""
+
+_ITEM_ID = re.compile(r"^(?P<task>[a-z_]+)-(?P<form>pairwise|pointwise)-(?P<index>\d{6,})$")
+
+
+def item_index(item_id: str) -> tuple[str, str, int] | None:
+    """``(task, form, index)`` of a world item's id, or None for any other id."""
+    m = _ITEM_ID.match(item_id)
+    if m is None or m["task"] not in TASKS:
+        return None
+    return m["task"], m["form"], int(m["index"])
+
+
+def difference_kind(item_id: str, *, seed: int = 0, difficulty: int = 1, image_size: int = 84,
+                    num_frames: int = 4) -> str | None:
+    """The :data:`DIFFERENCE_KINDS` entry of the world's pairwise item ``item_id`` (None
+    for a pointwise item or an id that is not the world's). The item is built again,
+    which is exact: items are pure functions of their index and the world's settings."""
+    parsed = item_index(item_id)
+    if parsed is None or parsed[1] != "pairwise":
+        return None
+    task, form, index = parsed
+    return build_item(task, form, index, seed=seed, difficulty=difficulty,
+                      image_size=image_size, num_frames=num_frames).kind
 
 
 def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
