@@ -276,6 +276,7 @@ def build_pretrained_base(cfg: Namespace) -> None:
     """``--pretrain`` / ``--pretrain_generator``: the tiny base at the model's
     checkpoint, built once."""
     from ur.pretrain import ensure_tiny_generator, ensure_tiny_vlm
+    from ur.pretrain.cache import NotABuiltBase
 
     for key, cls, ensure in (("pretrain", TinyVLMSpec, ensure_tiny_vlm),
                              ("pretrain_generator", TinyGeneratorSpec, ensure_tiny_generator)):
@@ -286,7 +287,10 @@ def build_pretrained_base(cfg: Namespace) -> None:
             raise SystemExit(f"ur: {key}: needs a model with a `checkpoint` to build the base at")
         spec = cfg[key]
         spec = spec if isinstance(spec, cls) else cls(**spec.as_dict())
-        ensure(model.checkpoint, spec)
+        try:
+            ensure(model.checkpoint, spec)
+        except NotABuiltBase as e:
+            raise SystemExit(f"ur: {e}") from None
 
 
 class URCLI(LightningCLI):

@@ -1,7 +1,14 @@
 """Scoring the tiny base's descriptions against the world's evidence."""
 
+from pathlib import Path
+
+import pytest
+
+from tests.minirun import run_ur
 from ur.data.records import Media, PreferenceRecord
 from ur.pretrain.tiny_vlm import attribute_hits, dense_conversations, last_mark
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_attribute_hits_compare_the_first_object():
@@ -87,3 +94,32 @@ def test_a_base_built_by_an_older_tiny_builder_is_rebuilt(tmp_path):
     ensure_tiny_vlm(tmp_path / "base", spec)
     assert json.loads(marker.read_text())["spec"] == wanted
     assert (base / "model.safetensors").stat().st_mtime_ns != weights
+
+
+def test_a_folder_pretrain_did_not_build_is_never_replaced(tmp_path):
+    """A trained judge named as the checkpoint of a config that also builds a base (the
+    quickstart's, used to test that judge) stays as it is: building there would replace
+    it with a fresh base. The command stops with a message naming the folder."""
+    from ur.pretrain import TinyGeneratorSpec, ensure_tiny_generator
+    from ur.pretrain.cache import NotABuiltBase
+    from ur.pretrain.tiny_vlm import TinyVLMSpec, ensure_tiny_vlm
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "model.safetensors").write_bytes(b"trained weights")
+    (judge / "config.json").write_text("{}")
+    spec = TinyVLMSpec(hidden_size=32, num_layers=1, pretrain_steps=1, batch_size=4,
+                       num_workers=0, world={"out": str(tmp_path / "world"), "size": 48})
+    with pytest.raises(NotABuiltBase, match="did not build"):
+        ensure_tiny_vlm(judge, spec)
+    with pytest.raises(NotABuiltBase, match="pretrain_generator"):
+        ensure_tiny_generator(judge, TinyGeneratorSpec(steps=1))
+    run = run_ur("test", "--config", str(ROOT / "experiments" / "quickstart.yaml"),
+                 "--model.init_args.checkpoint", str(judge), cwd=tmp_path, check=False,
+                 timeout=300)
+    assert run.returncode != 0
+    assert f"{judge} holds files that pretrain: did not build" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert (judge / "model.safetensors").read_bytes() == b"trained weights"
+    assert sorted(p.name for p in judge.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (tmp_path / "world").exists() and not (tmp_path / "data").exists()

@@ -46,9 +46,9 @@ from ur.models.generators import (
     build_tiny_generator,
     parameter_count,
 )
+from ur.pretrain.cache import SPEC_FILE, needs_build
 from ur.training import OptimizerSpec, warmup_cosine
 
-SPEC_FILE = "ur_pretrain.json"
 FORMAT = 2
 """Bumped when what a spec builds changes, so cached generators are rebuilt."""
 
@@ -215,8 +215,7 @@ def ensure_tiny_generator(checkpoint: str | Path, spec: TinyGeneratorSpec) -> Pa
     checkpoint = Path(checkpoint)
     wanted = json.loads(json.dumps({**asdict(spec), "format": FORMAT}))
     with exclusive(checkpoint):
-        marker = checkpoint / SPEC_FILE
-        if not (marker.exists() and json.loads(marker.read_text()).get("spec") == wanted):
+        if needs_build(checkpoint, wanted, option="pretrain_generator"):
             _build(checkpoint, spec, wanted)
     return checkpoint
 

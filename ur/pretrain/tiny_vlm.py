@@ -34,6 +34,7 @@ from ur.data.datamodule import WorldSpec, load_records
 from ur.data.records import PreferenceRecord
 from ur.data.templates import PromptTemplates
 from ur.models.module import VLMTrainingMixin
+from ur.pretrain.cache import SPEC_FILE, needs_build
 from ur.training import OptimizerSpec
 
 
@@ -86,7 +87,6 @@ class DensePretrainModule(VLMTrainingMixin, LightningModule):
         return loss
 
 
-SPEC_FILE = "ur_pretrain.json"
 
 
 def describe_instruction(kind: str) -> str:
@@ -226,8 +226,7 @@ def ensure_tiny_vlm(checkpoint: str | Path, spec: TinyVLMSpec) -> Path:
     wanted = json.loads(json.dumps(  # as the marker file reads back (tuples as lists)
         {**asdict(spec), "world_format": world_format, "tiny_format": tiny_format}))
     with exclusive(checkpoint):
-        marker = checkpoint / SPEC_FILE
-        if not (marker.exists() and json.loads(marker.read_text()).get("spec") == wanted):
+        if needs_build(checkpoint, wanted, option="pretrain"):
             _build(checkpoint, spec, wanted)
     return checkpoint
 
