@@ -187,6 +187,29 @@ def test_text_views_follow_each_training_batch(world, processor):
     assert not {"pixel_values", "pixel_values_videos"} & set(part)
 
 
+def test_text_views_of_generation_records_show_each_pictures_evidence(world, processor):
+    from ur.data.collate import TextView
+
+    templates = PromptTemplates(generation_checks=True)
+    dm = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3,
+                              text_view_tasks=["image_generation", "video_generation"])
+    dm.processor = processor
+    dm.setup("fit")
+    data = dm.datasets["train"]
+    views = [data[i] for b in dm.train_dataloader().batch_sampler for i in b[-3:]]
+    assert all(isinstance(v, TextView) and v.record.task.endswith("generation") for v in views)
+    assert {v.record.form for v in views} == {"pairwise", "pointwise"}
+    pair = next(v.record for v in views if v.record.form == "pairwise")
+    batch = dm.collator()([data[0], TextView(pair)])["text_views"]
+    text = processor.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
+    assert f"Text: {pair.evidence[0]}; {pair.evidence[1]}.\n" in text
+    labels = batch["labels"][0]
+    target = processor.tokenizer.decode(batch["input_ids"][0][labels != IGNORE_INDEX])
+    assert target == templates.target(pair) + "<|im_end|>" and "faults." in target
+    with pytest.raises(ValueError, match="text_view_tasks"):
+        PreferenceDataModule(world=world, text_views=3, text_view_tasks=["image_editing"])
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):
     """A training batch's text views are padded to their own longest row, not the
@@ -216,7 +239,8 @@ def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):
 
 def test_text_views_need_evidence(broken_source, world, processor):
     dm = PreferenceDataModule(train=[broken_source], skip_bad=True, text_views=2)
-    with pytest.raises(ValueError, match="text_views=2 needs understanding records with evidence"):
+    with pytest.raises(ValueError, match="text_views=2 needs records of image_understanding, "
+                                         "video_understanding with evidence"):
         dm.setup("fit")
     # a generation-only arm of a task ablation has nothing to view: plain batches
     arm = PreferenceDataModule(world=world, batch_size=4, train_tasks=["image_generation"],

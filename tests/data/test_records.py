@@ -189,6 +189,38 @@ def test_claims_checks_put_each_claim_beside_the_evidence():
 
 
 
+def test_generation_checks_put_each_asked_value_beside_what_the_picture_shows():
+    r = PreferenceRecord(task="image_generation", form="pairwise", source="s", id="1",
+                         prompt="a red circle on the left", media=(img("a"), img("b")),
+                         label="second",
+                         evidence=("a red square on the left, blurry", "a red circle on the left"))
+    t = PromptTemplates(generation_checks=True)
+    assert t.target(r) == (
+        "Image 1 shows a red square on the left, blurry. Image 2 shows a red circle on the "
+        "left. Image 1: red vs red yes, circle vs square no, left vs left yes, blurry; 2 "
+        "faults. Image 2: red vs red yes, circle vs circle yes, left vs left yes; 0 faults. "
+        "Image 2 is better")
+    assert parse_pairwise(t.target(r)) == "second"
+    assert t.checked_candidates(r) == 2 and t.checked_candidates(r.query()) == 2
+    # a missing object shows nothing of what was asked; an extra one was not asked for
+    clip = PreferenceRecord(task="video_generation", form="pointwise", source="s", id="2",
+                            prompt="a blue diamond moving up", media=(vid(),), score=1,
+                            scale=(1, 10), evidence=("no shape",))
+    assert t.target(clip) == ("The video shows no shape. Video: blue vs none no, diamond vs "
+                              "none no, up vs none no; 3 faults. Final Score: 1")
+    extra = replace(clip, evidence=("a blue diamond moving up and a red circle moving left",))
+    assert "up vs up yes, none vs red no, none vs circle no, none vs left no; 3 faults" in \
+        t.target(extra)
+    # off by default, and not for captions outside the world's grammar or understanding
+    assert PromptTemplates().target(r) == ("Image 1 shows a red square on the left, blurry. "
+                                           "Image 2 shows a red circle on the left. "
+                                           "Image 2 is better")
+    odd = replace(r, prompt="something lovely")
+    assert t.checked_candidates(odd) == 0 and "vs" not in t.target(odd)
+    assert PromptTemplates(generation_checks=True, answer_style="bare").target(r) == \
+        "Image 2 is better"
+
+
 def test_a_verbatim_pointwise_target_gets_its_embedded_answer_checked():
     instruction = ("Question: What colour is the shape?\nAnswer: It is blue.\nRate how "
                    "correct the answer is for the image. Describe the image, then end with "

@@ -130,6 +130,13 @@ def test_evidence_kept_without_a_verdict_counts_the_checks(trained):
     for r in records:
         if not is_generation(r.task):
             assert checks.templates.target(r).count(". ") == checks.evidence_sentences(r.query()), r.id
+    # With generation checks, one more sentence per picture: its check, on every record.
+    gen = Judge(module.model, module.processor,
+                templates=PromptTemplates(answer_checks=True, generation_checks=True))
+    assert gen.evidence_sentences(generation.query()) == 4
+    for r in records:
+        if is_generation(r.task):
+            assert gen.templates.target(r).count(". ") == gen.evidence_sentences(r.query()), r.id
 
 
 def test_a_record_is_judged_as_its_query(trained):

@@ -10,8 +10,8 @@ Mixing: each epoch a source contributes ``round(weight * n)`` of its ``n`` recor
 is shuffled with ``seed + epoch``. Pairwise records are put in a seeded random order
 (swapped with probability 1/2, keyed by seed and record id) so sources that always
 list the preferred candidate first (VideoDPO, ShareGPTVideo) do not teach position.
-With ``text_views``, each training batch also carries that many understanding records
-of the world shown as text (their evidence in the prompt, no media), drawn per batch
+With ``text_views``, each training batch also carries that many records of the world
+(understanding records, or those of ``text_view_tasks``) shown as text (their evidence in the prompt, no media), drawn per batch
 and padded apart from the batch's records (``batch["text_views"]``).
 
 Bad input: strict by default (any unusable record stops setup with every problem
@@ -288,6 +288,11 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             training split without understanding records (a generation-only arm).
             Views are padded to their own longest row under ``batch["text_views"]``;
             the module's loss covers both parts.
+        text_view_tasks: The tasks whose training records text views show (default:
+            image and video understanding). Generation records viewed as text show each
+            picture's evidence in the prompt ("Text: a red circle on the left, blurry;
+            a red square on the left."), which teaches the comparison behind their
+            verdicts (with ``templates.generation_checks``) the same way.
     """
 
     def __init__(
@@ -317,6 +322,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         processor_kwargs: dict | None = None,
         length_grouping: int = 8,
         text_views: int = 0,
+        text_view_tasks: list[str] | None = None,
     ):
         super().__init__()
         for name, values, allowed in (("tasks", tasks, TASKS), ("train_tasks", train_tasks, TASKS),
@@ -346,6 +352,11 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         if text_views < 0:
             raise ValueError(f"text_views must be >= 0, got {text_views}")
         self.text_views = text_views
+        unknown = set(text_view_tasks or ()) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown text_view_tasks {sorted(unknown)}; choose from {list(TASKS)}")
+        self.text_view_tasks = (list(text_view_tasks) if text_view_tasks
+                                else [t for t in TASKS if not is_generation(t)])
         self.datasets: dict[str, RecordDataset] = {}
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
@@ -395,15 +406,16 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             self.sizes[split] = [len(r) for r in per_source]
             views = ()
             if split == "train" and self.text_views:
-                understanding = [i for i, r in enumerate(records) if not is_generation(r.task)]
-                views = [i for i in understanding if records[i].evidence]
-                if understanding and not views:
-                    raise ValueError(f"text_views={self.text_views} needs understanding "
-                                     "records with evidence in the training split (the "
-                                     "synthetic world's); these sources have none")
-                if not understanding:  # e.g. a generation-only arm of a task ablation
-                    log.info("text_views: the training split (tasks=%s) has no "
-                             "understanding records to view; none added", tasks)
+                viewable = [i for i, r in enumerate(records) if r.task in self.text_view_tasks]
+                views = [i for i in viewable if records[i].evidence]
+                if viewable and not views:
+                    raise ValueError(f"text_views={self.text_views} needs records of "
+                                     f"{', '.join(self.text_view_tasks)} with evidence in the "
+                                     "training split (the synthetic world's); these sources "
+                                     "have none")
+                if not viewable:  # e.g. a generation-only arm of a task ablation
+                    log.info("text_views: the training split (tasks=%s) has no records of "
+                             "%s to view; none added", tasks, ", ".join(self.text_view_tasks))
             self.datasets[split] = RecordDataset(records, views)
 
     def difference_kinds(self, records: Sequence[PreferenceRecord]) -> list[str | None]:

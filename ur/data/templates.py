@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
 from ur.data.records import PreferenceRecord, RecordError, is_generation
-from ur.data.synthetic.language import answer_claims
+from ur.data.synthetic.language import answer_claims, caption_claims, shown_and_defects
 
 _PAIR_END = ('Describe each {kind}, then end with "{noun} 1 is better", "{noun} 2 is better" or '
              '"Both {plural} are equally good".')
@@ -96,6 +96,15 @@ class PromptTemplates:
     outside it is restated. ``restate``: the answer restated, then its mark ("Answer 1:
     It is blue. Wrong."), slower to learn (docs/tiny_base.md)."""
 
+    generation_checks: bool = False
+    """Generation targets (``evidence`` style, records with evidence for every image or
+    clip and a caption in the synthetic world's grammar): after the evidence, check each
+    picture against the caption, each value the caption asks for beside the value the
+    picture shows, then the defects, and count the faults ("Image 1: red vs red yes,
+    circle vs square no, left vs left yes, blurry; 2 faults."). The picture with fewer
+    faults is the better one on nearly every pair of the world, so the verdict follows
+    from two numbers. Off by default (the published answer format)."""
+
     text_view: str = "Text: {evidence}.\n"
     """What a text view's user turn starts with, before the instruction, in place of the
     media (``PreferenceDataModule(text_views=...)``). Placeholder: {evidence}."""
@@ -145,10 +154,36 @@ class PromptTemplates:
         if is_generation(record.task):
             noun = candidate_noun(record.task)
             if len(record.evidence) == 1:
-                return f"The {noun.lower()} shows {record.evidence[0]}. "
-            return " ".join(f"{noun} {i} shows {ev}." for i, ev in
-                            enumerate(record.evidence, start=1)) + " "
+                shows = f"The {noun.lower()} shows {record.evidence[0]}. "
+            else:
+                shows = " ".join(f"{noun} {i} shows {ev}." for i, ev in
+                                 enumerate(record.evidence, start=1)) + " "
+            return shows + self.generation_checks_text(record)
         return f"The {record.modality} shows {record.evidence[0]}. " + self.checks_text(record)
+
+    def generation_checks_text(self, record: PreferenceRecord) -> str:
+        """Each image or clip checked against the caption ("Image 1: red vs red yes,
+        circle vs square no, left vs left yes, blurry; 2 faults. "), or "" when the checks
+        are off or the record's caption or evidence cannot be read."""
+        if not self.checked_candidates(record):
+            return ""
+        noun = candidate_noun(record.task)
+        names = [noun] if len(record.evidence) == 1 else [
+            f"{noun} {i}" for i in range(1, len(record.evidence) + 1)]
+        return "".join(generation_check(name, caption_claims(record.prompt, ev),
+                                        shown_and_defects(ev)[1]) + " "
+                       for name, ev in zip(names, record.evidence, strict=True))
+
+    def checked_candidates(self, record: PreferenceRecord) -> int:
+        """How many images or clips ``generation_checks`` checks in the record's target:
+        each, when the caption is in the world's grammar, else none. 0 with checks off and
+        for understanding records."""
+        if not (self.generation_checks and self.answer_style == "evidence"
+                and is_generation(record.task) and record.target is None):
+            return 0
+        if caption_claims(record.prompt, "no shape") is None:
+            return 0
+        return len(record.evidence or record.media)
 
     def checks_text(self, record: PreferenceRecord) -> str:
         """Each answer checked ("Answer 1: blue vs red no. Wrong. "), or "" when checks are
@@ -237,6 +272,15 @@ def claims_check(name: str, claims: list[tuple[str, str]], score: float) -> str:
     right."."""
     said = ", ".join(f"{c} vs {t} {'yes' if c == t else 'no'}" for c, t in claims)
     return f"{name}: {said}. {answer_mark(score)}"
+
+
+def generation_check(name: str, claims: list[tuple[str, str]], defects: tuple[str, ...]) -> str:
+    """One generated picture checked against its caption: "Image 1: red vs red yes, circle
+    vs square no, left vs left yes, blurry; 2 faults."."""
+    said = ", ".join([f"{c} vs {t} {'yes' if c == t else 'no'}" for c, t in claims]
+                     + list(defects))
+    faults = sum(c != t for c, t in claims) + len(defects)
+    return f"{name}: {said}; {faults} {'fault' if faults == 1 else 'faults'}."
 
 
 def answer_mark(score: float) -> str:

@@ -265,12 +265,13 @@ class Judge:
     # -- fast mode -------------------------------------------------------------------------
     def evidence_sentences(self, query) -> int:
         """Evidence sentences kept when a model writes no verdict: one per image or clip
-        judged, or one for the context of an understanding task and (with answer checks)
-        two per answer checked: its claims (or restatement) and its mark."""
+        judged (and, with generation checks, one more per image or clip: its check), or
+        one for the context of an understanding task and (with answer checks) two per
+        answer checked: its claims (or restatement) and its mark."""
         if self.templates.answer_style == "bare":
             return 0
         if is_generation(query.task):
-            return len(query.media)
+            return len(query.media) + self.templates.checked_candidates(query)
         return 1 + 2 * self.templates.checked_answers(query)
 
     def _fast(self, queries) -> list[Judgment]:

@@ -108,3 +108,31 @@ def answer_claims(question: str, answer: str, evidence: str) -> list[tuple[str, 
     if not matches or not said:
         return None
     return [(s, getattr(matches[0], q.asks) or "none") for s in said]
+
+
+DEFECT_WORDS: tuple[str, ...] = ("noisy", "blurry", "flickering", "stuttering")
+"""The words the oracle's evidence names a generated picture's defects with."""
+
+
+def shown_and_defects(evidence: str) -> tuple[str, tuple[str, ...]]:
+    """A generated picture's evidence ("a red circle on the left, blurry") split into
+    what it shows and the defects it names."""
+    parts = [p.strip() for p in evidence.split(",")]
+    defects = tuple(p for p in parts if p in DEFECT_WORDS)
+    return ", ".join(p for p in parts if p not in DEFECT_WORDS), defects
+
+
+def caption_claims(caption: str, evidence: str) -> list[tuple[str, str]] | None:
+    """What a caption asks for beside what a generated image or clip shows (its evidence,
+    defects left out): one ``(asked, shown)`` pair per attribute of every object either
+    side names, matched as :func:`answer_claims` matches a description, ``"none"`` where
+    a side names nothing (a missing object shows ``none`` for each attribute asked; an
+    extra one is asked ``none``). None when the caption is outside the grammar."""
+    named = parse_text(caption)[:MAX_NAMED]
+    if not named:
+        return None
+    shown, _ = shown_and_defects(evidence)
+    if not parse_text(shown):
+        spatial = "motion" if any(e.motion for e in named) else "place"
+        return [(getattr(e, a) or "none", "none") for e in named for a in ("colour", "shape", spatial)]
+    return answer_claims("Describe the image.", caption, shown)
