@@ -243,6 +243,14 @@ def test_points_decide_a_pair_from_its_two_candidates_scores(trained):
         assert j.label_swapped is None  # scores do not depend on the order
 
 
+def test_points_are_asked_on_the_scales_the_judge_learned(trained):
+    """A candidate is scored on the scale of the task's pointwise training records
+    (VideoFeedback's 1-4 for video generation, not the 1-10 of other video sets)."""
+    _, dm = trained
+    learned = {r.task: r.scale for r in dm.datasets["train"].records if r.form == "pointwise"}
+    assert learned == POINT_SCALES
+
+
 def test_both_averages_the_verdict_and_the_points(trained):
     module, dm = trained
     records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:12]

@@ -43,7 +43,7 @@ order) for the position-consistency metric.
     The judge's pairwise verdict (above).
 ``points``
     Two pointwise judgments, one per candidate, on the task's scale
-    (:data:`POINT_SCALES`): the candidate with the higher score wins, equal scores are a
+    (``point_scales``, by default :data:`POINT_SCALES`): the candidate with the higher score wins, equal scores are a
     tie. With score distributions (fast mode), ``probs`` are ``P(A > B) + P(A = B) / 2``
     and its complement for A and B independent, and tie 0; the label follows the larger
     (a tie only when they are equal). An unparsed score leaves the pair unparsed.
@@ -73,13 +73,18 @@ from ur.data.answers import (
 )
 from ur.data.collate import JudgeCollator
 from ur.data.records import JudgeQuery, Media, PreferenceRecord, is_generation
-from ur.data.synthetic.world import SCALES
 from ur.data.templates import PromptTemplates
 
 PAIR_FROM: tuple[str, ...] = ("verdict", "points", "both")
-POINT_SCALES: dict[str, tuple[float, float]] = dict(SCALES)
-"""The scale a candidate of a pairwise query is scored on when a decision is made from
-points: each task's usual public scale (FACTS.md section 1)."""
+POINT_SCALES: dict[str, tuple[float, float]] = {
+    "image_generation": (1.0, 5.0), "video_generation": (1.0, 4.0),
+    "image_understanding": (0.0, 100.0), "video_understanding": (1.0, 5.0)}
+"""The scale a single image, clip or answer is scored on when a judge is asked for
+points without a record's own scale (a pairwise decision from points, a generated
+sample's score): the scales of the pointwise sources a judge learns each task from,
+EvalMuse 1-5, VideoFeedback 1-4, LLaVA-Critic 0-100 and LLaVA video SFT 1-5 (the
+synthetic world writes its pointwise records in these). A judge asked on a scale it
+never learned answers off its training distribution."""
 
 # Where a verdict starts, and how far it must be written before the decision can be read
 # (a pairwise verdict can be read as soon as it is recognised).
@@ -124,6 +129,7 @@ class Judge:
     score_steps: int = 4
     processor_kwargs: dict = field(default_factory=dict)
     pair_from: str = "verdict"
+    point_scales: dict = field(default_factory=lambda: dict(POINT_SCALES))
 
     def __post_init__(self):
         if self.mode not in ("fast", "generate"):
@@ -193,7 +199,7 @@ class Judge:
                     work.append(q.swapped())
             if split and points:
                 plan["points"] = (len(work), len(work) + 1)
-                scale = POINT_SCALES[q.task]
+                scale = tuple(self.point_scales[q.task])
                 work.extend((q.candidate(0, scale), q.candidate(1, scale)))
             plans.append(plan)
         out: list[Judgment] = []

@@ -25,8 +25,7 @@ from torchmetrics import MeanMetric
 
 from ur.data.records import JudgeQuery, Media
 from ur.data.synthetic.writer import png_bytes
-
-SCALES = {"image_generation": (1, 5), "video_generation": (1, 10)}
+from ur.reward.judge import POINT_SCALES
 
 
 class JudgeSampleScores(Callback):
@@ -70,7 +69,7 @@ class JudgeSampleScores(Callback):
         a judgment that does not parse scores 0."""
         video = samples.ndim == 5
         task = "video_generation" if video else "image_generation"
-        lo, hi = SCALES[task]
+        lo, hi = POINT_SCALES[task]
         with tempfile.TemporaryDirectory() as tmp:
             queries = []
             for i, (s, p) in enumerate(zip(samples, prompts, strict=True)):

@@ -55,6 +55,9 @@ class JudgeSpec:
     pair_from: Literal["verdict", "points", "both"] = "verdict"
     """Where a pairwise decision comes from: the pairwise verdict, two pointwise scores
     (one per candidate, on the task's scale), or both averaged (ur.reward.judge)."""
+    point_scales: dict[str, tuple[float, float]] | None = None
+    """Per task, the scale candidates are scored on for ``pair_from`` points or both
+    (default: ur.reward.judge.POINT_SCALES, the scales the world's sources use)."""
 
 
 class RewardSFTModule(VLMTrainingMixin, LightningModule):
@@ -158,7 +161,8 @@ class RewardSFTModule(VLMTrainingMixin, LightningModule):
             self._judge = Judge(self.model, self.processor, mode=spec.mode,
                                 both_orders=spec.both_orders, max_new_tokens=spec.max_new_tokens,
                                 batch_size=spec.batch_size, pair_from=spec.pair_from,
-                                **kwargs)
+                                **({"point_scales": spec.point_scales} if spec.point_scales
+                                   else {}), **kwargs)
         return self._judge
 
     def _eval_step(self, batch, stage: str):
