@@ -196,9 +196,9 @@ def test_generation_checks_put_each_asked_value_beside_what_the_picture_shows():
                          evidence=("a red square on the left, blurry", "a red circle on the left"))
     t = PromptTemplates(generation_checks=True)
     assert t.target(r) == (
-        "Image 1 shows a red square on the left, blurry. Image 2 shows a red circle on the "
-        "left. Image 1: red vs red yes, circle vs square no, left vs left yes, blurry; 2 "
-        "faults. Image 2: red vs red yes, circle vs circle yes, left vs left yes; 0 faults. "
+        "Image 1 shows a red square on the left, blurry. Image 1: red vs red yes, circle vs "
+        "square no, left vs left yes, blurry; 2 faults. Image 2 shows a red circle on the "
+        "left. Image 2: red vs red yes, circle vs circle yes, left vs left yes; 0 faults. "
         "Image 2 is better")
     assert parse_pairwise(t.target(r)) == "second"
     assert t.checked_candidates(r) == 2 and t.checked_candidates(r.query()) == 2

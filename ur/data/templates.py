@@ -98,10 +98,11 @@ class PromptTemplates:
 
     generation_checks: bool = False
     """Generation targets (``evidence`` style, records with evidence for every image or
-    clip and a caption in the synthetic world's grammar): after the evidence, check each
-    picture against the caption, each value the caption asks for beside the value the
-    picture shows, then the defects, and count the faults ("Image 1: red vs red yes,
-    circle vs square no, left vs left yes, blurry; 2 faults."). The picture with fewer
+    clip and a caption in the synthetic world's grammar): after each picture's evidence,
+    check it against the caption, each value the caption asks for beside the value the
+    picture shows, then the defects, and count the faults ("Image 1 shows a red square
+    on the left, blurry. Image 1: red vs red yes, circle vs square no, left vs left yes,
+    blurry; 2 faults."). The picture with fewer
     faults is the better one on nearly every pair of the world, so the verdict follows
     from two numbers. Off by default (the published answer format)."""
 
@@ -153,26 +154,23 @@ class PromptTemplates:
             return ""
         if is_generation(record.task):
             noun = candidate_noun(record.task)
+            checked = self.checked_candidates(record)
             if len(record.evidence) == 1:
-                shows = f"The {noun.lower()} shows {record.evidence[0]}. "
-            else:
-                shows = " ".join(f"{noun} {i} shows {ev}." for i, ev in
-                                 enumerate(record.evidence, start=1)) + " "
-            return shows + self.generation_checks_text(record)
+                text = f"The {noun.lower()} shows {record.evidence[0]}. "
+                return text + (self.generation_check(record, noun, 0) if checked else "")
+            # Each picture's check follows its own description, so the values it compares
+            # are a few words back, not behind the other picture's description.
+            return "".join(f"{noun} {i} shows {ev}. "
+                           + (self.generation_check(record, f"{noun} {i}", i - 1) if checked else "")
+                           for i, ev in enumerate(record.evidence, start=1))
         return f"The {record.modality} shows {record.evidence[0]}. " + self.checks_text(record)
 
-    def generation_checks_text(self, record: PreferenceRecord) -> str:
-        """Each image or clip checked against the caption ("Image 1: red vs red yes,
-        circle vs square no, left vs left yes, blurry; 2 faults. "), or "" when the checks
-        are off or the record's caption or evidence cannot be read."""
-        if not self.checked_candidates(record):
-            return ""
-        noun = candidate_noun(record.task)
-        names = [noun] if len(record.evidence) == 1 else [
-            f"{noun} {i}" for i in range(1, len(record.evidence) + 1)]
-        return "".join(generation_check(name, caption_claims(record.prompt, ev),
-                                        shown_and_defects(ev)[1]) + " "
-                       for name, ev in zip(names, record.evidence, strict=True))
+    def generation_check(self, record: PreferenceRecord, name: str, i: int) -> str:
+        """Picture ``i`` of a generation record checked against the caption ("Image 1:
+        red vs red yes, circle vs square no, left vs left yes, blurry; 2 faults. ")."""
+        ev = record.evidence[i]
+        return generation_check(name, caption_claims(record.prompt, ev),
+                                shown_and_defects(ev)[1]) + " "
 
     def checked_candidates(self, record: PreferenceRecord) -> int:
         """How many images or clips ``generation_checks`` checks in the record's target:
