@@ -1,6 +1,9 @@
 """A miniature of the quickstart for end-to-end tests: a few steps on a 48-record world
 with a tiny base pretrained for 2 steps (answer checks on, in the base and the targets,
-so the optional path runs end to end). Overlay it on experiments/quickstart.yaml.
+so the optional path runs end to end). Pairs are decided by the verdict alone, which
+keeps the many runs short; the quickstart's decision from verdict and points runs end
+to end in the DDP test of tests/test_fit_cli.py. Overlay it on
+experiments/quickstart.yaml.
 Also :func:`run_ur`, the ``ur`` command in a subprocess, as a user runs it."""
 
 import os
@@ -27,7 +30,7 @@ pretrain:
 model:
   init_args:
     checkpoint: {base}
-    judge: {{batch_size: 8, max_new_tokens: 24}}
+    judge: {{batch_size: 8, max_new_tokens: 24, pair_from: verdict}}
 data:
   init_args:
     world: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
