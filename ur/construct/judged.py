@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ur.data.records import JudgeQuery, is_generation
-from ur.data.synthetic.world import SCALES
+from ur.reward.judge import POINT_SCALES
 
 METHODS: tuple[str, ...] = ("rank_sift", "rank", "sift", "random")
 DROP_REASONS: tuple[str, ...] = ("too_few", "undecided", "unscored", "no_margin")
@@ -92,8 +92,9 @@ def pair_query(task: str, prompt: str, media, candidates, a: int, b: int) -> Jud
 
 def point_query(task: str, prompt: str, media, candidates, i: int,
                 scale: tuple[float, float] | None = None) -> JudgeQuery:
-    """How good candidate ``i`` is, on ``scale`` (the task's world scale by default)."""
-    scale = tuple(scale or SCALES[task])
+    """How good candidate ``i`` is, on ``scale`` (by default the scale the judge learned
+    the task on, :data:`ur.reward.judge.POINT_SCALES`)."""
+    scale = tuple(scale or POINT_SCALES[task])
     if is_generation(task):
         return JudgeQuery(task=task, form="pointwise", prompt=prompt, media=(candidates[i],),
                           scale=scale)

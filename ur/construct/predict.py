@@ -144,7 +144,7 @@ class ConstructModule(LightningModule):
             (two pointwise scores) or ``both`` (:class:`ur.reward.judge.Judge`).
         judge_mode: ``fast`` or ``generate`` (:class:`ur.reward.judge.Judge`).
         judge_batch_size: Judgments per forward pass.
-        scale: Pointwise scale (default: the task's scale in the synthetic world).
+        scale: Pointwise scale (default: the scale the judge learned the task on).
         n: Candidates per prompt (UnifiedReward: 10).
         temperature: Sampling temperature of the policy.
         top_p: Nucleus sampling of the policy.

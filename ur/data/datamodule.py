@@ -361,7 +361,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
         self._processor = None
-        self._kinds: dict[str, str | None] = {}
+        self._kinds: dict[tuple, str | None] = {}
 
     # -- sources -----------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -427,17 +427,17 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         from ur.data.synthetic.world import difference_kind
 
         root = Path(self.world.out).resolve()
+        w = self.world
         out = []
         for r in records:
-            if r.form != "pairwise" or r.file is None or not Path(r.file).resolve().is_relative_to(root):
-                out.append(None)
-                continue
-            if r.id not in self._kinds:
-                w = self.world
-                self._kinds[r.id] = difference_kind(r.id, seed=w.seed, difficulty=w.difficulty,
-                                                    image_size=w.image_size,
-                                                    num_frames=w.num_frames)
-            out.append(self._kinds[r.id])
+            key = (r.file, r.id)  # each record is looked at once, in every epoch after
+            if key not in self._kinds:
+                ours = (r.form == "pairwise" and r.file is not None
+                        and Path(r.file).resolve().is_relative_to(root))
+                self._kinds[key] = difference_kind(
+                    r.id, seed=w.seed, difficulty=w.difficulty, image_size=w.image_size,
+                    num_frames=w.num_frames) if ours else None
+            out.append(self._kinds[key])
         return out
 
     def summary(self, split: str) -> dict:

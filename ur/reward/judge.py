@@ -227,10 +227,7 @@ class Judge:
             label = max(probs, key=probs.get)
         else:
             probs = None
-            if a.label is None or back is None:
-                label = a.label or back
-            else:
-                label = a.label if a.label == back else "tie"
+            label = _agreed(a.label, back)
         return replace(a, label=label, probs=probs, label_swapped=back,
                        text=a.text + "\n---\n" + b.text)
 
@@ -550,11 +547,15 @@ def _with_points(verdict: Judgment, points: Judgment) -> Judgment:
     if verdict.probs is not None and points.probs is not None:
         probs = {k: (verdict.probs[k] + points.probs[k]) / 2 for k in ("first", "second", "tie")}
         return replace(verdict, label=max(probs, key=probs.get), probs=probs, text=text)
-    if verdict.label is None or points.label is None:
-        label = verdict.label or points.label
-    else:
-        label = verdict.label if verdict.label == points.label else "tie"
-    return replace(verdict, label=label, probs=None, text=text)
+    return replace(verdict, label=_agreed(verdict.label, points.label), probs=None, text=text)
+
+
+def _agreed(a: str | None, b: str | None) -> str | None:
+    """Two labels without probabilities as one: the label where they agree or only one
+    decides, a tie where they disagree."""
+    if a is None or b is None:
+        return a or b
+    return a if a == b else "tie"
 
 
 def media_token_ids(processor) -> list[int]:
