@@ -250,6 +250,23 @@ def test_a_broken_candidates_row_names_its_row_and_field(questions, tmp_path):
     assert e.value.row == 1 and e.value.field == "n"
 
 
+def test_construction_from_candidates_stops_before_any_work_when_media_lie_outside_its_root(
+        world, questions, tmp_path):
+    from ur.construct.predict import PromptsDataModule
+
+    made = candidates_of(questions[:2], [["a", "b"], ["c", "d"]], model="m", seed=0,
+                         temperature=1.0, top_p=1.0, max_new_tokens=8)
+    path = write_candidates(tmp_path / "c.jsonl", made)
+    out = tmp_path / "pairs"
+    dm = PromptsDataModule(out=str(out), candidates=str(path))  # root: the file's folder
+    with pytest.raises(ValueError, match=r"c\.jsonl: row 0: .*outside the media root.*media_root"):
+        dm.setup("predict")
+    assert not out.exists()
+    dm = PromptsDataModule(out=str(out), candidates=str(path), media_root=str(world))
+    dm.setup("predict")
+    assert dm.total == 2 and len(dm.items) == 2
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 def test_cli_builds_candidates_pairs_and_a_summary(world, base, tmp_path, capsys):

@@ -67,6 +67,24 @@ def _prompt_id(item: Candidates | Question) -> str:
     return (item.question if isinstance(item, Candidates) else item).id
 
 
+def outside_media_root(items: list[Candidates | Question], root: Path,
+                       candidates: str | None) -> None:
+    """Fail before any work when a prompt's media lies outside ``root``: the pair files
+    write media paths relative to it, so the merge at the end could not."""
+    for item in items:
+        q = item.question if isinstance(item, Candidates) else item
+        for m in q.media:
+            for path in ((m.path,) if m.path else ()) + tuple(m.frames or ()):
+                if not Path(path).resolve().is_relative_to(root):
+                    where = f"{q.file or candidates}: row {q.row}" if q.file or candidates \
+                        else f"question {q.id!r}"
+                    raise ValueError(
+                        f"{where}: {m.field or 'media'} {path!r} lies outside the media root "
+                        f"{str(root)!r} the pair files are written relative to; pass "
+                        "data.init_args.media_root (a folder holding every prompt's media, "
+                        "such as the world's)")
+
+
 def done_ids(out: Path) -> set[str]:
     """Ids of the prompts whose part is written under ``out/parts``."""
     return {row["id"] for row in read_parts(out)}
@@ -121,6 +139,7 @@ class PromptsDataModule(LightningDataModule):
             where = self.candidates or f"{self.world.out} ({self.split})"
             raise ValueError(f"{where}: prompt ids must be unique to be done exactly once; "
                              f"{len(twice)} repeat, e.g. {twice[:3]}")
+        outside_media_root(items, self.media_root, self.candidates)
         done = done_ids(self.out)
         self.total = len(items)
         self.items = [i for i in items if _prompt_id(i) not in done]
@@ -241,6 +260,7 @@ class ConstructWriter(BasePredictionWriter):
 
     def __init__(self):
         super().__init__(write_interval="batch")
+        self._merged = False
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0):
@@ -254,6 +274,18 @@ class ConstructWriter(BasePredictionWriter):
                           "".join(json.dumps(r) + "\n" for r in prediction))
 
     def on_predict_end(self, trainer, pl_module):
+        self._merge(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        # Lightning skips the predict loop, and with it on_predict_end, when no prompt is
+        # left: a run killed after its last part and before the merge still merges here.
+        if stage == "predict" and not self._merged:
+            self._merge(trainer)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._merged = False
+
+    def _merge(self, trainer) -> None:
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             dm = trainer.datamodule
@@ -261,6 +293,7 @@ class ConstructWriter(BasePredictionWriter):
             trainer.callback_metrics.update(
                 {k: torch.tensor(float(v)) for k, v in flat_figures(summary).items()})
         trainer.strategy.barrier()
+        self._merged = True
 
 
 def read_parts(out: Path) -> list[dict]:
