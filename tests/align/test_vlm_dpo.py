@@ -13,6 +13,7 @@ from minirun import REPO, killer_env, run_ur
 
 from ur.data.datamodule import SourceSpec, WorldSpec
 from ur.data.pairs import PairsDataModule, chosen_first
+from ur.data.questions import world_questions
 from ur.data.records import RecordError
 
 DPO = REPO / "experiments" / "dpo" / "understanding.yaml"
@@ -100,6 +101,19 @@ def first_train_loss(run_dir: Path) -> float:
     return float(next(r["train/loss"] for r in rows if r.get("train/loss")))
 
 
+def answers_written(run_dir: Path, world: Path) -> list[dict]:
+    """The run's ``test_answers.jsonl``: every test question once, each answer scored as
+    the oracle scores it."""
+    from ur.data.synthetic.oracle import oracle_score
+
+    rows = [json.loads(line) for line in (run_dir / "test_answers.jsonl").read_text().splitlines()]
+    asked = {q.id: q for q in world_questions(world, "test", max_questions=4, seed=0)}
+    assert sorted(r["id"] for r in rows) == sorted(asked)
+    for r in rows:
+        assert r["oracle_score"] == oracle_score(asked[r["id"]], r["answer"])
+    return rows
+
+
 @pytest.mark.parametrize("finetune, reference", [("full", "copy"), ("lora", "adapters_off"),
                                                  ("full", "cached")])
 def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, mini, tmp_path,
@@ -123,6 +137,9 @@ def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, min
     assert {"train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies",
             "val/oracle_accuracy"} <= set(metrics["fit"])
     assert 0 <= metrics["test"]["test/oracle_accuracy"] <= 1
+    answers = answers_written(run_dir, mini["world"])
+    assert sum(a["oracle_score"] for a in answers) / len(answers) == pytest.approx(
+        metrics["test"]["test/oracle_accuracy"], abs=1e-6)
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
@@ -133,13 +150,14 @@ def test_the_first_logged_loss_is_ln2_and_the_oracle_checks_answers(overlay, min
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_ddp_dpo_makes_one_run_folder(overlay, tmp_path):
+def test_ddp_dpo_makes_one_run_folder(overlay, mini, tmp_path):
     run = run_ur("fit", "--config", str(DPO), "--config", str(overlay), "--run.name", "ddp_dpo",
                  "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=tmp_path, timeout=600)
     run_dirs = list((tmp_path / "checkpoints" / "ddp_dpo").iterdir())
     assert run_dirs == [Path(run.stdout.strip().splitlines()[-1])]
     metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
     assert "train/loss" in metrics["fit"] and "test/oracle_accuracy" in metrics["test"]
+    answers_written(run_dirs[0], mini["world"])  # both ranks' answers, each question once
 
 
 def test_questions_are_questions_of_images_and_videos(mini, mini_fit):

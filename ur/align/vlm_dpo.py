@@ -26,7 +26,9 @@ Logged per split: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/
 ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``. Validation and test also
 ask the policy the data module's held-out questions (greedy) and, on the synthetic
 world, log how right its answers are by the oracle (``val/oracle_accuracy``, per task
-too): the figure that says whether DPO helped, which the loss cannot.
+too): the figure that says whether DPO helped, which the loss cannot. The test's
+answers, each with its oracle score, go to ``test_answers.jsonl`` in the run folder, so
+two policies can be compared question by question (a paired interval).
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
         self.oracle = torch.nn.ModuleDict({
             stage: torch.nn.ModuleDict({"all": MeanMetric(), **{t: MeanMetric() for t in UNDERSTANDING}})
             for stage in ("val", "test")})
+        self._test_answers: list[dict] = []
 
     def configure_callbacks(self):
         """Counting, logging and capping the pairs the collator drops as unusable."""
@@ -258,6 +261,9 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
             score = oracle_score(q, said)
             self.oracle[stage]["all"].update(score)
             self.oracle[stage][q.task].update(score)
+            if stage == "test":
+                self._test_answers.append({"id": q.id, "task": q.task, "answer": said,
+                                           "oracle_score": score})
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if "answer_ids" in batch:
@@ -282,5 +288,27 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
     def on_validation_epoch_end(self):
         self._oracle_end("val")
 
+    def on_test_epoch_start(self):
+        self._test_answers = []
+
     def on_test_epoch_end(self):
         self._oracle_end("test")
+        self._write_test_answers()
+
+    def _write_test_answers(self) -> None:
+        """Every rank's answers, in question order, to ``test_answers.jsonl`` (rank 0)."""
+        import json
+
+        from ur.io import write_text_atomic
+
+        rows = self._test_answers
+        if torch.distributed.is_initialized():
+            shards = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shards, rows)
+            rows = [r for shard in shards for r in shard]
+        if not rows or not self.trainer.is_global_zero:
+            return
+        # a sampler that pads the last batch under DDP asks some questions twice
+        unique = {r["id"]: r for r in rows}
+        write_text_atomic(Path(self.trainer.default_root_dir) / "test_answers.jsonl",
+                          "".join(json.dumps(unique[k]) + "\n" for k in sorted(unique)))
