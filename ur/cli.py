@@ -821,9 +821,88 @@ def _construct_oracle_pairs(args) -> int:
     return 0
 
 
+def _add_loop(sub) -> None:
+    loop = sub.add_parser(
+        "loop", help="the alignment loop: candidates, the judge's pairs, DPO, the oracle's check",
+        description="Does the judge's data make the policy better? Chains the stages of the "
+                    "alignment loop on the synthetic world, each an ordinary ur command that "
+                    "leaves its own folder and is printed before it runs: a world of fresh "
+                    "prompts (ur corpus synth), the policy's answers to them (ur construct "
+                    "oracle-pairs, whose oracle pairs are the ceiling arm), the judge's pairs "
+                    "of the same answers per arm (ur predict), DPO on each arm's pairs (ur "
+                    "fit, which ends by answering the test questions), and the starting "
+                    "policy's answers to the same questions (ur test). A stage whose output "
+                    "exists is not run again: killed, the same command goes on from there.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Arms: rank_sift (pair ranking, then point sifting: the paper's), rank, sift, "
+               "random (the floor) and oracle (the ceiling).\n"
+               "Writes OUT/loop.json (every stage's command, log and output; per arm and "
+               "seed the pairs' oracle agreement, the test oracle accuracy and the gain over "
+               "the base with a paired 95% interval over questions; per arm mean ± std over "
+               "seeds) and prints its table. Only understanding policies loop so far: "
+               "generation pairs by the judge are not built yet.")
+    lsub = loop.add_subparsers(dest="loop_task", required=True, metavar="TASK")
+    p = lsub.add_parser("understanding", help="image and video understanding, by VLM DPO",
+                        description=loop.description, epilog=loop.epilog,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--judge", required=True, help="the judge's export folder")
+    p.add_argument("--out", required=True, type=Path, help="the loop's folder")
+    p.add_argument("--policy", default="checkpoints/tiny/qwen2_vl-world",
+                   help="the starting policy (default: the quickstart's base)")
+    p.add_argument("--arms", nargs="+", default=["rank_sift", "oracle", "random"],
+                   help="arms to run (default: rank_sift oracle random)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds: of the answers drawn and of DPO's pair order (default: 0 1 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds; round r samples round r-1's aligned policy (default: 1)")
+    p.add_argument("--prompts", type=Path, default=Path("data/world_prompts"),
+                   help="the prompt world's folder, written when missing "
+                        "(default: data/world_prompts)")
+    p.add_argument("--prompts-size", type=int, default=4000,
+                   help="records of the prompt world; its training split is asked "
+                        "(default: 4000, about 1,600 questions)")
+    p.add_argument("--prompts-seed", type=int, default=1,
+                   help="seed of the prompt world: not the judge's world's (default: 1)")
+    p.add_argument("--n", type=int, default=8, help="answers per question (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="tokens per answer at most (default: 32)")
+    p.add_argument("--pair-from", default="both", choices=("verdict", "points", "both"),
+                   help="where pair ranking's decisions come from (default: both)")
+    p.add_argument("--dpo-config", nargs="+", default=["experiments/dpo/understanding.yaml"],
+                   help="the DPO stage's config files, in order (default: "
+                        "experiments/dpo/understanding.yaml)")
+    p.add_argument("--construct-config", nargs="+",
+                   default=["experiments/construct/understanding.yaml"],
+                   help="the pairs stage's config files (default: "
+                        "experiments/construct/understanding.yaml)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages still to run, and run none")
+    p.set_defaults(func=_loop)
+
+
+def _loop(args) -> int:
+    from ur.align.loop import Loop, LoopSpec, table
+
+    try:
+        spec = LoopSpec(judge=args.judge, out=args.out, policy=args.policy,
+                        prompts=args.prompts, prompts_size=args.prompts_size,
+                        prompts_seed=args.prompts_seed, arms=tuple(args.arms),
+                        seeds=tuple(args.seeds), rounds=args.rounds, n=args.n,
+                        max_new_tokens=args.max_new_tokens, pair_from=args.pair_from,
+                        dpo_config=tuple(args.dpo_config),
+                        construct_config=tuple(args.construct_config))
+        report = Loop(spec).run(dry_run=args.dry_run)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"ur loop: {e}") from None
+    if report:
+        print(table(report))
+        print(args.out / "loop.json")
+    return 0
+
+
 PLAIN_COMMANDS = {"corpus": _add_corpus, "judge": _add_judge, "export": _add_export,
                   "models": _add_models, "sweep": _add_sweep, "results": _add_results,
-                  "construct": _add_construct}
+                  "construct": _add_construct, "loop": _add_loop}
 
 
 def _plain_parser() -> argparse.ArgumentParser:

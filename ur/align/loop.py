@@ -1,0 +1,341 @@
+"""The alignment loop for understanding policies, stage by stage, on the synthetic world.
+
+Does the judge's data make the policy better? One command chains the stages, and each
+stage is an ordinary ``ur`` command that leaves its own folder (a user can rerun any of
+them alone; the loop prints each before it runs it):
+
+1. ``prompts``: a synthetic world of its own seed (``ur corpus synth``), whose training
+   questions the policy answers. Neither the judge nor the policy has seen its items;
+   the policy is tested on the judge's world's test split, as before.
+2. ``candidates``: N sampled answers per question (``ur construct oracle-pairs``, which
+   also writes the oracle's pairs of the same answers: the ceiling arm).
+3. ``pairs``: the judge's pairs of the same answers, per arm (``ur predict`` with the
+   construction config: ``rank_sift``, ``rank``, ``sift``, ``random``).
+4. ``dpo``: DPO of the policy on each arm's pairs (``ur fit`` with the DPO config); the
+   fit ends by answering the test questions, each answer scored by the oracle
+   (``test_answers.jsonl``).
+5. ``base``: the starting policy answers the same test questions (``ur test``).
+
+Round ``r > 1`` starts from round ``r - 1``'s aligned policy of the same arm and seed:
+its own answers, the judge's pairs of them, DPO from there (on-policy again).
+
+``loop.json`` in the output folder holds every stage's command, log and output, and the
+figures: per arm and seed the pairs' oracle agreement, the aligned policy's test oracle
+accuracy and its gain over the base with a paired 95% bootstrap interval over the
+questions; per arm the mean and spread over seeds and the interval of the gain averaged
+over seeds. A stage whose output exists is not run again, so a loop killed at any point
+goes on from there with the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ur.io import write_json_atomic
+
+ARMS: tuple[str, ...] = ("rank_sift", "rank", "sift", "oracle", "random")
+JUDGE_ARMS = ("rank_sift", "rank", "sift", "random")
+
+
+@dataclass
+class LoopSpec:
+    """What one loop runs (paths as the stages see them, relative to the working folder)."""
+
+    judge: str
+    out: Path
+    policy: str = "checkpoints/tiny/qwen2_vl-world"
+    prompts: Path = Path("data/world_prompts")
+    prompts_size: int = 4000
+    prompts_seed: int = 1
+    arms: tuple[str, ...] = ("rank_sift", "oracle", "random")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rounds: int = 1
+    n: int = 8
+    max_new_tokens: int = 32
+    pair_from: str = "both"
+    dpo_config: tuple[str, ...] = ("experiments/dpo/understanding.yaml",)
+    construct_config: tuple[str, ...] = ("experiments/construct/understanding.yaml",)
+    dpo_args: tuple[str, ...] = ()
+    construct_args: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad:
+            raise ValueError(f"unknown arm(s) {bad}: choose from {list(ARMS)}")
+        if self.rounds < 1 or self.n < 2:
+            raise ValueError(f"rounds must be at least 1 and n at least 2 (got {self.rounds}, "
+                             f"{self.n})")
+        for path in (*self.dpo_config, *self.construct_config):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"config {path} does not exist")
+        if not Path(self.judge).is_dir():
+            raise FileNotFoundError(f"judge {self.judge} is not a folder (a judge's export)")
+        if not Path(self.policy).is_dir():
+            raise FileNotFoundError(f"policy {self.policy} is not a folder (the quickstart "
+                                    "builds checkpoints/tiny/qwen2_vl-world)")
+
+
+@dataclass
+class Stage:
+    """One ``ur`` command of the loop; ``done`` when ``output`` exists."""
+
+    name: str
+    args: list[str]
+    output: Path
+    log: Path
+    run_output: str | None = None
+    """A Lightning run's file, copied from its run folder into ``output``."""
+    run_dir: str | None = None
+    seconds: float | None = None
+    skipped: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.output.exists()
+
+    def command(self) -> str:
+        return " ".join(["ur", *(_quote(a) for a in self.args)])
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in " {}[],") else arg
+
+
+def _configs(paths) -> list[str]:
+    return [x for p in paths for x in ("--config", str(p))]
+
+
+@dataclass
+class Loop:
+    spec: LoopSpec
+    stages: list[Stage] = field(default_factory=list)
+
+    # -- the stages ------------------------------------------------------------------------
+    def prompts_stage(self) -> Stage:
+        s = self.spec
+        return self._stage("prompts", ["corpus", "synth", "--out", str(s.prompts), "--size",
+                                       str(s.prompts_size), "--seed", str(s.prompts_seed)],
+                           s.prompts / "manifest.json")
+
+    def base_stage(self) -> Stage:
+        s = self.spec
+        return self._stage("base", ["test", *_configs(s.dpo_config), "--pretrain", "null",
+                                    "--model.init_args.checkpoint", s.policy,
+                                    "--run.name", "loop_base", *s.dpo_args],
+                           s.out / "base" / "test_answers.jsonl", run_output="test_answers.jsonl")
+
+    def folder(self, rnd: int, seed: int) -> Path:
+        return self.spec.out / f"round{rnd}" / f"seed{seed}"
+
+    def candidates_stage(self, rnd: int, seed: int, arm: str, policy: str) -> Stage:
+        """The policy's answers. Round 1 shares them between arms; later rounds sample
+        each arm's own aligned policy."""
+        s = self.spec
+        where = self.folder(rnd, seed) / ("candidates" if rnd == 1 else f"candidates_{arm}")
+        draw = seed + 1000 * (rnd - 1)
+        return self._stage(f"candidates r{rnd} s{seed}" + ("" if rnd == 1 else f" {arm}"),
+                           ["construct", "oracle-pairs", "--policy", policy, "--world",
+                            str(s.prompts), "--out", str(where), "--n", str(s.n), "--seed",
+                            str(draw), "--max-new-tokens", str(s.max_new_tokens)],
+                           where / "summary.json")
+
+    def pairs_stage(self, rnd: int, seed: int, arm: str, candidates: Path) -> Stage:
+        s = self.spec
+        where = self.folder(rnd, seed) / f"pairs_{arm}"
+        return self._stage(f"pairs r{rnd} s{seed} {arm}", [
+            "predict", *_configs(s.construct_config),
+            "--model.init_args.judge", s.judge, "--model.init_args.policy", "null",
+            "--model.init_args.method", arm, "--model.init_args.pair_from", s.pair_from,
+            "--model.init_args.seed", str(seed),
+            "--data.init_args.candidates", str(candidates / "candidates.jsonl"),
+            "--data.init_args.questions", "null", "--data.init_args.media_root", str(s.prompts),
+            "--data.init_args.out", str(where), "--run.name", f"loop_pairs_{arm}",
+            *s.construct_args], where / "summary.json")
+
+    def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
+        s = self.spec
+        train = ("[{name: image_dpo, path: %s, media_root: %s}, "
+                 "{name: sharegptvideo_dpo, path: %s, media_root: %s}]"
+                 % (pairs / "image_pairs.jsonl", s.prompts, pairs / "video_pairs.jsonl",
+                    s.prompts))
+        where = self.folder(rnd, seed) / f"dpo_{arm}"
+        return self._stage(f"dpo r{rnd} s{seed} {arm}", [
+            "fit", *_configs(s.dpo_config), "--pretrain", "null", "--seed_everything", str(seed),
+            "--model.init_args.checkpoint", policy, "--data.init_args.train", train,
+            "--run.name", f"loop_dpo_{arm}", *s.dpo_args], where / "test_answers.jsonl",
+            run_output="test_answers.jsonl")
+
+    def _stage(self, name, args, output, run_output=None) -> Stage:
+        slug = name.replace(" ", "_")
+        return Stage(name, args, Path(output), self.spec.out / "logs" / f"{slug}.txt",
+                     run_output=run_output)
+
+    # -- running ---------------------------------------------------------------------------
+    def plan(self) -> list[Stage]:
+        """Every stage in order (round 1's candidates and pairs come before its DPO)."""
+        s, stages = self.spec, [self.prompts_stage(), self.base_stage()]
+        for rnd in range(1, s.rounds + 1):
+            for seed in s.seeds:
+                shared = None
+                for arm in s.arms:
+                    prev = self.folder(rnd - 1, seed) / f"dpo_{arm}" / "policy"
+                    policy = s.policy if rnd == 1 else str(prev)
+                    if rnd == 1 and shared is None:
+                        shared = self.candidates_stage(1, seed, arm, policy)
+                        stages.append(shared)
+                    cand = shared if rnd == 1 else self.candidates_stage(rnd, seed, arm, policy)
+                    if rnd > 1:
+                        stages.append(cand)
+                    pairs = cand.output.parent
+                    if arm != "oracle":
+                        p = self.pairs_stage(rnd, seed, arm, pairs)
+                        stages.append(p)
+                        pairs = p.output.parent
+                    stages.append(self.dpo_stage(rnd, seed, arm, pairs, policy))
+        return stages
+
+    def run(self, dry_run: bool = False, echo=print) -> dict:
+        self.stages = self.plan()
+        todo = [st for st in self.stages if not st.done]
+        echo(f"ur loop: {len(self.stages)} stages, {len(todo)} to run, into {self.spec.out}")
+        for k, st in enumerate(self.stages, 1):
+            if st.done:
+                st.skipped = True
+                continue
+            echo(f"[{k}/{len(self.stages)}] {st.name}: {st.command()}")
+            if dry_run:
+                continue
+            self._execute(st)
+            echo(f"[{k}/{len(self.stages)}] {st.name}: done in {st.seconds:.0f} s"
+                 + (f" ({st.run_dir})" if st.run_dir else ""))
+        return {} if dry_run else self.report()
+
+    def _execute(self, st: Stage) -> None:
+        st.log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        with st.log.open("w") as log:
+            done = subprocess.run([sys.executable, "-m", "ur.cli", *st.args], stdout=subprocess.PIPE,
+                                  stderr=log, text=True)
+            log.write(done.stdout)
+        st.seconds = time.monotonic() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"stage {st.name!r} failed (exit {done.returncode}); its log: "
+                               f"{st.log}\n  the command: {st.command()}")
+        lines = done.stdout.strip().splitlines()
+        st.run_dir = lines[-1] if lines else None
+        if st.run_output is not None:  # a Lightning run: its folder's file, and its policy
+            run_dir = Path(st.run_dir)
+            st.output.parent.mkdir(parents=True, exist_ok=True)
+            if (run_dir / "export").is_dir() and not (st.output.parent / "policy").exists():
+                (st.output.parent / "policy").symlink_to(run_dir.resolve() / "export")
+            write_json_atomic(st.output.parent / "run.json", {"run_dir": str(run_dir)})
+            st.output.write_bytes((run_dir / st.run_output).read_bytes())
+        if not st.done:
+            raise RuntimeError(f"stage {st.name!r} ended without writing {st.output}; its "
+                               f"log: {st.log}")
+
+    # -- figures ---------------------------------------------------------------------------
+    def report(self) -> dict:
+        s = self.spec
+        base = read_answers(self.spec.out / "base" / "test_answers.jsonl")
+        cells, arms = [], {}
+        for rnd in range(1, s.rounds + 1):
+            for arm in s.arms:
+                per_seed = []
+                for seed in s.seeds:
+                    folder = self.folder(rnd, seed)
+                    aligned = read_answers(folder / f"dpo_{arm}" / "test_answers.jsonl")
+                    pairs = folder / ("candidates" if rnd == 1 else f"candidates_{arm}") \
+                        if arm == "oracle" else folder / f"pairs_{arm}"
+                    cell = {"round": rnd, "arm": arm, "seed": seed,
+                            **paired_gain(base, aligned), **pair_figures(pairs / "summary.json")}
+                    cells.append(cell)
+                    per_seed.append((cell, aligned))
+                arms[f"round{rnd}/{arm}"] = over_seeds(base, per_seed)
+        report = {"base": {"accuracy": statistics.fmean(base.values()), "questions": len(base)},
+                  "arms": arms, "cells": cells,
+                  "stages": [{"name": st.name, "command": st.command(), "log": str(st.log),
+                              "output": str(st.output), "run_dir": st.run_dir,
+                              "seconds": st.seconds, "skipped": st.skipped}
+                             for st in self.stages]}
+        write_json_atomic(s.out / "loop.json", report)
+        return report
+
+
+def read_answers(path: Path) -> dict[str, float]:
+    """A run's test answers as ``{question id: oracle score}``."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return {r["id"]: float(r["oracle_score"]) for r in rows}
+
+
+def paired_gain(base: dict[str, float], aligned: dict[str, float]) -> dict[str, float]:
+    """The aligned policy's accuracy and its gain over the base on the same questions, with
+    a 95% bootstrap interval of the gain over questions."""
+    import torch
+
+    from ur.reward.metrics import mean_with_interval
+
+    if set(base) != set(aligned):
+        raise ValueError(f"the base answered {len(base)} questions and the aligned policy "
+                         f"{len(aligned)}: not the same test questions")
+    ids = sorted(base)
+    gain = torch.tensor([aligned[i] - base[i] for i in ids])
+    return {"accuracy": statistics.fmean(aligned.values()), **mean_with_interval("gain", gain)}
+
+
+def pair_figures(summary: Path) -> dict[str, float]:
+    """Pairs and their oracle agreement, per task, from a construction's summary."""
+    s = json.loads(Path(summary).read_text())
+    if "tasks" in s:  # the judge's construction
+        out = {"pairs": s["pairs"]}
+        for task, f in s["tasks"].items():
+            out[f"pairs/{task}"] = f["pairs"]
+            if "oracle_agreement" in f:
+                out[f"oracle_agreement/{task}"] = f["oracle_agreement"]
+        return out
+    return {"pairs": s["pairs"], **{f"pairs/{t}": n for t, n in s["pairs_by_task"].items()}}
+
+
+def over_seeds(base: dict[str, float], per_seed: list[tuple[dict, dict]]) -> dict[str, float]:
+    """Mean and spread over seeds, and the gain's interval with each question's gain
+    averaged over the seeds first (the questions are the unit resampled)."""
+    import torch
+
+    from ur.reward.metrics import mean_with_interval
+
+    cells = [c for c, _ in per_seed]
+    acc = [c["accuracy"] for c in cells]
+    gains = [c["gain"] for c in cells]
+    ids = sorted(base)
+    mean_gain = torch.tensor([statistics.fmean(a[i] for _, a in per_seed) - base[i] for i in ids])
+    out = {"seeds": len(cells), "accuracy_mean": statistics.fmean(acc),
+           "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+           "gain_mean": statistics.fmean(gains),
+           "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
+           **{k.replace("gain", "gain_over_seeds"): v
+              for k, v in mean_with_interval("gain", mean_gain).items()}}
+    for key in sorted({k for c in cells for k in c if k.startswith("oracle_agreement/")}):
+        values = [c[key] for c in cells if key in c]
+        out[key] = statistics.fmean(values)
+    return out
+
+
+def table(report: dict) -> str:
+    """The report as a markdown table: one row per round and arm."""
+    lines = [f"base: test oracle accuracy {report['base']['accuracy']:.3f} "
+             f"({report['base']['questions']} questions)", "",
+             "| round / arm | accuracy (mean ± std) | gain (mean ± std) | gain, 95% interval "
+             "| pairs' oracle agreement (image, video) |", "|---|---|---|---|---|"]
+    for name, a in report["arms"].items():
+        agree = ", ".join(f"{a[k]:.3f}" for k in sorted(a) if k.startswith("oracle_agreement/"))
+        lines.append(f"| {name} | {a['accuracy_mean']:.3f} ± {a['accuracy_std']:.3f} | "
+                     f"{a['gain_mean']:+.3f} ± {a['gain_std']:.3f} | "
+                     f"[{a['gain_over_seeds_ci_low']:+.3f}, {a['gain_over_seeds_ci_high']:+.3f}] | "
+                     f"{agree or '1 (by construction)'} |")
+    return "\n".join(lines)
