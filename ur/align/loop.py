@@ -91,6 +91,10 @@ class Stage:
     log: Path
     run_output: str | None = None
     """A Lightning run's file, copied from its run folder into ``output``."""
+    pairs: Path | None = None
+    """DPO's pairs' folder: with none in it, DPO cannot run and the policy stays as it was."""
+    start: tuple[str, Path] | None = None
+    """DPO's starting policy and its test answers (what an arm without pairs keeps)."""
     run_dir: str | None = None
     seconds: float | None = None
     skipped: bool = False
@@ -165,11 +169,15 @@ class Loop:
                  % (pairs / "image_pairs.jsonl", s.prompts, pairs / "video_pairs.jsonl",
                     s.prompts))
         where = self.folder(rnd, seed) / f"dpo_{arm}"
-        return self._stage(f"dpo r{rnd} s{seed} {arm}", [
+        before = (self.spec.out / "base" if rnd == 1
+                  else self.folder(rnd - 1, seed) / f"dpo_{arm}") / "test_answers.jsonl"
+        stage = self._stage(f"dpo r{rnd} s{seed} {arm}", [
             "fit", *_configs(s.dpo_config), "--pretrain", "null", "--seed_everything", str(seed),
             "--model.init_args.checkpoint", policy, "--data.init_args.train", train,
             "--run.name", f"loop_dpo_{arm}", *s.dpo_args], where / "test_answers.jsonl",
             run_output="test_answers.jsonl")
+        stage.pairs, stage.start = pairs, (policy, before)
+        return stage
 
     def _stage(self, name, args, output, run_output=None) -> Stage:
         slug = name.replace(" ", "_")
@@ -207,6 +215,11 @@ class Loop:
         for k, st in enumerate(self.stages, 1):
             if st.done:
                 st.skipped = True
+                continue
+            if not dry_run and st.pairs is not None and pair_count(st.pairs) == 0:
+                keep_policy(st)
+                echo(f"[{k}/{len(self.stages)}] {st.name}: no pairs in {st.pairs}; the "
+                     "policy stays as it was")
                 continue
             echo(f"[{k}/{len(self.stages)}] {st.name}: {st.command()}")
             if dry_run:
@@ -253,7 +266,9 @@ class Loop:
                     aligned = read_answers(folder / f"dpo_{arm}" / "test_answers.jsonl")
                     pairs = folder / ("candidates" if rnd == 1 else f"candidates_{arm}") \
                         if arm == "oracle" else folder / f"pairs_{arm}"
+                    run = json.loads((folder / f"dpo_{arm}" / "run.json").read_text())
                     cell = {"round": rnd, "arm": arm, "seed": seed,
+                            "policy_kept": bool(run.get("no_pairs")),
                             **paired_gain(base, aligned), **pair_figures(pairs / "summary.json")}
                     cells.append(cell)
                     per_seed.append((cell, aligned))
@@ -266,6 +281,23 @@ class Loop:
                              for st in self.stages]}
         write_json_atomic(s.out / "loop.json", report)
         return report
+
+
+def pair_count(folder: Path) -> int:
+    """Pairs a construction wrote (its ``summary.json``)."""
+    return int(json.loads((Path(folder) / "summary.json").read_text())["pairs"])
+
+
+def keep_policy(st: Stage) -> None:
+    """A DPO stage without pairs: its policy and test answers are the starting ones."""
+    policy, answers = st.start
+    st.output.parent.mkdir(parents=True, exist_ok=True)
+    link = st.output.parent / "policy"
+    if not link.exists():
+        link.symlink_to(Path(policy).resolve())
+    write_json_atomic(st.output.parent / "run.json", {"run_dir": None, "no_pairs": True})
+    st.output.write_bytes(answers.read_bytes())
+    st.skipped = True
 
 
 def read_answers(path: Path) -> dict[str, float]:

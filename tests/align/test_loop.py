@@ -1,0 +1,189 @@
+"""The alignment loop: its stages in order (round 1 sharing one set of answers between
+arms, round 2 sampling each arm's aligned policy), a loop started again running only what
+is missing, a failing stage stopping with its log, the paired figures against hand
+computations; and, in the slow suite, a whole miniature loop on the tiny judge and policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from minirun import REPO, run_ur
+
+from ur.align.loop import Loop, LoopSpec, over_seeds, paired_gain, table
+from ur.cli import main
+from ur.data.questions import world_questions
+
+DPO = REPO / "experiments" / "dpo" / "understanding.yaml"
+CONSTRUCT = REPO / "experiments" / "construct" / "understanding.yaml"
+
+
+@pytest.fixture
+def folders(tmp_path):
+    judge, policy = tmp_path / "judge", tmp_path / "policy"
+    judge.mkdir()
+    policy.mkdir()
+    return {"judge": str(judge), "policy": str(policy), "out": tmp_path / "loop",
+            "prompts": tmp_path / "prompts"}
+
+
+def spec(folders, **kwargs) -> LoopSpec:
+    return LoopSpec(judge=folders["judge"], policy=folders["policy"], out=folders["out"],
+                    prompts=folders["prompts"], dpo_config=(str(DPO),),
+                    construct_config=(str(CONSTRUCT),), **kwargs)
+
+
+def test_the_plan_shares_round_one_answers_and_samples_each_aligned_policy_after(folders):
+    stages = Loop(spec(folders, arms=("rank_sift", "oracle"), seeds=(0, 1), rounds=2)).plan()
+    names = [s.name for s in stages]
+    assert names[:2] == ["prompts", "base"]
+    assert names[2:6] == ["candidates r1 s0", "pairs r1 s0 rank_sift", "dpo r1 s0 rank_sift",
+                          "dpo r1 s0 oracle"]
+    assert len(stages) == 2 + 2 * 4 + 2 * 5
+    by_name = {s.name: s for s in stages}
+    out = folders["out"]
+    # the oracle arm trains on the oracle pairs of the very answers the judge paired
+    shared = out / "round1" / "seed0" / "candidates"
+    assert str(shared / "candidates.jsonl") in by_name["pairs r1 s0 rank_sift"].args
+    assert str(shared / "image_pairs.jsonl") in " ".join(by_name["dpo r1 s0 oracle"].args)
+    # round 2 starts from round 1's aligned policy of the same arm, with other draws
+    again = by_name["candidates r2 s1 rank_sift"].args
+    assert again[again.index("--policy") + 1] == str(
+        out / "round1" / "seed1" / "dpo_rank_sift" / "policy")
+    assert again[again.index("--seed") + 1] == "1001"
+    dpo = by_name["dpo r2 s1 oracle"].args
+    assert dpo[dpo.index("--model.init_args.checkpoint") + 1] == str(
+        out / "round1" / "seed1" / "dpo_oracle" / "policy")
+    assert dpo[dpo.index("--seed_everything") + 1] == "1"
+
+
+def test_a_loop_started_again_runs_only_what_is_missing(folders, capsys):
+    loop = Loop(spec(folders, arms=("random",), seeds=(0,)))
+    stages = loop.plan()
+    for stage in stages[:3]:  # prompts, base and the answers are there
+        stage.output.parent.mkdir(parents=True, exist_ok=True)
+        stage.output.write_text("{}")
+    assert loop.run(dry_run=True) == {}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("ur loop: 5 stages, 2 to run")
+    assert [p.split(":")[0] for p in printed[1:]] == ["[4/5] pairs r1 s0 random",
+                                                      "[5/5] dpo r1 s0 random"]
+
+
+def test_an_arm_without_pairs_keeps_its_policy_and_gains_nothing(folders, capsys):
+    loop = Loop(spec(folders, arms=("oracle",), seeds=(0,)))
+    prompts, base, answers, dpo = loop.plan()
+    for stage in (prompts, base, answers):
+        stage.output.parent.mkdir(parents=True, exist_ok=True)
+    prompts.output.write_text("{}")
+    rows = [{"id": "q1", "task": "image_understanding", "answer": "red", "oracle_score": 1.0},
+            {"id": "q2", "task": "video_understanding", "answer": "up", "oracle_score": 0.0}]
+    base.output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers.output.write_text(json.dumps({"pairs": 0, "pairs_by_task": {}}))
+    report = loop.run()  # nothing to train on: no stage runs
+    assert "no pairs in" in capsys.readouterr().out
+    assert Path(dpo.output.parent / "policy").resolve() == Path(folders["policy"]).resolve()
+    (cell,) = report["cells"]
+    assert cell["policy_kept"] and cell["pairs"] == 0
+    assert cell["accuracy"] == 0.5 and cell["gain"] == 0.0
+
+
+def test_bad_arguments_are_refused_before_any_stage(folders):
+    with pytest.raises(ValueError, match="unknown arm"):
+        spec(folders, arms=("rank_sift", "best"))
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        LoopSpec(judge=str(folders["out"] / "nowhere"), out=folders["out"],
+                 policy=folders["policy"], dpo_config=(str(DPO),),
+                 construct_config=(str(CONSTRUCT),))
+    with pytest.raises(SystemExit, match="ur loop: config .*missing.yaml does not exist"):
+        main(["loop", "understanding", "--judge", folders["judge"], "--policy",
+              folders["policy"], "--out", str(folders["out"]), "--dpo-config", "missing.yaml"])
+
+
+def test_a_failing_stage_stops_the_loop_with_its_log(folders, mini, mini_fit):
+    broken = folders["out"].parent / "broken.yaml"
+    broken.write_text("model:\n  init_args:\n    no_such_setting: 1\n")
+    loop = Loop(LoopSpec(judge=folders["judge"], policy=folders["policy"], out=folders["out"],
+                         prompts=mini["world"], dpo_config=(str(DPO), str(broken)),
+                         construct_config=(str(CONSTRUCT),)))
+    with pytest.raises(RuntimeError, match=r"stage 'base' failed .*its log: .*base\.txt") as e:
+        loop.run()
+    log = Path(str(e.value).split("its log: ")[1].split("\n")[0])
+    assert "no_such_setting" in log.read_text()
+
+
+def test_the_gain_is_paired_by_question():
+    base = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 0.0}
+    aligned = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0}
+    got = paired_gain(base, aligned)
+    assert got["accuracy"] == pytest.approx(0.75)
+    assert got["gain"] == pytest.approx((0 + 1 - 0.5 + 1) / 4)
+    assert -0.5 <= got["gain_ci_low"] <= got["gain"] <= got["gain_ci_high"] <= 1.0
+    with pytest.raises(ValueError, match="not the same test questions"):
+        paired_gain(base, {"a": 1.0})
+    other = {"a": 0.0, "b": 1.0, "c": 0.5, "d": 0.0}
+    seeds = [(paired_gain(base, aligned), aligned), (paired_gain(base, other), other)]
+    arm = over_seeds(base, seeds)
+    assert arm["accuracy_mean"] == pytest.approx((0.75 + 0.375) / 2)
+    assert arm["gain_mean"] == pytest.approx(arm["gain_over_seeds"])
+    assert arm["gain_std"] == pytest.approx((0.375 - 0.0) / 2 ** 0.5)  # gains 0.375 and 0
+    assert arm["gain_over_seeds_ci_low"] <= arm["gain_over_seeds"] <= arm["gain_over_seeds_ci_high"]
+
+
+MINI_DPO = """
+trainer:
+  max_steps: 2
+  val_check_interval: null
+  check_val_every_n_epoch: 1
+  limit_val_batches: 1
+  log_every_n_steps: 1
+model:
+  init_args:
+    answer_tokens: 8
+data:
+  init_args:
+    val:
+      - {{name: vl_rewardbench, path: {world}/val/image_understanding_pairwise.json}}
+    questions: {{out: {world}, size: 48, seed: 0, difficulty: 1, splits: [0.8, 0.1, 0.1]}}
+    max_questions: 4
+    max_test_questions: 6
+    batch_size: 4
+    eval_batch_size: 6
+"""
+
+MINI_CONSTRUCT = """
+model:
+  init_args:
+    judge_batch_size: 16
+data:
+  init_args:
+    batch_size: 4
+"""
+
+
+@pytest.mark.slow
+def test_a_miniature_loop_leaves_every_stage_and_paired_figures(mini, mini_fit, tmp_path):
+    dpo = tmp_path / "dpo.yaml"
+    dpo.write_text(MINI_DPO.format(world=mini["world"]))
+    construct = tmp_path / "construct.yaml"
+    construct.write_text(MINI_CONSTRUCT)
+    args = ["loop", "understanding", "--judge", str(mini_fit / "export"), "--policy",
+            str(mini["base"]), "--out", "loop", "--prompts", "prompts", "--prompts-size", "48",
+            "--arms", "rank_sift", "oracle", "--seeds", "0", "--rounds", "2", "--n", "4",
+            "--max-new-tokens", "6", "--dpo-config", str(DPO), str(dpo), "--construct-config",
+            str(CONSTRUCT), str(construct)]
+    run = run_ur(*args, cwd=tmp_path, timeout=1800)
+    assert run.stdout.strip().splitlines()[-1] == "loop/loop.json"
+    report = json.loads((tmp_path / "loop" / "loop.json").read_text())
+    assert set(report["arms"]) == {"round1/rank_sift", "round1/oracle", "round2/rank_sift",
+                                   "round2/oracle"}
+    assert report["base"]["questions"] == len(
+        world_questions(mini["world"], "test", max_questions=6, seed=0))
+    for cell in report["cells"]:
+        assert 0 <= cell["accuracy"] <= 1 and cell["gain_ci_low"] <= cell["gain"] <= cell["gain_ci_high"]
+    assert (tmp_path / "loop" / "round2" / "seed0" / "dpo_oracle" / "policy" / "config.json").exists()
+    assert sum(line.startswith("| round1/") or line.startswith("| round2/")
+               for line in table(report).splitlines()) == 4
+    again = run_ur(*args, cwd=tmp_path)  # everything is done: nothing runs again
+    assert "11 stages, 0 to run" in again.stdout
