@@ -164,10 +164,10 @@ class Loop:
 
     def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
         s = self.spec
-        train = ("[{name: image_dpo, path: %s, media_root: %s}, "
-                 "{name: sharegptvideo_dpo, path: %s, media_root: %s}]"
-                 % (pairs / "image_pairs.jsonl", s.prompts, pairs / "video_pairs.jsonl",
-                    s.prompts))
+        sources = [("image_dpo", pairs / "image_pairs.jsonl"),
+                   ("sharegptvideo_dpo", pairs / "video_pairs.jsonl")]
+        train = "[" + ", ".join(f"{{name: {name}, path: {path}, media_root: {s.prompts}}}"
+                                for name, path in sources) + "]"
         where = self.folder(rnd, seed) / f"dpo_{arm}"
         before = (self.spec.out / "base" if rnd == 1
                   else self.folder(rnd - 1, seed) / f"dpo_{arm}") / "test_answers.jsonl"
