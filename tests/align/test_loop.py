@@ -101,16 +101,16 @@ def test_bad_arguments_are_refused_before_any_stage(folders):
               folders["policy"], "--out", str(folders["out"]), "--dpo-config", "missing.yaml"])
 
 
-def test_a_failing_stage_stops_the_loop_with_its_log(folders, mini, mini_fit):
-    broken = folders["out"].parent / "broken.yaml"
-    broken.write_text("model:\n  init_args:\n    no_such_setting: 1\n")
-    loop = Loop(LoopSpec(judge=folders["judge"], policy=folders["policy"], out=folders["out"],
-                         prompts=mini["world"], dpo_config=(str(DPO), str(broken)),
-                         construct_config=(str(CONSTRUCT),)))
-    with pytest.raises(RuntimeError, match=r"stage 'base' failed .*its log: .*base\.txt") as e:
+def test_a_failing_stage_stops_the_loop_with_its_log(folders):
+    blocker = folders["out"].parent / "a_file"
+    blocker.write_text("not a folder")
+    loop = Loop(spec(folders, arms=("random",), seeds=(0,)))
+    loop.spec.prompts = blocker / "prompts"  # the prompt world cannot be written there
+    with pytest.raises(RuntimeError, match=r"stage 'prompts' failed .*its log: .*prompts\.txt") as e:
         loop.run()
     log = Path(str(e.value).split("its log: ")[1].split("\n")[0])
-    assert "no_such_setting" in log.read_text()
+    assert "a_file" in log.read_text()
+    assert not (folders["out"] / "base").exists()  # nothing after it ran
 
 
 def test_the_gain_is_paired_by_question():
