@@ -163,7 +163,8 @@ data:
 
 
 @pytest.mark.slow
-def test_a_miniature_loop_leaves_every_stage_and_paired_figures(mini, mini_fit, tmp_path):
+def test_a_miniature_loop_leaves_every_stage_and_paired_figures(mini, mini_fit, tmp_path,
+                                                                monkeypatch):
     dpo = tmp_path / "dpo.yaml"
     dpo.write_text(MINI_DPO.format(world=mini["world"]))
     construct = tmp_path / "construct.yaml"
@@ -187,3 +188,13 @@ def test_a_miniature_loop_leaves_every_stage_and_paired_figures(mini, mini_fit, 
                for line in table(report).splitlines()) == 4
     again = run_ur(*args, cwd=tmp_path)  # everything is done: nothing runs again
     assert "11 stages, 0 to run" in again.stdout
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("UR_LOOP", str(tmp_path / "loop"))
+    nb = nbformat.read(REPO / "notebooks" / "alignment.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "round1/rank_sift" in printed and "shape questions" in printed
