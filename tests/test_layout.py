@@ -24,6 +24,7 @@ ALLOWED = {
     "runs": {"io"},
     "sweeps": {"io", "runs"},
     "results": {"io", "runs", "data"},
+    "loop": {"io", "reward"},  # chains ur commands; reads their outputs
 }
 
 

@@ -881,7 +881,7 @@ def _add_loop(sub) -> None:
 
 
 def _loop(args) -> int:
-    from ur.align.loop import Loop, LoopSpec, table
+    from ur.loop import Loop, LoopSpec, table
 
     try:
         spec = LoopSpec(judge=args.judge, out=args.out, policy=args.policy,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from minirun import REPO, run_ur
 
-from ur.align.loop import Loop, LoopSpec, over_seeds, paired_gain, table
 from ur.cli import main
 from ur.data.questions import world_questions
+from ur.loop import Loop, LoopSpec, over_seeds, paired_gain, table
 
 DPO = REPO / "experiments" / "dpo" / "understanding.yaml"
 CONSTRUCT = REPO / "experiments" / "construct" / "understanding.yaml"
