@@ -61,8 +61,6 @@ class LoopSpec:
     pair_from: str = "both"
     dpo_config: tuple[str, ...] = ("experiments/dpo/understanding.yaml",)
     construct_config: tuple[str, ...] = ("experiments/construct/understanding.yaml",)
-    dpo_args: tuple[str, ...] = ()
-    construct_args: tuple[str, ...] = ()
 
     def __post_init__(self):
         bad = [a for a in self.arms if a not in ARMS]
@@ -131,17 +129,24 @@ class Loop:
         s = self.spec
         return self._stage("base", ["test", *_configs(s.dpo_config), "--pretrain", "null",
                                     "--model.init_args.checkpoint", s.policy,
-                                    "--run.name", "loop_base", *s.dpo_args],
+                                    "--run.name", "loop_base"],
                            s.out / "base" / "test_answers.jsonl", run_output="test_answers.jsonl")
 
     def folder(self, rnd: int, seed: int) -> Path:
         return self.spec.out / f"round{rnd}" / f"seed{seed}"
 
+    def candidates_folder(self, rnd: int, seed: int, arm: str) -> Path:
+        """Round 1's answers are shared between arms; later rounds' are each arm's own."""
+        return self.folder(rnd, seed) / ("candidates" if rnd == 1 else f"candidates_{arm}")
+
+    def dpo_folder(self, rnd: int, seed: int, arm: str) -> Path:
+        return self.folder(rnd, seed) / f"dpo_{arm}"
+
     def candidates_stage(self, rnd: int, seed: int, arm: str, policy: str) -> Stage:
         """The policy's answers. Round 1 shares them between arms; later rounds sample
         each arm's own aligned policy."""
         s = self.spec
-        where = self.folder(rnd, seed) / ("candidates" if rnd == 1 else f"candidates_{arm}")
+        where = self.candidates_folder(rnd, seed, arm)
         draw = seed + 1000 * (rnd - 1)
         return self._stage(f"candidates r{rnd} s{seed}" + ("" if rnd == 1 else f" {arm}"),
                            ["construct", "oracle-pairs", "--policy", policy, "--world",
@@ -159,8 +164,8 @@ class Loop:
             "--model.init_args.seed", str(seed),
             "--data.init_args.candidates", str(candidates / "candidates.jsonl"),
             "--data.init_args.questions", "null", "--data.init_args.media_root", str(s.prompts),
-            "--data.init_args.out", str(where), "--run.name", f"loop_pairs_{arm}",
-            *s.construct_args], where / "summary.json")
+            "--data.init_args.out", str(where), "--run.name", f"loop_pairs_{arm}"],
+            where / "summary.json")
 
     def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
         s = self.spec
@@ -168,13 +173,13 @@ class Loop:
                    ("sharegptvideo_dpo", pairs / "video_pairs.jsonl")]
         train = "[" + ", ".join(f"{{name: {name}, path: {path}, media_root: {s.prompts}}}"
                                 for name, path in sources) + "]"
-        where = self.folder(rnd, seed) / f"dpo_{arm}"
+        where = self.dpo_folder(rnd, seed, arm)
         before = (self.spec.out / "base" if rnd == 1
-                  else self.folder(rnd - 1, seed) / f"dpo_{arm}") / "test_answers.jsonl"
+                  else self.dpo_folder(rnd - 1, seed, arm)) / "test_answers.jsonl"
         stage = self._stage(f"dpo r{rnd} s{seed} {arm}", [
             "fit", *_configs(s.dpo_config), "--pretrain", "null", "--seed_everything", str(seed),
             "--model.init_args.checkpoint", policy, "--data.init_args.train", train,
-            "--run.name", f"loop_dpo_{arm}", *s.dpo_args], where / "test_answers.jsonl",
+            "--run.name", f"loop_dpo_{arm}"], where / "test_answers.jsonl",
             run_output="test_answers.jsonl")
         stage.pairs, stage.start = pairs, (policy, before)
         return stage
@@ -192,8 +197,8 @@ class Loop:
             for seed in s.seeds:
                 shared = None
                 for arm in s.arms:
-                    prev = self.folder(rnd - 1, seed) / f"dpo_{arm}" / "policy"
-                    policy = s.policy if rnd == 1 else str(prev)
+                    policy = (s.policy if rnd == 1
+                              else str(self.dpo_folder(rnd - 1, seed, arm) / "policy"))
                     if rnd == 1 and shared is None:
                         shared = self.candidates_stage(1, seed, arm, policy)
                         stages.append(shared)
@@ -244,11 +249,9 @@ class Loop:
         st.run_dir = lines[-1] if lines else None
         if st.run_output is not None:  # a Lightning run: its folder's file, and its policy
             run_dir = Path(st.run_dir)
-            st.output.parent.mkdir(parents=True, exist_ok=True)
-            if (run_dir / "export").is_dir() and not (st.output.parent / "policy").exists():
-                (st.output.parent / "policy").symlink_to(run_dir.resolve() / "export")
-            write_json_atomic(st.output.parent / "run.json", {"run_dir": str(run_dir)})
-            st.output.write_bytes((run_dir / st.run_output).read_bytes())
+            export = run_dir / "export"
+            record(st, export if export.is_dir() else None, {"run_dir": str(run_dir)},
+                   run_dir / st.run_output)
         if not st.done:
             raise RuntimeError(f"stage {st.name!r} ended without writing {st.output}; its "
                                f"log: {st.log}")
@@ -262,11 +265,11 @@ class Loop:
             for arm in s.arms:
                 per_seed = []
                 for seed in s.seeds:
-                    folder = self.folder(rnd, seed)
-                    aligned = read_answers(folder / f"dpo_{arm}" / "test_answers.jsonl")
-                    pairs = folder / ("candidates" if rnd == 1 else f"candidates_{arm}") \
-                        if arm == "oracle" else folder / f"pairs_{arm}"
-                    run = json.loads((folder / f"dpo_{arm}" / "run.json").read_text())
+                    dpo = self.dpo_folder(rnd, seed, arm)
+                    aligned = read_answers(dpo / "test_answers.jsonl")
+                    pairs = (self.candidates_folder(rnd, seed, arm) if arm == "oracle"
+                             else self.folder(rnd, seed) / f"pairs_{arm}")
+                    run = json.loads((dpo / "run.json").read_text())
                     cell = {"round": rnd, "arm": arm, "seed": seed,
                             "policy_kept": bool(run.get("no_pairs")),
                             **paired_gain(base, aligned), **pair_figures(pairs / "summary.json")}
@@ -288,15 +291,21 @@ def pair_count(folder: Path) -> int:
     return int(json.loads((Path(folder) / "summary.json").read_text())["pairs"])
 
 
+def record(st: Stage, policy: Path | None, run: dict, answers: Path) -> None:
+    """A DPO (or test) stage's folder: ``policy`` linked to the policy it ends with,
+    ``run.json`` and its test answers, copied from ``answers`` into the stage's output."""
+    st.output.parent.mkdir(parents=True, exist_ok=True)
+    link = st.output.parent / "policy"
+    if policy is not None and not link.exists():
+        link.symlink_to(Path(policy).resolve())
+    write_json_atomic(st.output.parent / "run.json", run)
+    st.output.write_bytes(Path(answers).read_bytes())
+
+
 def keep_policy(st: Stage) -> None:
     """A DPO stage without pairs: its policy and test answers are the starting ones."""
     policy, answers = st.start
-    st.output.parent.mkdir(parents=True, exist_ok=True)
-    link = st.output.parent / "policy"
-    if not link.exists():
-        link.symlink_to(Path(policy).resolve())
-    write_json_atomic(st.output.parent / "run.json", {"run_dir": None, "no_pairs": True})
-    st.output.write_bytes(answers.read_bytes())
+    record(st, Path(policy), {"run_dir": None, "no_pairs": True}, answers)
     st.skipped = True
 
 
