@@ -286,3 +286,67 @@ def test_pairs_from_points_by_hand():
     assert j.label == "first"
     with pytest.raises(ValueError, match="pair_from"):
         Judge(None, None, pair_from="scores")
+
+
+def _rows_judged(model):
+    """A forward hook counting the prompt rows the model is run on (each generate's first
+    step sees a batch's whole prompts; later steps one token a row)."""
+    rows = []
+
+    def hook(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:
+            rows.append(ids.shape[0])
+    return rows, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_each_distinct_question_is_asked_once(trained):
+    """Equal queries in a batch share one judgment, and a memo carries judgments over to
+    the next call: the answers are those of asking each question alone."""
+    module, dm = trained
+    judge = Judge(module.model, module.processor, mode="fast", batch_size=16)
+    records = [r for r in dm.datasets["train"].records if r.form == "pointwise"
+               and judge._score_tokens(r.scale, " ") is not None][:3]
+    queries = [r.query() for r in records]
+    alone = [judge([q])[0] for q in queries]
+    rows, handle = _rows_judged(module.model)
+    try:
+        memo = {}
+        repeated = judge([queries[0], queries[1], queries[0], queries[1], queries[0]], memo=memo)
+        first_call = sum(rows)
+        again = judge([queries[1], queries[2]], memo=memo)
+    finally:
+        handle.remove()
+    assert first_call == 2, "two distinct questions, two prompt rows"
+    assert sum(rows) == 3, "the second call asks only the question the memo lacks"
+    for j, k in zip(repeated + again, [0, 1, 0, 1, 0, 1, 2], strict=True):
+        assert j.score == pytest.approx(alone[k].score, abs=1e-4)
+
+
+def test_sifting_reuses_the_points_ranking_asked(trained):
+    """rank_sift with pair_from=both scores every candidate of a ranked pair while ranking;
+    point sifting then asks the judge nothing new, and the pairs are those built with
+    every question asked afresh."""
+    module, dm = trained
+    from ur.construct.judged import Pool, build_pairs
+
+    question = next(r for r in dm.datasets["train"].records
+                    if r.task == "image_understanding" and r.form == "pairwise")
+    answers = ("It is red.", "It is blue.", "It is red.", "It is green.", "It is a circle.",
+               "It is blue.")
+    pool = Pool(question.id, question.task, question.prompt, question.media, answers,
+                tuple(range(len(answers))))
+    judge = Judge(module.model, module.processor, mode="fast", pair_from="both", batch_size=64)
+    rows, handle = _rows_judged(module.model)
+    try:
+        built = build_pairs(judge, [pool], method="rank_sift")[0]
+    finally:
+        handle.remove()
+    # 3 pairs: 3 verdicts, and 4 distinct answers scored once each (the ranking's points)
+    assert sum(rows) <= 3 + 4, rows
+    fresh = Judge(module.model, module.processor, mode="fast", pair_from="both", batch_size=1)
+    again = build_pairs(fresh, [pool], method="rank_sift")[0]
+    assert (built.chosen, built.rejected, built.dropped) == (again.chosen, again.rejected,
+                                                             again.dropped)
+    for i, s in built.scores.items():
+        assert s == pytest.approx(again.scores[i], abs=1e-3)

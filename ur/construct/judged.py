@@ -178,6 +178,9 @@ def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     built = [Built(method) for _ in pools]
+    # A candidate the ranking call scored (``pair_from: points | both``) is not scored
+    # again by point sifting, and equal answers of one prompt are judged once.
+    memo: dict = {}
     ranked: list[tuple[int, tuple[int, int]]] = []
     for k, pool in enumerate(pools):
         if len(pool.usable) < 2:
@@ -189,7 +192,7 @@ def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
                 pool.usable, random.Random(f"{seed}:{pool.id}"))
     if ranked:
         verdicts = judge([pair_query(pools[k].task, pools[k].prompt, pools[k].media,
-                                     pools[k].candidates, *p) for k, p in ranked])
+                                     pools[k].candidates, *p) for k, p in ranked], memo=memo)
         for (k, p), j in zip(ranked, verdicts, strict=True):
             built[k].pairs.append(p)
             built[k].verdicts.append(j.label)
@@ -214,7 +217,8 @@ def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
     asked = [(k, i) for k, (up, down) in sides.items() for i in sorted(set(up) | set(down))]
     if asked:
         scored = judge([point_query(pools[k].task, pools[k].prompt, pools[k].media,
-                                    pools[k].candidates, i, scale) for k, i in asked])
+                                    pools[k].candidates, i, scale) for k, i in asked],
+                       memo=memo)
         for (k, i), j in zip(asked, scored, strict=True):
             built[k].scores[i] = j.score
             built[k].score_texts[i] = j.text

@@ -179,33 +179,56 @@ class Judge:
 
     # -- batched judging -------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, queries: Sequence[JudgeQuery | PreferenceRecord]) -> list[Judgment]:
+    def __call__(self, queries: Sequence[JudgeQuery | PreferenceRecord],
+                 memo: dict | None = None) -> list[Judgment]:
         """One judgment per query, in order. Records are judged as their queries, so a
-        labelled record and its query get the same judgment."""
+        labelled record and its query get the same judgment.
+
+        Each distinct question is asked once: equal queries in the batch (ten sampled
+        answers of which several are the same sentence), and the pointwise questions
+        that ``pair_from: points | both`` asks for a pair's candidates, share one
+        judgment. ``memo`` (a dict the caller keeps) carries the judgments over to
+        later calls, so scoring a candidate a ranking call already scored costs
+        nothing (pair construction's point sifting)."""
         asked = [q.query() if isinstance(q, PreferenceRecord) else q for q in queries]
         verdicts = self.pair_from in ("verdict", "both")
         points = self.pair_from in ("points", "both")
+        memo = {} if memo is None else memo
         # Every question asked, once: a plan per query names its positions in ``work``.
         work: list[JudgeQuery] = []
+        at: dict = {}
+
+        def ask(q: JudgeQuery) -> int:
+            key = _memo_key(q)
+            if key not in at:
+                at[key] = len(work)
+                work.append(q)
+            return at[key]
+
         plans = []
         for q in asked:
             split = q.form == "pairwise" and q.instruction is None
             plan = {}
             if verdicts or not split:
-                plan["self"] = len(work)
-                work.append(q)
+                plan["self"] = ask(q)
                 if split and self.both_orders:
-                    plan["swapped"] = len(work)
-                    work.append(q.swapped())
+                    plan["swapped"] = ask(q.swapped())
             if split and points:
-                plan["points"] = (len(work), len(work) + 1)
                 scale = tuple(self.point_scales[q.task])
-                work.extend((q.candidate(0, scale), q.candidate(1, scale)))
+                plan["points"] = (ask(q.candidate(0, scale)), ask(q.candidate(1, scale)))
             plans.append(plan)
-        out: list[Judgment] = []
-        for start in range(0, len(work), self.batch_size):
-            chunk = work[start:start + self.batch_size]
-            out.extend(self._fast(chunk) if self.mode == "fast" else self._generate(chunk))
+        # A question that cannot be a dict key (a list where a tuple belongs) is judged
+        # but not remembered beyond this call.
+        keys = [_memo_key(q) for q in work]
+        judged = {k: memo[k] for k in keys if k in memo}
+        fresh = [(k, q) for k, q in zip(keys, work, strict=True) if k not in judged]
+        for start in range(0, len(fresh), self.batch_size):
+            chunk = fresh[start:start + self.batch_size]
+            done = [q for _, q in chunk]
+            done = self._fast(done) if self.mode == "fast" else self._generate(done)
+            judged.update(zip((k for k, _ in chunk), done, strict=True))
+        memo.update((k, j) for k, j in judged.items() if not _is_local(k))
+        out = [judged[k] for k in keys]
         results = []
         for q, plan in zip(asked, plans, strict=True):
             verdict = out[plan["self"]] if "self" in plan else None
@@ -509,6 +532,23 @@ class _VerdictStop:
         rows = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
         done = [p.search(text) is not None for p, text in zip(self.patterns, rows, strict=True)]
         return torch.tensor(done, device=input_ids.device)
+
+
+_LOCAL = "unhashable"
+
+
+def _memo_key(q: JudgeQuery):
+    """What makes two questions the same: equal fields. A query whose fields cannot be
+    hashed (a list given for a tuple) is its own question."""
+    try:
+        hash(q)
+    except TypeError:
+        return (_LOCAL, id(q))
+    return q
+
+
+def _is_local(key) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and key[0] is _LOCAL
 
 
 def _pair_probs(at_verdict, at_number, t_tie, noun_tokens, number_tokens) -> dict[str, float]:
