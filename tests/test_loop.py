@@ -113,6 +113,53 @@ def test_a_failing_stage_stops_the_loop_with_its_log(folders):
     assert not (folders["out"] / "base").exists()  # nothing after it ran
 
 
+def _finished(stage, rows, pairs=None):
+    """A stage's output as its command leaves it (test answers, or a summary)."""
+    stage.output.parent.mkdir(parents=True, exist_ok=True)
+    if stage.name.startswith(("base", "dpo")):
+        stage.output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if stage.name.startswith("dpo"):
+            (stage.output.parent / "run.json").write_text(json.dumps({"run_dir": "somewhere"}))
+    else:
+        stage.output.write_text(json.dumps(pairs))
+
+
+def test_a_loop_with_another_judge_shares_what_no_judge_takes_part_in(folders, tmp_path,
+                                                                       capsys):
+    rows = [{"id": "q1", "task": "image_understanding", "answer": "red", "oracle_score": 1.0},
+            {"id": "q2", "task": "video_understanding", "answer": "up", "oracle_score": 0.0}]
+    built = {"pairs": 1, "tasks": {"image_understanding": {"pairs": 1, "oracle_agreement": 1.0}}}
+    first = Loop(spec(folders, arms=("oracle", "random"), seeds=(0,)))
+    for stage in first.plan():
+        _finished(stage, rows, built if "pairs" in stage.name
+                  else {"pairs": 1, "pairs_by_task": {"image_understanding": 1}})
+    first.run()  # every stage is there: nothing runs, loop.json records the settings
+    other_judge = tmp_path / "judge_b"
+    other_judge.mkdir()
+    second = dict(folders, judge=str(other_judge), out=tmp_path / "loop_b")
+    loop = Loop(spec(second, arms=("rank_sift", "oracle", "random"), seeds=(0,),
+                     share=folders["out"]))
+    loop.run(dry_run=True)
+    printed = capsys.readouterr().out.splitlines()
+    shared = [line.split(":")[0] for line in printed if "shared with" in line]
+    assert shared == ["[2/8] base", "[3/8] candidates r1 s0", "[6/8] dpo r1 s0 oracle",
+                      "[7/8] pairs r1 s0 random", "[8/8] dpo r1 s0 random"]
+    assert not (tmp_path / "loop_b" / "base").exists(), "a dry run links nothing"
+    # without the judge's own arm, nothing runs: every stage is linked from the first loop
+    report = Loop(spec(second, arms=("oracle", "random"), seeds=(0,),
+                       share=folders["out"])).run()
+    linked = tmp_path / "loop_b" / "round1" / "seed0" / "dpo_random"
+    assert linked.is_symlink() and linked.resolve() == (
+        folders["out"] / "round1" / "seed0" / "dpo_random").resolve()
+    assert [c["accuracy"] for c in report["cells"]] == [0.5, 0.5]
+    assert sum(st["shared"] is not None for st in report["stages"]) == 5
+    # loops made another way cannot share
+    with pytest.raises(ValueError, match=r"other settings: n 8 there, 4 here"):
+        spec(second, share=folders["out"], n=4)
+    with pytest.raises(ValueError, match="the loop's own folder"):
+        spec(folders, share=folders["out"])
+
+
 def test_the_gain_is_paired_by_question():
     base = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 0.0}
     aligned = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0}

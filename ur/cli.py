@@ -875,6 +875,11 @@ def _add_loop(sub) -> None:
                    default=["experiments/construct/understanding.yaml"],
                    help="the pairs stage's config files (default: "
                         "experiments/construct/understanding.yaml)")
+    p.add_argument("--share", type=Path, default=None,
+                   help="another loop's folder, run with the same settings and another "
+                        "judge: its judge-free stages (the base, round 1's answers, the "
+                        "oracle and random arms) are linked, not run again, so judges are "
+                        "compared on the same answers")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages still to run, and run none")
     p.set_defaults(func=_loop)
@@ -890,7 +895,7 @@ def _loop(args) -> int:
                         seeds=tuple(args.seeds), rounds=args.rounds, n=args.n,
                         max_new_tokens=args.max_new_tokens, pair_from=args.pair_from,
                         dpo_config=tuple(args.dpo_config),
-                        construct_config=tuple(args.construct_config))
+                        construct_config=tuple(args.construct_config), share=args.share)
         report = Loop(spec).run(dry_run=args.dry_run)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f"ur loop: {e}") from None

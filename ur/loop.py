@@ -25,6 +25,12 @@ accuracy and its gain over the base with a paired 95% bootstrap interval over th
 questions; per arm the mean and spread over seeds and the interval of the gain averaged
 over seeds. A stage whose output exists is not run again, so a loop killed at any point
 goes on from there with the same command.
+
+Comparing judges: ``share`` names another loop's folder run with the same policy,
+prompts and settings but another judge. The stages no judge takes part in (the base's
+answers, the policy's answers of round 1, the oracle's and the random arms) are linked
+from there instead of run again, so every judge's arms are measured on the very same
+answers and against the same ceiling and floor.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ from ur.io import write_json_atomic
 
 ARMS: tuple[str, ...] = ("rank_sift", "rank", "sift", "oracle", "random")
 JUDGE_ARMS = ("rank_sift", "rank", "sift", "random")
+JUDGE_FREE_ARMS = ("oracle", "random")
+"""Arms whose pairs do not depend on the judge (the random arm's draws depend only on
+the seed and the question)."""
+SHARED_SETTINGS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "max_new_tokens",
+                   "dpo_config", "construct_config")
+"""The settings two loops must agree on to share their judge-free stages."""
 
 
 @dataclass
@@ -61,6 +73,8 @@ class LoopSpec:
     pair_from: str = "both"
     dpo_config: tuple[str, ...] = ("experiments/dpo/understanding.yaml",)
     construct_config: tuple[str, ...] = ("experiments/construct/understanding.yaml",)
+    share: Path | None = None
+    """Another loop's folder whose judge-free stages this loop links instead of running."""
 
     def __post_init__(self):
         bad = [a for a in self.arms if a not in ARMS]
@@ -77,6 +91,35 @@ class LoopSpec:
         if not Path(self.policy).is_dir():
             raise FileNotFoundError(f"policy {self.policy} is not a folder (the quickstart "
                                     "builds checkpoints/tiny/qwen2_vl-world)")
+        if self.share is not None:
+            self._check_share()
+
+    def settings(self) -> dict:
+        """The settings as loop.json records them."""
+        return {"judge": str(self.judge), "policy": str(self.policy),
+                "prompts": str(self.prompts), "prompts_size": self.prompts_size,
+                "prompts_seed": self.prompts_seed, "n": self.n,
+                "max_new_tokens": self.max_new_tokens, "pair_from": self.pair_from,
+                "dpo_config": list(self.dpo_config),
+                "construct_config": list(self.construct_config)}
+
+    def _check_share(self) -> None:
+        """The shared loop must have made its judge-free stages the way this one would."""
+        other = Path(self.share) / "loop.json"
+        if Path(self.share).resolve() == Path(self.out).resolve():
+            raise ValueError("share names the loop's own folder: give another loop's")
+        if not other.is_file():
+            raise FileNotFoundError(f"share: {other} does not exist (a loop's folder holds "
+                                    "one once the loop has run)")
+        theirs = json.loads(other.read_text()).get("settings")
+        if theirs is None:
+            raise ValueError(f"share: {other} does not record its settings; run that loop's "
+                             "command again (its stages are skipped) to write them")
+        mine = self.settings()
+        differ = [k for k in SHARED_SETTINGS if theirs.get(k) != mine[k]]
+        if differ:
+            raise ValueError(f"share: {other} was run with other settings: " + "; ".join(
+                f"{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ))
 
 
 @dataclass
@@ -96,6 +139,10 @@ class Stage:
     run_dir: str | None = None
     seconds: float | None = None
     skipped: bool = False
+    judge_free: bool = False
+    """No judge takes part: another loop's output can stand in (``LoopSpec.share``)."""
+    shared: str | None = None
+    """The other loop's folder this stage's output folder links to."""
 
     @property
     def done(self) -> bool:
@@ -193,24 +240,30 @@ class Loop:
     def plan(self) -> list[Stage]:
         """Every stage in order (round 1's candidates and pairs come before its DPO)."""
         s, stages = self.spec, [self.prompts_stage(), self.base_stage()]
+        stages[1].judge_free = True
         for rnd in range(1, s.rounds + 1):
             for seed in s.seeds:
                 shared = None
                 for arm in s.arms:
+                    free = arm in JUDGE_FREE_ARMS
                     policy = (s.policy if rnd == 1
                               else str(self.dpo_folder(rnd - 1, seed, arm) / "policy"))
                     if rnd == 1 and shared is None:
                         shared = self.candidates_stage(1, seed, arm, policy)
+                        shared.judge_free = True
                         stages.append(shared)
                     cand = shared if rnd == 1 else self.candidates_stage(rnd, seed, arm, policy)
                     if rnd > 1:
+                        cand.judge_free = free
                         stages.append(cand)
                     pairs = cand.output.parent
                     if arm != "oracle":
                         p = self.pairs_stage(rnd, seed, arm, pairs)
+                        p.judge_free = free
                         stages.append(p)
                         pairs = p.output.parent
                     stages.append(self.dpo_stage(rnd, seed, arm, pairs, policy))
+                    stages[-1].judge_free = free
         return stages
 
     def run(self, dry_run: bool = False, echo=print) -> dict:
@@ -220,6 +273,14 @@ class Loop:
         for k, st in enumerate(self.stages, 1):
             if st.done:
                 st.skipped = True
+                continue
+            other = self._shared_output(st)
+            if other is not None:
+                echo(f"[{k}/{len(self.stages)}] {st.name}: shared with {other}")
+                if not dry_run:
+                    st.output.parent.parent.mkdir(parents=True, exist_ok=True)
+                    st.output.parent.symlink_to(other.resolve(), target_is_directory=True)
+                    st.shared, st.skipped = str(other), True
                 continue
             if not dry_run and st.pairs is not None and pair_count(st.pairs) == 0:
                 keep_policy(st)
@@ -233,6 +294,15 @@ class Loop:
             echo(f"[{k}/{len(self.stages)}] {st.name}: done in {st.seconds:.0f} s"
                  + (f" ({st.run_dir})" if st.run_dir else ""))
         return {} if dry_run else self.report()
+
+    def _shared_output(self, st: Stage) -> Path | None:
+        """The shared loop's folder holding this judge-free stage's finished output, when
+        this loop has nothing of its own there yet."""
+        s = self.spec
+        if s.share is None or not st.judge_free or st.output.parent.exists():
+            return None
+        other = Path(s.share) / st.output.relative_to(s.out)
+        return other.parent if other.exists() else None
 
     def _execute(self, st: Stage) -> None:
         st.log.parent.mkdir(parents=True, exist_ok=True)
@@ -277,10 +347,11 @@ class Loop:
                     per_seed.append((cell, aligned))
                 arms[f"round{rnd}/{arm}"] = over_seeds(base, per_seed)
         report = {"base": {"accuracy": statistics.fmean(base.values()), "questions": len(base)},
-                  "arms": arms, "cells": cells,
+                  "settings": s.settings(), "arms": arms, "cells": cells,
                   "stages": [{"name": st.name, "command": st.command(), "log": str(st.log),
                               "output": str(st.output), "run_dir": st.run_dir,
-                              "seconds": st.seconds, "skipped": st.skipped}
+                              "seconds": st.seconds, "skipped": st.skipped,
+                              "shared": st.shared}
                              for st in self.stages]}
         write_json_atomic(s.out / "loop.json", report)
         return report
