@@ -29,9 +29,9 @@ def folders(tmp_path):
 
 
 def spec(folders, **kwargs) -> LoopSpec:
+    kwargs = {"dpo_config": (str(DPO),), "construct_config": (str(CONSTRUCT),), **kwargs}
     return LoopSpec(judge=folders["judge"], policy=folders["policy"], out=folders["out"],
-                    prompts=folders["prompts"], dpo_config=(str(DPO),),
-                    construct_config=(str(CONSTRUCT),), **kwargs)
+                    prompts=folders["prompts"], **kwargs)
 
 
 def test_the_plan_shares_round_one_answers_and_samples_each_aligned_policy_after(folders):
@@ -153,11 +153,33 @@ def test_a_loop_with_another_judge_shares_what_no_judge_takes_part_in(folders, t
         folders["out"] / "round1" / "seed0" / "dpo_random").resolve()
     assert [c["accuracy"] for c in report["cells"]] == [0.5, 0.5]
     assert sum(st["shared"] is not None for st in report["stages"]) == 5
-    # loops made another way cannot share
-    with pytest.raises(ValueError, match=r"other settings: n 8 there, 4 here"):
-        spec(second, share=folders["out"], n=4)
     with pytest.raises(ValueError, match="the loop's own folder"):
         spec(folders, share=folders["out"])
+
+
+def test_a_loop_shares_only_what_was_made_with_its_settings(folders, tmp_path, capsys):
+    rows = [{"id": "q1", "task": "image_understanding", "answer": "red", "oracle_score": 1.0}]
+    first = Loop(spec(folders, arms=("rank_sift", "oracle"), seeds=(0,)))
+    for stage in first.plan():
+        _finished(stage, rows, {"pairs": 1, "pairs_by_task": {}, "tasks": {}})
+    first.run()
+
+    def shared(**kwargs) -> list[str]:
+        loop = Loop(spec(dict(folders, out=tmp_path / "other"), arms=("rank_sift", "oracle"),
+                         seeds=(0,), share=folders["out"], **kwargs))
+        loop.run(dry_run=True)
+        return [line.split("] ")[1].split(":")[0] for line in capsys.readouterr().out.splitlines()
+                if "shared with" in line]
+
+    # other answers: nothing downstream of them is the same
+    assert shared(n=4) == ["base"]
+    # the same judge and answers, another DPO recipe: the answers and the judge's pairs
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {init_args: {sft_weight: 0.5}}\n")
+    assert shared(dpo_config=(str(DPO), str(recipe))) == ["candidates r1 s0",
+                                                          "pairs r1 s0 rank_sift"]
+    # pairs decided another way: the answers, the base and the oracle's arm
+    assert shared(pair_from="verdict") == ["base", "candidates r1 s0", "dpo r1 s0 oracle"]
 
 
 def test_the_gain_is_paired_by_question():

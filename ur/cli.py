@@ -876,10 +876,10 @@ def _add_loop(sub) -> None:
                    help="the pairs stage's config files (default: "
                         "experiments/construct/understanding.yaml)")
     p.add_argument("--share", type=Path, default=None,
-                   help="another loop's folder, run with the same settings and another "
-                        "judge: its judge-free stages (the base, round 1's answers, the "
-                        "oracle and random arms) are linked, not run again, so judges are "
-                        "compared on the same answers")
+                   help="another loop's folder: each stage it made with the settings this "
+                        "one would use (another judge: the base, the answers, the oracle and "
+                        "random arms; another --dpo-config: the answers and the pairs) is "
+                        "linked, not run again, so the comparison is made on the same answers")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages still to run, and run none")
     p.set_defaults(func=_loop)

@@ -26,11 +26,14 @@ questions; per arm the mean and spread over seeds and the interval of the gain a
 over seeds. A stage whose output exists is not run again, so a loop killed at any point
 goes on from there with the same command.
 
-Comparing judges: ``share`` names another loop's folder run with the same policy,
-prompts and settings but another judge. The stages no judge takes part in (the base's
-answers, the policy's answers of round 1, the oracle's and the random arms) are linked
-from there instead of run again, so every judge's arms are measured on the very same
-answers and against the same ceiling and floor.
+Comparing judges or recipes: ``share`` names another loop's folder. A stage whose every
+setting is the same there (the settings it depends on: the base's answers on the policy
+and the DPO config's test questions, the policy's answers on the policy, prompts and
+sampling, an arm's pairs also on the construction config and, for the judge's arms, the
+judge; DPO also on the DPO config) is linked from there instead of run again. A loop
+with another judge so shares the base, the answers and the oracle's and random arms,
+and a loop with another DPO config the answers and every arm's pairs: each comparison is
+made on the very same answers.
 """
 
 from __future__ import annotations
@@ -50,9 +53,8 @@ JUDGE_ARMS = ("rank_sift", "rank", "sift", "random")
 JUDGE_FREE_ARMS = ("oracle", "random")
 """Arms whose pairs do not depend on the judge (the random arm's draws depend only on
 the seed and the question)."""
-SHARED_SETTINGS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "max_new_tokens",
-                   "dpo_config", "construct_config")
-"""The settings two loops must agree on to share their judge-free stages."""
+ANSWERS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "max_new_tokens")
+"""The settings the policy's answers depend on."""
 
 
 @dataclass
@@ -92,7 +94,7 @@ class LoopSpec:
             raise FileNotFoundError(f"policy {self.policy} is not a folder (the quickstart "
                                     "builds checkpoints/tiny/qwen2_vl-world)")
         if self.share is not None:
-            self._check_share()
+            self.shared_settings()
 
     def settings(self) -> dict:
         """The settings as loop.json records them."""
@@ -103,8 +105,8 @@ class LoopSpec:
                 "dpo_config": list(self.dpo_config),
                 "construct_config": list(self.construct_config)}
 
-    def _check_share(self) -> None:
-        """The shared loop must have made its judge-free stages the way this one would."""
+    def shared_settings(self) -> dict:
+        """The settings the shared loop was run with (its loop.json)."""
         other = Path(self.share) / "loop.json"
         if Path(self.share).resolve() == Path(self.out).resolve():
             raise ValueError("share names the loop's own folder: give another loop's")
@@ -115,11 +117,7 @@ class LoopSpec:
         if theirs is None:
             raise ValueError(f"share: {other} does not record its settings; run that loop's "
                              "command again (its stages are skipped) to write them")
-        mine = self.settings()
-        differ = [k for k in SHARED_SETTINGS if theirs.get(k) != mine[k]]
-        if differ:
-            raise ValueError(f"share: {other} was run with other settings: " + "; ".join(
-                f"{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ))
+        return theirs
 
 
 @dataclass
@@ -139,8 +137,9 @@ class Stage:
     run_dir: str | None = None
     seconds: float | None = None
     skipped: bool = False
-    judge_free: bool = False
-    """No judge takes part: another loop's output can stand in (``LoopSpec.share``)."""
+    depends: tuple[str, ...] = ()
+    """The settings its output depends on: where all are the same in another loop, that
+    loop's output can stand in (``LoopSpec.share``)."""
     shared: str | None = None
     """The other loop's folder this stage's output folder links to."""
 
@@ -164,6 +163,8 @@ def _configs(paths) -> list[str]:
 class Loop:
     spec: LoopSpec
     stages: list[Stage] = field(default_factory=list)
+    _theirs: dict = field(default_factory=dict, repr=False)
+    """The shared loop's settings (``spec.share``), read when the loop runs."""
 
     # -- the stages ------------------------------------------------------------------------
     def prompts_stage(self) -> Stage:
@@ -240,34 +241,40 @@ class Loop:
     def plan(self) -> list[Stage]:
         """Every stage in order (round 1's candidates and pairs come before its DPO)."""
         s, stages = self.spec, [self.prompts_stage(), self.base_stage()]
-        stages[1].judge_free = True
+        stages[1].depends = ("policy", "dpo_config")
         for rnd in range(1, s.rounds + 1):
             for seed in s.seeds:
                 shared = None
                 for arm in s.arms:
-                    free = arm in JUDGE_FREE_ARMS
+                    judged = () if arm in JUDGE_FREE_ARMS else ("judge", "pair_from")
+                    pairing = ("construct_config", *judged) if arm != "oracle" else ()
+                    # an aligned policy's answers depend on everything that aligned it
+                    before = () if rnd == 1 else (*pairing, "dpo_config")
                     policy = (s.policy if rnd == 1
                               else str(self.dpo_folder(rnd - 1, seed, arm) / "policy"))
                     if rnd == 1 and shared is None:
                         shared = self.candidates_stage(1, seed, arm, policy)
-                        shared.judge_free = True
+                        shared.depends = ANSWERS
                         stages.append(shared)
                     cand = shared if rnd == 1 else self.candidates_stage(rnd, seed, arm, policy)
                     if rnd > 1:
-                        cand.judge_free = free
+                        cand.depends = (*ANSWERS, *before)
                         stages.append(cand)
                     pairs = cand.output.parent
                     if arm != "oracle":
                         p = self.pairs_stage(rnd, seed, arm, pairs)
-                        p.judge_free = free
+                        p.depends = tuple(dict.fromkeys((*cand.depends, *pairing)))
                         stages.append(p)
                         pairs = p.output.parent
-                    stages.append(self.dpo_stage(rnd, seed, arm, pairs, policy))
-                    stages[-1].judge_free = free
+                    dpo = self.dpo_stage(rnd, seed, arm, pairs, policy)
+                    dpo.depends = tuple(dict.fromkeys((*ANSWERS, *before, *pairing,
+                                                       "dpo_config")))
+                    stages.append(dpo)
         return stages
 
     def run(self, dry_run: bool = False, echo=print) -> dict:
         self.stages = self.plan()
+        self._theirs = self.spec.shared_settings() if self.spec.share is not None else {}
         todo = [st for st in self.stages if not st.done]
         echo(f"ur loop: {len(self.stages)} stages, {len(todo)} to run, into {self.spec.out}")
         for k, st in enumerate(self.stages, 1):
@@ -296,10 +303,13 @@ class Loop:
         return {} if dry_run else self.report()
 
     def _shared_output(self, st: Stage) -> Path | None:
-        """The shared loop's folder holding this judge-free stage's finished output, when
-        this loop has nothing of its own there yet."""
+        """The shared loop's folder holding this stage's finished output, made with the
+        same settings, when this loop has nothing of its own there yet."""
         s = self.spec
-        if s.share is None or not st.judge_free or st.output.parent.exists():
+        if s.share is None or not st.depends or st.output.parent.exists():
+            return None
+        theirs, mine = self._theirs, s.settings()
+        if any(theirs.get(k) != mine[k] for k in st.depends):
             return None
         other = Path(s.share) / st.output.relative_to(s.out)
         return other.parent if other.exists() else None
