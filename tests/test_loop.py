@@ -52,6 +52,7 @@ def test_the_plan_shares_round_one_answers_and_samples_each_aligned_policy_after
     assert again[again.index("--policy") + 1] == str(
         out / "round1" / "seed1" / "dpo_rank_sift" / "policy")
     assert again[again.index("--seed") + 1] == "1001"
+    assert again[again.index("--temperature") + 1] == "0.7"  # UnifiedReward's sampling
     dpo = by_name["dpo r2 s1 oracle"].args
     assert dpo[dpo.index("--model.init_args.checkpoint") + 1] == str(
         out / "round1" / "seed1" / "dpo_oracle" / "policy")
@@ -92,6 +93,8 @@ def test_an_arm_without_pairs_keeps_its_policy_and_gains_nothing(folders, capsys
 def test_bad_arguments_are_refused_before_any_stage(folders):
     with pytest.raises(ValueError, match="unknown arm"):
         spec(folders, arms=("rank_sift", "best"))
+    with pytest.raises(ValueError, match="temperature must be above 0"):
+        spec(folders, temperature=0.0)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         LoopSpec(judge=str(folders["out"] / "nowhere"), out=folders["out"],
                  policy=folders["policy"], dpo_config=(str(DPO),),
@@ -173,6 +176,7 @@ def test_a_loop_shares_only_what_was_made_with_its_settings(folders, tmp_path, c
 
     # other answers: nothing downstream of them is the same
     assert shared(n=4) == ["base"]
+    assert shared(temperature=1.0) == ["base"]
     # the same judge and answers, another DPO recipe: the answers and the judge's pairs
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: {init_args: {sft_weight: 0.5}}\n")

@@ -864,6 +864,8 @@ def _add_loop(sub) -> None:
     p.add_argument("--prompts-seed", type=int, default=1,
                    help="seed of the prompt world: not the judge's world's (default: 1)")
     p.add_argument("--n", type=int, default=8, help="answers per question (default: 8)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="the policy's sampling temperature (default: 0.7, UnifiedReward's)")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="tokens per answer at most (default: 32)")
     p.add_argument("--pair-from", default="both", choices=("verdict", "points", "both"),
@@ -893,7 +895,8 @@ def _loop(args) -> int:
                         prompts=args.prompts, prompts_size=args.prompts_size,
                         prompts_seed=args.prompts_seed, arms=tuple(args.arms),
                         seeds=tuple(args.seeds), rounds=args.rounds, n=args.n,
-                        max_new_tokens=args.max_new_tokens, pair_from=args.pair_from,
+                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                        pair_from=args.pair_from,
                         dpo_config=tuple(args.dpo_config),
                         construct_config=tuple(args.construct_config), share=args.share)
         report = Loop(spec).run(dry_run=args.dry_run)

@@ -53,7 +53,8 @@ JUDGE_ARMS = ("rank_sift", "rank", "sift", "random")
 JUDGE_FREE_ARMS = ("oracle", "random")
 """Arms whose pairs do not depend on the judge (the random arm's draws depend only on
 the seed and the question)."""
-ANSWERS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "max_new_tokens")
+ANSWERS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "temperature",
+           "max_new_tokens")
 """The settings the policy's answers depend on."""
 
 
@@ -71,6 +72,8 @@ class LoopSpec:
     seeds: tuple[int, ...] = (0, 1, 2)
     rounds: int = 1
     n: int = 8
+    temperature: float = 0.7
+    """The policy's sampling temperature (UnifiedReward's construction samples at 0.7)."""
     max_new_tokens: int = 32
     pair_from: str = "both"
     dpo_config: tuple[str, ...] = ("experiments/dpo/understanding.yaml",)
@@ -82,6 +85,9 @@ class LoopSpec:
         bad = [a for a in self.arms if a not in ARMS]
         if bad:
             raise ValueError(f"unknown arm(s) {bad}: choose from {list(ARMS)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be above 0: {self.n} answers drawn greedily "
+                             f"are one answer (got {self.temperature})")
         if self.rounds < 1 or self.n < 2:
             raise ValueError(f"rounds must be at least 1 and n at least 2 (got {self.rounds}, "
                              f"{self.n})")
@@ -101,7 +107,8 @@ class LoopSpec:
         return {"judge": str(self.judge), "policy": str(self.policy),
                 "prompts": str(self.prompts), "prompts_size": self.prompts_size,
                 "prompts_seed": self.prompts_seed, "n": self.n,
-                "max_new_tokens": self.max_new_tokens, "pair_from": self.pair_from,
+                "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
+                "pair_from": self.pair_from,
                 "dpo_config": list(self.dpo_config),
                 "construct_config": list(self.construct_config)}
 
@@ -199,7 +206,8 @@ class Loop:
         return self._stage(f"candidates r{rnd} s{seed}" + ("" if rnd == 1 else f" {arm}"),
                            ["construct", "oracle-pairs", "--policy", policy, "--world",
                             str(s.prompts), "--out", str(where), "--n", str(s.n), "--seed",
-                            str(draw), "--max-new-tokens", str(s.max_new_tokens)],
+                            str(draw), "--temperature", str(s.temperature),
+                            "--max-new-tokens", str(s.max_new_tokens)],
                            where / "summary.json")
 
     def pairs_stage(self, rnd: int, seed: int, arm: str, candidates: Path) -> Stage:
