@@ -426,8 +426,9 @@ def pair_figures(summary: Path) -> dict[str, float]:
         out = {"pairs": s["pairs"]}
         for task, f in s["tasks"].items():
             out[f"pairs/{task}"] = f["pairs"]
-            if "oracle_agreement" in f:
-                out[f"oracle_agreement/{task}"] = f["oracle_agreement"]
+            for key in ("oracle_agreement", "oracle_chosen_mean"):
+                if key in f:
+                    out[f"{key}/{task}"] = f[key]
         return out
     return {"pairs": s["pairs"], **{f"pairs/{t}": n for t, n in s["pairs_by_task"].items()}}
 
@@ -450,7 +451,8 @@ def over_seeds(base: dict[str, float], per_seed: list[tuple[dict, dict]]) -> dic
            "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
            **{k.replace("gain", "gain_over_seeds"): v
               for k, v in mean_with_interval("gain", mean_gain).items()}}
-    for key in sorted({k for c in cells for k in c if k.startswith("oracle_agreement/")}):
+    for key in sorted({k for c in cells for k in c
+                       if k.startswith(("oracle_agreement/", "oracle_chosen_mean/"))}):
         values = [c[key] for c in cells if key in c]
         out[key] = statistics.fmean(values)
     return out

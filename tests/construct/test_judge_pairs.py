@@ -143,6 +143,14 @@ def test_a_killed_construction_started_again_does_every_prompt_once_for_dpo(setu
             if untied:  # the same pairs above, counted among the untied ones
                 assert figures["oracle_agreement_untied"] * untied == pytest.approx(
                     figures["oracle_agreement"] * figures["pairs"])
+    # the chosen answers' oracle scores, by hand from the rows
+    for task, figures in summary["tasks"].items():
+        kept = [r for r in read_parts(out) if r["task"] == task and r["built"]["chosen"] is not None]
+        if kept:
+            chosen = [r["oracle_scores"][r["built"]["chosen"]] for r in kept]
+            assert figures["oracle_chosen_mean"] == pytest.approx(sum(chosen) / len(chosen))
+            every = [sum(r["oracle_scores"]) / len(r["oracle_scores"]) for r in kept]
+            assert figures["oracle_candidates_mean"] == pytest.approx(sum(every) / len(every))
 
 
 def test_two_processes_do_every_prompt_once(setup):

@@ -27,8 +27,10 @@ Outputs in ``out``:
   chosen and rejected scores, and on the world the share of pairs whose chosen answer
   the oracle also scores above the rejected one (``oracle_agreement``, with its 95%
   bootstrap interval; a pair the oracle scores level counts against it), the pairs the
-  oracle scores level (``oracle_ties``) and the share among the others
-  (``oracle_agreement_untied``), per task.
+  oracle scores level (``oracle_ties``), the share among the others
+  (``oracle_agreement_untied``), and the oracle's mean score of the chosen answers, of
+  the rejected ones and of all the prompt's answers (``oracle_chosen_mean``,
+  ``oracle_rejected_mean``, ``oracle_candidates_mean``), per task.
 """
 
 from __future__ import annotations
@@ -380,6 +382,13 @@ def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
             gaps = torch.tensor([r["oracle_scores"][r["built"]["chosen"]]
                                  - r["oracle_scores"][r["built"]["rejected"]] for r in judged])
             figures["oracle_ties"] = int((gaps == 0).sum())
+            # How good the chosen answers are, against the answers they were chosen from:
+            # DPO with an NLL term on the chosen answer trains the policy towards them.
+            for side in ("chosen", "rejected"):
+                figures[f"oracle_{side}_mean"] = statistics.fmean(
+                    r["oracle_scores"][r["built"][side]] for r in judged)
+            figures["oracle_candidates_mean"] = statistics.fmean(
+                statistics.fmean(r["oracle_scores"]) for r in judged)
             if (gaps != 0).any():  # among the pairs the oracle tells apart
                 figures.update({k.replace("value", "oracle_agreement_untied"): v for k, v in
                                 mean_with_interval("value", (gaps[gaps != 0] > 0).float()).items()})
