@@ -29,9 +29,10 @@ def folders(tmp_path):
 
 
 def spec(folders, **kwargs) -> LoopSpec:
-    kwargs = {"dpo_config": (str(DPO),), "construct_config": (str(CONSTRUCT),), **kwargs}
-    return LoopSpec(judge=folders["judge"], policy=folders["policy"], out=folders["out"],
-                    prompts=folders["prompts"], **kwargs)
+    kwargs = {"judge": folders["judge"], "dpo_config": (str(DPO),),
+              "construct_config": (str(CONSTRUCT),), **kwargs}
+    return LoopSpec(policy=folders["policy"], out=folders["out"], prompts=folders["prompts"],
+                    **kwargs)
 
 
 def test_the_plan_shares_round_one_answers_and_samples_each_aligned_policy_after(folders):
@@ -57,6 +58,20 @@ def test_the_plan_shares_round_one_answers_and_samples_each_aligned_policy_after
     assert dpo[dpo.index("--model.init_args.checkpoint") + 1] == str(
         out / "round1" / "seed1" / "dpo_oracle" / "policy")
     assert dpo[dpo.index("--seed_everything") + 1] == "1"
+
+
+def test_several_judges_build_the_pairs_together(folders, tmp_path):
+    second = tmp_path / "judge_2"
+    second.mkdir()
+    loop = Loop(spec(folders, judge=[folders["judge"], str(second)], arms=("rank_sift",),
+                     seeds=(0,)))
+    pairs = next(st for st in loop.plan() if st.name.startswith("pairs"))
+    given = pairs.args[pairs.args.index("--model.init_args.judge") + 1]
+    assert given == f"[{folders['judge']}, {second}]"
+    assert loop.spec.settings()["judge"] == [folders["judge"], str(second)]
+    assert spec(folders, judge=[folders["judge"]]).judge == folders["judge"]  # one is one
+    with pytest.raises(FileNotFoundError, match="nowhere is not a folder"):
+        spec(folders, judge=[folders["judge"], str(tmp_path / "nowhere")])
 
 
 def test_a_loop_started_again_runs_only_what_is_missing(folders, capsys):

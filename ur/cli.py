@@ -845,7 +845,9 @@ def _add_loop(sub) -> None:
     p = lsub.add_parser("understanding", help="image and video understanding, by VLM DPO",
                         description=loop.description, epilog=loop.epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--judge", required=True, help="the judge's export folder")
+    p.add_argument("--judge", required=True, nargs="+",
+                   help="the judge's export folder; several make an ensemble whose "
+                        "judgments are pooled (the mean of their probabilities and scores)")
     p.add_argument("--out", required=True, type=Path, help="the loop's folder")
     p.add_argument("--policy", default="checkpoints/tiny/qwen2_vl-world",
                    help="the starting policy (default: the quickstart's base)")

@@ -62,7 +62,8 @@ ANSWERS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "temperatur
 class LoopSpec:
     """What one loop runs (paths as the stages see them, relative to the working folder)."""
 
-    judge: str
+    judge: str | tuple[str, ...]
+    """The judge's export folder, or several: an ensemble whose judgments are pooled."""
     out: Path
     policy: str = "checkpoints/tiny/qwen2_vl-world"
     prompts: Path = Path("data/world_prompts")
@@ -94,17 +95,27 @@ class LoopSpec:
         for path in (*self.dpo_config, *self.construct_config):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"config {path} does not exist")
-        if not Path(self.judge).is_dir():
-            raise FileNotFoundError(f"judge {self.judge} is not a folder (a judge's export)")
+        if not isinstance(self.judge, str):
+            self.judge = tuple(str(j) for j in self.judge)
+            if len(self.judge) == 1:
+                self.judge = self.judge[0]
+        for judge in self.judges:
+            if not Path(judge).is_dir():
+                raise FileNotFoundError(f"judge {judge} is not a folder (a judge's export)")
         if not Path(self.policy).is_dir():
             raise FileNotFoundError(f"policy {self.policy} is not a folder (the quickstart "
                                     "builds checkpoints/tiny/qwen2_vl-world)")
         if self.share is not None:
             self.shared_settings()
 
+    @property
+    def judges(self) -> tuple[str, ...]:
+        return (self.judge,) if isinstance(self.judge, str) else self.judge
+
     def settings(self) -> dict:
         """The settings as loop.json records them."""
-        return {"judge": str(self.judge), "policy": str(self.policy),
+        return {"judge": self.judge if isinstance(self.judge, str) else list(self.judge),
+                "policy": str(self.policy),
                 "prompts": str(self.prompts), "prompts_size": self.prompts_size,
                 "prompts_seed": self.prompts_seed, "n": self.n,
                 "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
@@ -215,7 +226,8 @@ class Loop:
         where = self.folder(rnd, seed) / f"pairs_{arm}"
         return self._stage(f"pairs r{rnd} s{seed} {arm}", [
             "predict", *_configs(s.construct_config),
-            "--model.init_args.judge", s.judge, "--model.init_args.policy", "null",
+            "--model.init_args.judge", s.judge if isinstance(s.judge, str)
+            else "[" + ", ".join(s.judge) + "]", "--model.init_args.policy", "null",
             "--model.init_args.method", arm, "--model.init_args.pair_from", s.pair_from,
             "--model.init_args.seed", str(seed),
             "--data.init_args.candidates", str(candidates / "candidates.jsonl"),

@@ -163,3 +163,22 @@ def test_two_processes_do_every_prompt_once(setup):
     recorded = json.loads((run_dir / "metrics.json").read_text())["predict"]
     assert recorded["construct/prompts"] == QUESTIONS
     assert recorded["construct/pairs"] == summary["pairs"]
+
+
+def test_a_list_of_judges_builds_pairs_as_an_ensemble(setup):
+    """Construction with several judges pools them: two copies of one judge build the
+    pairs that judge builds alone."""
+    from ur.construct.predict import ConstructModule
+    from ur.data.questions import world_questions
+    from ur.reward.judge import JudgeEnsemble
+
+    questions = world_questions(setup["world"], "train", max_questions=4, seed=0)
+    kwargs = dict(policy=str(setup["base"]), n=4, max_new_tokens=8, pair_from="both")
+    alone = ConstructModule(judge=str(setup["judge"]), **kwargs)
+    pair = ConstructModule(judge=[str(setup["judge"])] * 2, **kwargs)
+    assert isinstance(pair.judge, JudgeEnsemble) and len(pair.judge_models) == 2
+    rows_alone, rows_pair = alone.predict_step(questions, 0), pair.predict_step(questions, 0)
+    for a, b in zip(rows_alone, rows_pair, strict=True):
+        assert a["answers"] == b["answers"]
+        assert (a["built"]["chosen"], a["built"]["rejected"], a["built"]["dropped"]) == (
+            b["built"]["chosen"], b["built"]["rejected"], b["built"]["dropped"])

@@ -13,7 +13,14 @@ from ur.data.records import TASKS, JudgeQuery, Media, is_generation
 from ur.data.templates import PromptTemplates
 from ur.models.tiny import build_tiny_vlm
 from ur.pretrain.tiny_vlm import tokenizer_texts
-from ur.reward.judge import POINT_SCALES, Judge, Judgment, _from_points
+from ur.reward.judge import (
+    POINT_SCALES,
+    Judge,
+    JudgeEnsemble,
+    Judgment,
+    _from_points,
+    pooled,
+)
 from ur.reward.sft import RewardSFTModule
 from ur.training import OptimizerSpec
 
@@ -350,3 +357,41 @@ def test_sifting_reuses_the_points_ranking_asked(trained):
                                                              again.dropped)
     for i, s in built.scores.items():
         assert s == pytest.approx(again.scores[i], abs=1e-3)
+
+
+def test_an_ensemble_pools_its_judges_by_hand():
+    def pair(label, probs=None, swapped=None):
+        return Judgment("image_understanding", "pairwise", label=label, probs=probs,
+                        text=str(label), label_swapped=swapped)
+
+    # probabilities: their mean decides
+    a = pair("first", {"first": 0.6, "second": 0.3, "tie": 0.1}, swapped="first")
+    b = pair("second", {"first": 0.2, "second": 0.7, "tie": 0.1}, swapped="first")
+    got = pooled([a, b])
+    assert got.probs == pytest.approx({"first": 0.4, "second": 0.5, "tie": 0.1})
+    assert got.label == "second" and got.label_swapped == "first"
+    assert got.text == "first\n===\nsecond"
+    # labels alone: the majority, a tie when level, undecided when none decides
+    assert pooled([pair("first"), pair("first"), pair("second")]).label == "first"
+    assert pooled([pair("first"), pair("second"), pair(None)]).label == "tie"
+    assert pooled([pair(None), pair(None)]).label is None
+    assert pooled([a, pair("second", swapped="second")]).label_swapped is None
+    # points: the mean score, undecided when one does not parse
+    pts = [Judgment("image_understanding", "pointwise", score=s) for s in (80.0, 40.0)]
+    assert pooled(pts).score == pytest.approx(60.0)
+    assert pooled([*pts, Judgment("image_understanding", "pointwise")]).score is None
+    with pytest.raises(ValueError, match="at least one judge"):
+        JudgeEnsemble([])
+
+
+def test_an_ensemble_of_one_judge_twice_judges_as_that_judge(trained):
+    module, dm = trained
+    records = [r for r in dm.datasets["train"].records if r.form == "pairwise"][:8]
+    kwargs = dict(mode="fast", pair_from="both", batch_size=16)
+    alone = Judge(module.model, module.processor, **kwargs)(records)
+    twice = JudgeEnsemble([Judge(module.model, module.processor, **kwargs),
+                           Judge(module.model, module.processor, **kwargs)])(records)
+    for a, t in zip(alone, twice, strict=True):
+        assert t.label == a.label
+        for key in a.probs:
+            assert t.probs[key] == pytest.approx(a.probs[key], abs=1e-5)

@@ -155,7 +155,9 @@ class ConstructModule(LightningModule):
     """Candidates from a policy, pairs from a judge.
 
     Args:
-        judge: The reward model's checkpoint (a local folder or hub id).
+        judge: The reward model's checkpoint (a local folder or hub id), or a list of
+            them: an ensemble whose judgments are pooled
+            (:class:`ur.reward.judge.JudgeEnsemble`).
         policy: The policy that answers questions without drawn answers (None when the
             data module reads a candidates file).
         method: ``rank_sift`` (pair ranking, then point sifting), ``rank``, ``sift`` or
@@ -179,7 +181,8 @@ class ConstructModule(LightningModule):
         trust_remote_code: Run code shipped with the checkpoints (off unless you opt in).
     """
 
-    def __init__(self, judge: str = "checkpoints/quickstart-judge", policy: str | None = None,
+    def __init__(self, judge: str | list[str] = "checkpoints/quickstart-judge",
+                 policy: str | None = None,
                  method: str = "rank_sift", both_orders: bool = False,
                  pair_from: str = "verdict",
                  judge_mode: str = "fast", judge_batch_size: int = 32,
@@ -192,13 +195,21 @@ class ConstructModule(LightningModule):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.save_hyperparameters()
         from ur.models.loading import load_vlm
-        from ur.reward.judge import Judge
+        from ur.reward.judge import Judge, JudgeEnsemble
 
-        model, processor = load_vlm(judge, dtype=dtype, trust_remote_code=trust_remote_code)
-        self.judge_model = model.eval().requires_grad_(False)
-        self.judge = Judge(model=self.judge_model, processor=processor, mode=judge_mode,
-                           batch_size=judge_batch_size, both_orders=both_orders,
-                           pair_from=pair_from, num_frames=num_frames)
+        paths = [judge] if isinstance(judge, str) else list(judge)
+        if not paths:
+            raise ValueError("model.init_args.judge: give a judge's checkpoint, or a list")
+        judges = []
+        for path in paths:
+            model, processor = load_vlm(path, dtype=dtype, trust_remote_code=trust_remote_code)
+            judges.append(Judge(model=model.eval().requires_grad_(False), processor=processor,
+                                mode=judge_mode, batch_size=judge_batch_size,
+                                both_orders=both_orders, pair_from=pair_from,
+                                num_frames=num_frames))
+        # Registered as submodules, so Lightning moves them to the device.
+        self.judge_models = torch.nn.ModuleList(j.model for j in judges)
+        self.judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
         self.policy = self.policy_processor = None
         if policy is not None:
             model, self.policy_processor = load_vlm(policy, dtype=dtype,

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -518,6 +519,62 @@ class Judge:
             else:
                 cache[key] = (self._ids(f"{sep}Final Score:") + shared, values, firsts)
         return cache[key]
+
+
+@dataclass
+class JudgeEnsemble:
+    """Several judges as one (judges of other seeds or recipes): every question is asked
+    of each, and the answers are pooled. A judge's systematic errors (a colour it
+    mistakes for another, a place it sees everywhere) become the policy's when DPO
+    learns from its pairs; judges that err in different ways dilute each other's.
+
+    Pairwise: the mean of the judges' probabilities, the label the most probable; without
+    probabilities (generate mode), the label most judges give, a tie when the first two
+    labels are level, undecided when none decides. Pointwise: the mean score (undecided
+    when a judge's does not parse) and the mean distribution."""
+
+    judges: list
+
+    def __post_init__(self):
+        if not self.judges:
+            raise ValueError("an ensemble needs at least one judge")
+
+    @property
+    def pair_from(self) -> str:
+        return self.judges[0].pair_from
+
+    @torch.no_grad()
+    def __call__(self, queries: Sequence[JudgeQuery | PreferenceRecord],
+                 memo: dict | None = None) -> list[Judgment]:
+        memo = {} if memo is None else memo
+        each = [judge(queries, memo=memo.setdefault(("ensemble member", k), {}))
+                for k, judge in enumerate(self.judges)]
+        return [pooled(list(js)) for js in zip(*each, strict=True)]
+
+
+def pooled(judgments: list[Judgment]) -> Judgment:
+    """One judgment from several judges' judgments of the same question."""
+    first = judgments[0]
+    text = "\n===\n".join(j.text for j in judgments)
+    if len(judgments) == 1:
+        return first
+    probs = None
+    if all(j.probs is not None for j in judgments):
+        keys = first.probs.keys()
+        probs = {k: sum(j.probs[k] for j in judgments) / len(judgments) for k in keys}
+    if first.form == "pointwise":
+        scores = [j.score for j in judgments]
+        score = None if None in scores else sum(scores) / len(scores)
+        return Judgment(first.task, first.form, score=score, text=text, probs=probs)
+    if probs is not None:
+        label = max(probs, key=probs.get)
+    else:
+        votes = Counter(j.label for j in judgments if j.label is not None).most_common()
+        label = (None if not votes else
+                 "tie" if len(votes) > 1 and votes[0][1] == votes[1][1] else votes[0][0])
+    swapped = {j.label_swapped for j in judgments}
+    return Judgment(first.task, first.form, label=label, text=text, probs=probs,
+                    label_swapped=swapped.pop() if len(swapped) == 1 else None)
 
 
 class _VerdictStop:
