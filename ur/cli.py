@@ -763,9 +763,12 @@ def _add_construct(sub) -> None:
                     "(rejected). A caption is dropped when its best and worst differ by less "
                     "than --min-gap. This is the ceiling arm of the generation alignment "
                     "experiments: the pairs a perfect judge would build.",
-        epilog="Writes into OUT: image_pairs.parquet (Pick-a-Pic v2 schema, images inline) or "
-               "video_pairs.jsonl (VideoDPO schema, clips as PNG frame folders under media/), "
-               "each pair with both oracle scores in ur_scores, and summary.json. The "
+        epilog="Writes into OUT: every sample under candidates/ (a PNG per image, a folder of "
+               "PNG frames per clip) and listed in candidates.jsonl with its seed and oracle "
+               "score (the judge pairs the same samples: experiments/construct/"
+               "generation.yaml); image_pairs.parquet (Pick-a-Pic v2 schema, images inline) "
+               "or video_pairs.jsonl (VideoDPO schema, pointing to the clips' folders), "
+               "each pair with both oracle scores in ur_scores; and summary.json. The "
                "folder's path is printed last.")
     p.add_argument("--generator", required=True,
                    help="the generator: a diffusers folder or hub id")

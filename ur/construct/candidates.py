@@ -23,6 +23,16 @@ traced back to the samples it was cut from::
 
 Media are kept as the paths the questions were read with (images held only as bytes
 cannot be written).
+
+:class:`Samples` holds one caption's generated candidates for the generation tasks:
+images or clips on disk (``ur construct oracle-generation`` writes them), each with the
+seed of its noise, the generator and its sampling settings, and the oracle's score of
+each on the synthetic world; the same file holds them, one caption a line::
+
+    {"id": ..., "task": "image_generation", "prompt": "a red circle on the left",
+     "samples": [{"kind": "image", "path": "/abs/c0.png"}, ...], "seeds": [...],
+     "n": 4, "model": ..., "settings": {"sample_steps": 12, ...},
+     "oracle_scores": [...] | null}
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ur.data.questions import Question
-from ur.data.records import Media, RecordError
+from ur.data.records import Media, RecordError, is_generation
 from ur.io import write_text_atomic
 
 
@@ -134,10 +144,10 @@ def candidates_of(questions: Sequence[Question], answers: Sequence[Sequence[str]
             for q, a in zip(questions, answers, strict=True)]
 
 
-def _media_row(media: Media, question: Question) -> dict:
+def _media_row(media: Media, owner: Question | Samples) -> dict:
     if media.data is not None:
-        raise ValueError(f"question {question.id!r}: its image is held as bytes; candidates "
-                         "keep media as paths")
+        raise ValueError(f"prompt {owner.id!r}: an image held as bytes; candidates keep media "
+                         "as paths")
     where = {"frames": list(media.frames)} if media.frames is not None else {"path": media.path}
     return {"kind": media.kind, **where, "field": media.field}
 
@@ -153,10 +163,58 @@ def candidates_row(c: Candidates) -> dict:
             "max_new_tokens": c.max_new_tokens}
 
 
-def write_candidates(path: str | Path, candidates: Iterable[Candidates]) -> Path:
-    """Write ``candidates`` as JSONL (one question a line) to ``path``, atomically."""
+@dataclass(frozen=True)
+class Samples:
+    """One caption's generated candidates (images or clips on disk) and what drew
+    them: sample ``j`` comes from noise seed ``seeds[j]``."""
+
+    id: str
+    task: str
+    prompt: str
+    samples: tuple[Media, ...]
+    seeds: tuple[int, ...]
+    model: str
+    settings: dict
+    oracle_scores: tuple[float, ...] | None = None
+    file: str | None = None
+    row: int | None = None
+
+    def __post_init__(self):
+        for name in ("samples", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.oracle_scores is not None:
+            object.__setattr__(self, "oracle_scores", tuple(self.oracle_scores))
+        if not is_generation(self.task):
+            raise RecordError(f"generated samples belong to a generation task, not {self.task!r}",
+                              file=self.file, row=self.row, field="task")
+        if not self.samples:
+            raise RecordError("samples need at least one image or clip", file=self.file,
+                              row=self.row, field="samples")
+        for name in ("seeds", "oracle_scores"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.samples):
+                raise RecordError(f"{len(values)} {name} for {len(self.samples)} samples",
+                                  file=self.file, row=self.row, field=name)
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+
+def samples_row(s: Samples) -> dict:
+    """The JSON row of one caption's samples (the file format above)."""
+    return {"id": s.id, "task": s.task, "prompt": s.prompt,
+            "samples": [_media_row(m, s) for m in s.samples], "seeds": list(s.seeds),
+            "n": s.n, "model": s.model, "settings": dict(s.settings),
+            "oracle_scores": None if s.oracle_scores is None else list(s.oracle_scores)}
+
+
+def write_candidates(path: str | Path, candidates: Iterable[Candidates | Samples]) -> Path:
+    """Write ``candidates`` (answers or generated samples) as JSONL, one prompt a line, to
+    ``path``, atomically."""
     path = Path(path)
-    text = "".join(json.dumps(candidates_row(c)) + "\n" for c in candidates)
+    text = "".join(json.dumps(samples_row(c) if isinstance(c, Samples) else candidates_row(c))
+                   + "\n" for c in candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, text)
 
@@ -174,15 +232,7 @@ def parse_candidates_row(row, file: str, i: int) -> Candidates:
                               file=file, row=i, field=name)
         return row[name]
 
-    media = []
-    for m in need("media", list):
-        if not isinstance(m, dict) or "kind" not in m:
-            raise RecordError("a media entry is {kind, path} or {kind, frames}", file=file,
-                              row=i, field="media")
-        frames = m.get("frames")
-        media.append(Media(kind=m["kind"], path=m.get("path"),
-                           frames=None if frames is None else tuple(frames),
-                           field=m.get("field") or "media"))
+    media = _media_of(need("media", list), file, i, "media")
     evidence = row.get("evidence")
     question = Question(id=need("id", str), task=need("task", str), prompt=need("prompt", str),
                         media=tuple(media), evidence=None if evidence is None else tuple(evidence),
@@ -195,7 +245,56 @@ def parse_candidates_row(row, file: str, i: int) -> Candidates:
     return Candidates(question, tuple(answers), **settings)
 
 
-def read_candidates(path: str | Path) -> list[Candidates]:
+def _media_of(entries: list, file: str, i: int, name: str) -> list[Media]:
+    media = []
+    for m in entries:
+        if not isinstance(m, dict) or "kind" not in m:
+            raise RecordError("a media entry is {kind, path} or {kind, frames}", file=file,
+                              row=i, field=name)
+        frames = m.get("frames")
+        media.append(Media(kind=m["kind"], path=m.get("path"),
+                           frames=None if frames is None else tuple(frames),
+                           field=m.get("field") or name))
+    return media
+
+
+def parse_samples_row(row, file: str, i: int) -> Samples:
+    """The generated samples of one JSON row, a bad field a RecordError naming it."""
+    def need(name, types):
+        if name not in row or not isinstance(row[name], types) or isinstance(row[name], bool):
+            raise RecordError(f"expected {name} as {getattr(types, '__name__', types)}",
+                              file=file, row=i, field=name)
+        return row[name]
+
+    samples = _media_of(need("samples", list), file, i, "samples")
+    if need("n", int) != len(samples):
+        raise RecordError(f"n is {row['n']} but {len(samples)} samples are listed", file=file,
+                          row=i, field="n")
+    seeds = need("seeds", list)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise RecordError("seeds must be integers", file=file, row=i, field="seeds")
+    scores = row.get("oracle_scores")
+    if scores is not None and not (isinstance(scores, list) and all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
+        raise RecordError("oracle_scores must be a list of numbers or null", file=file, row=i,
+                          field="oracle_scores")
+    return Samples(id=need("id", str), task=need("task", str), prompt=need("prompt", str),
+                   samples=tuple(samples), seeds=tuple(seeds), model=need("model", str),
+                   settings=need("settings", dict),
+                   oracle_scores=None if scores is None else tuple(float(s) for s in scores),
+                   file=file, row=i)
+
+
+def parse_row(row, file: str, i: int) -> Candidates | Samples:
+    """A candidates file's row: generated samples for a generation task, else answers."""
+    if not isinstance(row, dict):
+        raise RecordError("expected a JSON object", file=file, row=i)
+    if isinstance(row.get("task"), str) and is_generation(row["task"]):
+        return parse_samples_row(row, file, i)
+    return parse_candidates_row(row, file, i)
+
+
+def read_candidates(path: str | Path) -> list[Candidates | Samples]:
     """The candidates written by :func:`write_candidates`; a row that cannot be read
     raises :class:`RecordError` naming the file, the row and the field."""
     path = Path(path)
@@ -209,7 +308,7 @@ def read_candidates(path: str | Path) -> list[Candidates]:
             except json.JSONDecodeError as e:
                 raise RecordError(f"not valid JSON ({e.msg})", file=path, row=i) from None
             try:
-                out.append(parse_candidates_row(row, str(path), i))
+                out.append(parse_row(row, str(path), i))
             except RecordError as e:
                 raise e.located(file=path, row=i) from None
     return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ur.data.records import JudgeQuery, is_generation
 from ur.reward.judge import POINT_SCALES
@@ -162,12 +163,26 @@ class Pool:
 
 
 def pool_of(candidates) -> Pool:
-    """The pool of a :class:`ur.construct.candidates.Candidates` (sampled answers):
-    empty answers are not usable (a pair schema holds no empty answer)."""
+    """The pool of a :class:`ur.construct.candidates.Candidates` (sampled answers: empty
+    answers are not usable, a pair schema holds no empty answer) or of
+    :class:`ur.construct.candidates.Samples` (generated images or clips: one whose file
+    or frames are missing is not usable)."""
+    if hasattr(candidates, "samples"):
+        samples = tuple(candidates.samples)
+        return Pool(candidates.id, candidates.task, candidates.prompt, (), samples,
+                    tuple(i for i, m in enumerate(samples) if _on_disk(m)))
     q = candidates.question
     answers = tuple(candidates.answers)
     return Pool(q.id, q.task, q.prompt, tuple(q.media), answers,
                 tuple(i for i, a in enumerate(answers) if a.strip()))
+
+
+def _on_disk(media) -> bool:
+    if media.data is not None:
+        return True
+    if media.frames is not None:
+        return bool(media.frames) and all(Path(f).is_file() for f in media.frames)
+    return Path(media.path).exists()
 
 
 def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",

@@ -9,14 +9,22 @@ times quality), and pairs the best against the worst of each caption. A caption 
 dropped, and counted, when its best and worst differ by less than ``min_gap`` (a pair
 the oracle cannot tell apart teaches noise). The pairs are written in the public
 schemas Diffusion-DPO reads: Pick-a-Pic v2 (``image_pairs.parquet``, images inline)
-or VideoDPO (``video_pairs.jsonl``, clips as folders of PNG frames under ``media/``), with every
-candidate's score in ``ur_scores``; ``summary.json`` says what was built.
+or VideoDPO (``video_pairs.jsonl``), with both candidates' scores in ``ur_scores``;
+``summary.json`` says what was built.
+
+Every candidate is kept on disk (``candidates/``: a PNG per image, a folder of PNG
+frames per clip, lossless, so the files show exactly what the oracle scored) and listed
+in ``candidates.jsonl`` (:class:`ur.construct.candidates.Samples`, with each sample's
+seed and oracle score): the judge builds its pairs from the same samples
+(``ur predict --config experiments/construct/generation.yaml``), so the judge's arms and
+this ceiling arm differ only in who chose.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +71,8 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                                       num_frames: int = 4, held_out_seed: int = 0,
                                       batch_size: int = 64) -> Path:
     """Sample, score, pair and write (see the module's description); returns ``out``."""
+    from ur.construct.candidates import Samples, write_candidates
     from ur.data.sources import pickapic_v2, videodpo
-    from ur.data.synthetic.writer import png_bytes
     from ur.io import write_json_atomic
     from ur.models.generators import denoising_of, load_generator
 
@@ -77,22 +85,23 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                                 num_frames=num_frames)
     score = score_image if kind == "image" else score_video
     out.mkdir(parents=True, exist_ok=True)
-    pairs, gaps, all_scores, small = [], [], [], 0
+    settings = {"sample_steps": sample_steps, "guidance": guidance, "num_frames": num_frames}
+    pairs, gaps, all_scores, small, pools = [], [], [], 0, []
     for i, (caption, cands) in enumerate(zip(captions, samples, strict=True)):
         scores = [score(c, caption).score for c in cands]
         all_scores += scores
+        rid = f"{kind}-s{seed}-{i:05d}"
+        kept = tuple(_write_sample(out / "candidates" / f"{rid}_{j}", c, kind)
+                     for j, c in enumerate(cands))
+        pools.append(Samples(id=rid, task=f"{kind}_generation", prompt=caption, samples=kept,
+                             seeds=[seed * 1_000_003 + i * n + j for j in range(n)],
+                             model=str(generator), settings=settings, oracle_scores=scores))
         chosen = best_and_worst(scores, min_gap)
         if chosen is None:
             small += 1
             continue
         gaps.append(scores[chosen[0]] - scores[chosen[1]])
-        rid = f"{kind}-s{seed}-{i:05d}"
-        if kind == "image":
-            media = tuple(Media(kind="image", data=png_bytes(cands[k]), field=f"jpg_{m}")
-                          for m, k in enumerate(chosen))
-        else:
-            media = tuple(_write_clip(out / "media" / f"{rid}_{m}", cands[k])
-                          for m, k in enumerate(chosen))
+        media = tuple(replace(kept[k], field=f"jpg_{m}") for m, k in enumerate(chosen))
         pairs.append(PreferenceRecord(
             task=f"{kind}_generation", form="pairwise", source=SOURCE, id=rid,
             prompt=caption, media=media, label="first",
@@ -103,6 +112,7 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
         pickapic_v2.write_pairs(path, pairs)
     else:
         videodpo.write_pairs(path, pairs, media_root=out)
+    write_candidates(out / "candidates.jsonl", pools)
     summary = {"generator": str(generator), "kind": kind, "prompts": len(captions),
                "candidates_per_prompt": n, "pairs": len(pairs), "dropped_small_gap": small,
                "mean_candidate_score": float(np.mean(all_scores)),
@@ -110,18 +120,25 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                "settings": {"seed": seed, "min_gap": min_gap, "sample_steps": sample_steps,
                             "guidance": guidance, "num_frames": num_frames,
                             "held_out_seed": held_out_seed},
-               "file": path.name}
+               "file": path.name, "candidates": "candidates.jsonl"}
     write_json_atomic(out / "summary.json", summary)
     return out
 
 
-def _write_clip(folder: Path, frames: np.ndarray) -> Media:
-    """A clip as a folder of PNG frames: lossless, so the pair shows exactly what the
-    oracle scored."""
+def _write_sample(stem: Path, sample: np.ndarray, kind: str) -> Media:
+    """One candidate on disk, losslessly: ``stem.png`` for an image, the folder ``stem``
+    of PNG frames for a clip; its absolute path as :class:`Media`."""
     from ur.data.media import write_frames
+    from ur.data.synthetic.writer import png_bytes
+    from ur.io import write_bytes_atomic
 
-    write_frames(folder, frames, ext="png")
-    return Media(kind="frames", path=str(folder))
+    if kind == "image":
+        path = stem.with_suffix(".png").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, png_bytes(sample))
+        return Media(kind="image", path=str(path))
+    write_frames(stem, sample, ext="png")
+    return Media(kind="frames", path=str(stem.resolve()))
 
 
 def summary_line(out: str | Path) -> str:

@@ -2,7 +2,8 @@
 
 - :class:`PromptsDataModule` hands out the prompts not yet done: a candidates file
   (what :func:`ur.construct.candidates.write_candidates` writes: answers already
-  drawn) or the synthetic world's understanding questions of a split (the policy
+  drawn, or a generator's images or clips, as ``ur construct oracle-generation``
+  writes them) or the synthetic world's understanding questions of a split (the policy
   answers them during the run).
 - :class:`ConstructModule` draws the candidates it lacks from the policy (N per prompt,
   seeded per prompt) and builds each prompt's pair with the judge
@@ -19,7 +20,9 @@
 Outputs in ``out``:
 
 - ``image_pairs.jsonl`` (``image_dpo`` schema) and ``video_pairs.jsonl``
-  (``sharegptvideo_dpo``): what the DPO modules, TRL and the reference trainers read;
+  (``sharegptvideo_dpo``) for understanding, ``image_generation_pairs.parquet``
+  (Pick-a-Pic v2) and ``video_generation_pairs.jsonl`` (VideoDPO) for generation: what
+  the DPO modules, TRL and the reference trainers read;
 - ``pairs_meta.jsonl``: per pair, the prompt's id, the candidates' indices, the judge's
   verdicts, probabilities, scores and words, the candidates' origin (model, seed,
   sampling settings) and, on the world, their oracle scores;
@@ -39,6 +42,7 @@ import hashlib
 import json
 import statistics
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,11 +52,13 @@ from torch.utils.data import DataLoader
 
 from ur.construct.candidates import (
     Candidates,
+    Samples,
     candidates_of,
     candidates_row,
-    parse_candidates_row,
+    parse_row,
     read_candidates,
     sample_answers,
+    samples_row,
 )
 from ur.construct.judged import DROP_REASONS, METHODS, Built, build_pairs, pool_of
 from ur.data.datamodule import WorldSpec
@@ -62,24 +68,29 @@ from ur.io import write_json_atomic, write_text_atomic
 
 SOURCE = "judge_pairs"
 PAIR_FILES = {"image_understanding": "image_pairs.jsonl",
-              "video_understanding": "video_pairs.jsonl"}
+              "video_understanding": "video_pairs.jsonl",
+              "image_generation": "image_generation_pairs.parquet",
+              "video_generation": "video_generation_pairs.jsonl"}
+ORIGIN = ("model", "seed", "seeds", "temperature", "top_p", "top_k", "max_new_tokens", "n",
+          "settings")
+"""A prompt row's fields that say what drew its candidates (answers or samples)."""
 
 
-def _prompt_id(item: Candidates | Question) -> str:
+def _prompt_id(item: Candidates | Samples | Question) -> str:
     return (item.question if isinstance(item, Candidates) else item).id
 
 
-def outside_media_root(items: list[Candidates | Question], root: Path,
+def outside_media_root(items: list[Candidates | Samples | Question], root: Path,
                        candidates: str | None) -> None:
     """Fail before any work when a prompt's media lies outside ``root``: the pair files
     write media paths relative to it, so the merge at the end could not."""
     for item in items:
         q = item.question if isinstance(item, Candidates) else item
-        for m in q.media:
+        for m in (q.samples if isinstance(q, Samples) else q.media):
             for path in ((m.path,) if m.path else ()) + tuple(m.frames or ()):
                 if not Path(path).resolve().is_relative_to(root):
                     where = f"{q.file or candidates}: row {q.row}" if q.file or candidates \
-                        else f"question {q.id!r}"
+                        else f"prompt {q.id!r}"
                     raise ValueError(
                         f"{where}: {m.field or 'media'} {path!r} lies outside the media root "
                         f"{str(root)!r} the pair files are written relative to; pass "
@@ -97,7 +108,8 @@ class PromptsDataModule(LightningDataModule):
 
     Args:
         out: The construction's folder (its parts say which prompts are done).
-        candidates: A candidates JSONL (answers already drawn); or None and ``questions``.
+        candidates: A candidates JSONL (answers already drawn, or generated samples);
+            or None and ``questions``.
         questions: The synthetic world whose understanding questions the policy answers.
         split: The world's split the questions come from (never the judge's test split
             when the pairs are measured).
@@ -216,12 +228,13 @@ class ConstructModule(LightningModule):
                                                     trust_remote_code=trust_remote_code)
             self.policy = model.eval().requires_grad_(False)
 
-    def candidates(self, items: list[Candidates | Question]) -> list[Candidates]:
+    def candidates(self, items: list[Candidates | Samples | Question]
+                   ) -> list[Candidates | Samples]:
         """The batch's candidates, drawing the answers of questions that have none."""
         hp = self.hparams
         out = []
         for item in items:
-            if isinstance(item, Candidates):
+            if isinstance(item, (Candidates, Samples)):
                 out.append(item)
                 continue
             if self.policy is None:
@@ -253,8 +266,11 @@ class ConstructModule(LightningModule):
         return [ConstructWriter()]
 
 
-def oracle_scores(c: Candidates) -> list[float] | None:
-    """The oracle's score of every answer when the question carries its scene."""
+def oracle_scores(c: Candidates | Samples) -> list[float] | None:
+    """The oracle's score of every answer when the question carries its scene; of every
+    generated sample, as its candidates file gives it."""
+    if isinstance(c, Samples):
+        return None if c.oracle_scores is None else list(c.oracle_scores)
     if c.question.evidence is None:
         return None
     from ur.data.synthetic.oracle import oracle_score
@@ -262,10 +278,11 @@ def oracle_scores(c: Candidates) -> list[float] | None:
     return [oracle_score(c.question, a) for a in c.answers]
 
 
-def prompt_row(c: Candidates, built: Built) -> dict:
+def prompt_row(c: Candidates | Samples, built: Built) -> dict:
     """One prompt's line in a part file: its candidates (with their origin), what the
     judge made of them and, on the world, the oracle's scores."""
-    return {**candidates_row(c), "built": built.as_dict(), "oracle_scores": oracle_scores(c)}
+    row = samples_row(c) if isinstance(c, Samples) else candidates_row(c)
+    return {**row, "built": built.as_dict(), "oracle_scores": oracle_scores(c)}
 
 
 class ConstructWriter(BasePredictionWriter):
@@ -330,9 +347,18 @@ def pair_of(row: dict) -> PreferenceRecord | None:
     b = row["built"]
     if b["chosen"] is None:
         return None
-    q = parse_candidates_row(row, "parts", 0).question
+    item = parse_row(row, "parts", 0)
     c, r = b["chosen"], b["rejected"]
     scores = b["scores"]
+    if isinstance(item, Samples):
+        media = tuple(replace(item.samples[k], field=f"jpg_{m}") for m, k in enumerate((c, r)))
+        return PreferenceRecord(
+            task=item.task, form="pairwise", source=SOURCE, id=f"{item.id}-c{c}-r{r}",
+            prompt=item.prompt, media=media, label="first",
+            meta={"question_id": item.id, "chosen_index": c, "rejected_index": r,
+                  "chosen_score": scores.get(str(c)), "rejected_score": scores.get(str(r)),
+                  "model_0": item.model, "model_1": item.model})
+    q = item.question
     return PreferenceRecord(
         task=q.task, form="pairwise", source=SOURCE, id=f"{q.id}-c{c}-r{r}", prompt=q.prompt,
         media=q.media, responses=(row["answers"][c], row["answers"][r]), label="first",
@@ -354,16 +380,19 @@ def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
         if pair is None:
             continue
         pairs.append(pair)
-        origin = {k: row[k] for k in ("model", "seed", "temperature", "top_p", "top_k",
-                                      "max_new_tokens", "n")}
+        origin = {k: row[k] for k in ORIGIN if k in row}
         meta.append({"id": pair.id, **pair.meta, "task": pair.task, **origin,
                      "judge": row["built"], "oracle_scores": row["oracle_scores"]})
-    for task, name in PAIR_FILES.items():
+    # Understanding's files are always written (the loop reads both); a generation
+    # task's when its prompts are here.
+    files = {task: name for task, name in PAIR_FILES.items()
+             if task.endswith("_understanding") or any(r["task"] == task for r in rows)}
+    for task, name in files.items():
         write_pairs(PAIR_SCHEMAS[task], out / name, [p for p in pairs if p.task == task],
                     media_root=media_root)
     write_text_atomic(out / "pairs_meta.jsonl", "".join(json.dumps(m) + "\n" for m in meta))
     summary = {"prompts": len(rows), "expected_prompts": expected, "pairs": len(pairs),
-               "media_root": str(media_root), "files": dict(PAIR_FILES),
+               "media_root": str(media_root), "files": files,
                "methods": sorted({r["built"]["method"] for r in rows}), "tasks": {}}
     for task in sorted({r["task"] for r in rows}):
         mine = [r for r in rows if r["task"] == task]

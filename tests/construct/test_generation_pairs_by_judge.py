@@ -1,0 +1,191 @@
+"""Generation pairs by the judge: a generator's samples kept on disk with their oracle
+scores (``ur construct oracle-generation``), then judged by `ur predict --config
+experiments/construct/generation.yaml` with the miniature judge: every caption once, the
+selection rules, pairs in the Pick-a-Pic v2 schema that Diffusion-DPO's data module
+reads, and the oracle's check computed from the samples the files hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from minirun import REPO, run_ur
+from PIL import Image
+
+from ur.construct.candidates import Samples, read_candidates, write_candidates
+from ur.construct.judged import build_pairs, pool_of, winner_loser
+from ur.construct.predict import read_parts
+from ur.data.datamodule import SourceSpec
+from ur.data.records import Media, RecordError
+
+GENERATION = REPO / "experiments" / "construct" / "generation.yaml"
+CAPTIONS, N = 6, 4
+
+
+def samples(tmp_path: Path, n: int = 2, **kwargs) -> Samples:
+    media = []
+    for j in range(n):
+        path = tmp_path / f"s{j}.png"
+        Image.new("RGB", (8, 8), (40 * j, 0, 0)).save(path)
+        media.append(Media(kind="image", path=str(path)))
+    fields = dict(id="cap-0", task="image_generation", prompt="a red circle", samples=media,
+                  seeds=list(range(n)), model="gen", settings={"sample_steps": 2},
+                  oracle_scores=[0.5] * n)
+    return Samples(**{**fields, **kwargs})
+
+
+def test_samples_are_written_and_read_back_with_answers_beside_them(tmp_path):
+    from ur.construct.candidates import Candidates
+    from ur.data.questions import Question
+
+    s = samples(tmp_path, 3)
+    q = Question(id="q", task="image_understanding", prompt="What colour?",
+                 media=(Media(kind="image", path=str(tmp_path / "s0.png")),))
+    c = Candidates(q, ("red", "blue"), "policy", 0, 1.0, 1.0, 0, 8)
+    path = write_candidates(tmp_path / "candidates.jsonl", [s, c])
+    back = read_candidates(path)
+    assert isinstance(back[0], Samples) and isinstance(back[1], Candidates)
+    assert [(m.kind, m.path) for m in back[0].samples] == [(m.kind, m.path) for m in s.samples]
+    assert (back[0].seeds, back[0].oracle_scores, back[0].settings) == (
+        s.seeds, s.oracle_scores, s.settings)
+    assert back[1].answers == c.answers
+
+
+@pytest.mark.parametrize("field,value", [("n", 5), ("seeds", ["a", "b"]),
+                                         ("oracle_scores", [0.5]), ("samples", "x.png")])
+def test_a_bad_samples_row_names_its_file_row_and_field(tmp_path, field, value):
+    path = write_candidates(tmp_path / "candidates.jsonl", [samples(tmp_path)] * 2)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1][field] = value
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RecordError) as e:
+        read_candidates(path)
+    assert (e.value.file, e.value.row, e.value.field) == (str(path), 1, field)
+
+
+def test_a_missing_sample_is_not_usable_and_never_chosen(tmp_path):
+    s = samples(tmp_path, 3)
+    Path(s.samples[1].path).unlink()
+    pool = pool_of(s)
+    assert pool.usable == (0, 2) and pool.media == ()
+    Path(s.samples[2].path).unlink()
+
+    class NeverAsked:
+        def __call__(self, queries, memo=None):
+            raise AssertionError("a prompt with one usable sample asks the judge nothing")
+
+    built, = build_pairs(NeverAsked(), [pool_of(s)], method="rank_sift")
+    assert built.dropped == "too_few" and built.chosen is None
+
+
+@pytest.fixture(scope="module")
+def oracle_samples(tmp_path_factory) -> Path:
+    """``ur construct oracle-generation`` of a tiny random text-to-image generator: its
+    samples on disk and the oracle's pairs of them."""
+    from ur.construct.oracle_generation import construct_oracle_generation_pairs
+    from ur.models.generators import TinyGeneratorConfig, build_tiny_generator
+    from ur.pretrain.tiny_generator import world_vocabulary
+
+    root = tmp_path_factory.mktemp("generation_pairs")
+    config = TinyGeneratorConfig(kind="image", prediction="flow", size=16, patch=2, layers=1,
+                                 heads=2, head_dim=8, text_hidden=16, text_layers=1)
+    build_tiny_generator(world_vocabulary(), config, seed=1).save_pretrained(
+        root / "generator", safe_serialization=True)
+    return construct_oracle_generation_pairs(root / "generator", root / "oracle",
+                                             kind="image", prompts=CAPTIONS, n=N,
+                                             sample_steps=2, min_gap=0.0)
+
+
+def test_the_samples_on_disk_are_what_the_oracle_scored(oracle_samples):
+    from ur.data.sources.pickapic_v2 import read
+    from ur.data.synthetic.oracle import score_image
+
+    pools = read_candidates(oracle_samples / "candidates.jsonl")
+    assert len(pools) == CAPTIONS and all(p.n == N for p in pools)
+    for p in pools:
+        for m, stored in zip(p.samples, p.oracle_scores, strict=True):
+            pixels = np.asarray(Image.open(m.path).convert("RGB"))
+            assert score_image(pixels, p.prompt).score == pytest.approx(stored)
+    # The oracle's pairs are the best and worst of those very files.
+    by_caption = {p.prompt: p for p in pools}
+    for pair in read(oracle_samples / "image_pairs.parquet"):
+        files = [Path(m.path).read_bytes() for m in by_caption[pair.prompt].samples]
+        best = int(np.argmax(by_caption[pair.prompt].oracle_scores))
+        assert pair.media[0].data == files[best]
+
+
+def test_clips_are_kept_as_frame_folders_the_video_pairs_point_to(tmp_path):
+    from ur.construct.oracle_generation import construct_oracle_generation_pairs
+    from ur.data.media import load_media
+    from ur.data.sources.videodpo import read
+    from ur.data.synthetic.oracle import score_video
+    from ur.models.generators import TinyGeneratorConfig, build_tiny_generator
+    from ur.pretrain.tiny_generator import world_vocabulary
+
+    config = TinyGeneratorConfig(kind="video", prediction="flow", size=8, patch=2, layers=1,
+                                 heads=2, head_dim=8, text_hidden=16, text_layers=1)
+    build_tiny_generator(world_vocabulary(), config, seed=1).save_pretrained(
+        tmp_path / "generator", safe_serialization=True)
+    out = construct_oracle_generation_pairs(tmp_path / "generator", tmp_path / "oracle",
+                                            kind="video", prompts=2, n=2, sample_steps=2,
+                                            num_frames=2, min_gap=0.0)
+    pools = {p.prompt: p for p in read_candidates(out / "candidates.jsonl")}
+    for p in pools.values():
+        for m, stored in zip(p.samples, p.oracle_scores, strict=True):
+            assert m.kind == "frames" and Path(m.path).is_relative_to(out / "candidates")
+            assert score_video(load_media(m, 2), p.prompt).score == pytest.approx(stored)
+    pairs = list(read(out / "video_pairs.jsonl"))
+    assert pairs
+    for pair in pairs:
+        best = int(np.argmax(pools[pair.prompt].oracle_scores))
+        assert Path(pair.media[0].path).resolve() == Path(pools[pair.prompt].samples[best].path)
+
+
+def test_the_judge_pairs_a_generators_samples_for_diffusion_dpo(oracle_samples, mini_fit,
+                                                              tmp_path):
+    from ur.data.generation_pairs import GenerationPairsDataModule
+
+    out = tmp_path / "judge_pairs"
+    run_ur("predict", "--config", str(GENERATION),
+           "--model.init_args.judge", str(mini_fit / "export"),
+           "--data.init_args.candidates", str(oracle_samples / "candidates.jsonl"),
+           "--data.init_args.out", str(out), "--data.init_args.batch_size", "4",
+           cwd=tmp_path)
+    rows = read_parts(out)  # raises on a caption done twice
+    assert len(rows) == CAPTIONS
+    kept = []
+    for row in rows:
+        b = row["built"]
+        assert [tuple(p) for p in b["pairs"]] == [(0, 1), (2, 3)]
+        if b["chosen"] is None:
+            continue
+        kept.append(row)
+        decided = [winner_loser(tuple(p), v) for p, v in zip(b["pairs"], b["verdicts"],
+                                                             strict=True)]
+        assert b["chosen"] in [d[0] for d in decided if d]
+        assert b["rejected"] in [d[1] for d in decided if d]
+        assert b["scores"][str(b["chosen"])] > b["scores"][str(b["rejected"])]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == len(kept)
+    assert set(summary["files"]) == {"image_understanding", "video_understanding",
+                                     "image_generation"}
+    if kept:  # the oracle's check, by hand from the scores each sample carries
+        figures = summary["tasks"]["image_generation"]
+        above = [r["oracle_scores"][r["built"]["chosen"]] > r["oracle_scores"][r["built"]["rejected"]]
+                 for r in kept]
+        assert figures["oracle_agreement"] == pytest.approx(sum(above) / len(above))
+    # Diffusion-DPO's data module reads the pairs, chosen first, as the files on disk.
+    assert kept, "the miniature judge decided no caption: nothing to read back"
+    pools = {p.id: p for p in read_candidates(oracle_samples / "candidates.jsonl")}
+    dm = GenerationPairsDataModule(train=[SourceSpec(
+        "pickapic_v2", str(out / "image_generation_pairs.parquet"))])
+    dm.setup("fit")
+    read = {p.id: p for p in dm.pairs["train"]}
+    assert len(read) == len(kept)
+    for row in kept:
+        c, r = row["built"]["chosen"], row["built"]["rejected"]
+        pair = read[f"{row['id']}-c{c}-r{r}"]
+        files = [Path(m.path).read_bytes() for m in pools[row["id"]].samples]
+        assert (pair.media[0].data, pair.media[1].data) == (files[c], files[r])
