@@ -408,10 +408,34 @@ def test_ddp_test_gives_the_single_process_oracle_figures(oracle_pairs, tmp_path
         metrics = json.loads((Path(run.stdout.strip().splitlines()[-1]) / "metrics.json")
                              .read_text())
         figures.append(metrics["test"])
-    single, ddp = figures
+        figures.append((Path(run.stdout.strip().splitlines()[-1]) / "test_samples.jsonl")
+                       .read_text())
+    single, single_rows, ddp, ddp_rows = figures
+    assert single_rows == ddp_rows and len(single_rows.splitlines()) == 5
     assert {"test/oracle_alignment", "test/oracle_quality"} <= single.keys() == ddp.keys()
     for key, value in single.items():
         assert ddp[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_the_test_writes_each_samples_oracle_figures(generators, tmp_path):
+    """test_samples.jsonl: one row per caption and seed, the oracle's figures of the very
+    sample the seed draws, whose mean is the logged test figure."""
+    from ur.data.synthetic.oracle import score_samples
+
+    module = dpo_module(generators["image-flow"])
+    prompts = [{"prompts": PROMPTS[:2], "seeds": [0, 1]}, {"prompts": PROMPTS[2:3], "seeds": [2]}]
+    trainer = Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                      enable_model_summary=False, enable_checkpointing=False,
+                      default_root_dir=str(tmp_path))
+    metrics = trainer.test(module, dataloaders=DataLoader(prompts, batch_size=None))[0]
+    rows = [json.loads(line) for line in (tmp_path / "test_samples.jsonl").read_text().splitlines()]
+    assert sorted((r["prompt"], r["seed"]) for r in rows) == sorted(zip(PROMPTS[:3], [0, 1, 2], strict=True))
+    for r in rows:
+        again = score_samples(module.sample([r["prompt"]], [r["seed"]]), [r["prompt"]], "image")
+        assert (r["alignment"], r["quality"]) == pytest.approx(
+            (again["alignment"], again["quality"]))
+    assert metrics["test/oracle_alignment"] == pytest.approx(
+        sum(r["alignment"] for r in rows) / len(rows))
 
 
 def test_cached_latents_and_text_are_what_encoding_gives(generators):

@@ -28,7 +28,9 @@ and log the oracle's ``oracle_alignment``, ``oracle_quality`` and ``oracle_score
 those samples (synthetic world), with a grid of them to W&B: the figures that say
 whether DPO helped, which the loss cannot. With the
 :class:`ur.reward.sample_scores.JudgeSampleScores` callback, a judge scores the same
-samples (``judge_score``).
+samples (``judge_score``). The test also writes each sample's figures to
+``test_samples.jsonl`` in the run folder (caption, seed, alignment, quality, score), so
+that two generators can be compared sample by sample on the same captions and noise.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from lightning import LightningModule
 from torchmetrics import CatMetric
 
 from ur.align.losses import DiffusionKind, diffusion_dpo_loss, per_sample_mse
+from ur.align.outputs import write_test_rows
 from ur.training import Finetune, OptimizerSpec, adamw_with_schedule, as_spec, plain
 
 Reference = Literal["auto", "adapters_off", "copy", "online"]
@@ -173,6 +176,7 @@ class DiffusionDPOModule(LightningModule):
             stage: torch.nn.ModuleDict({k: CatMetric() for k in ("alignment", "quality", "score")})
             for stage in ("val", "test")})
         self._grid: list = []
+        self._test_samples: list[dict] = []
 
     # -- the denoiser and its reference ----------------------------------------------------
     def _copy_adapter(self, source: str, target: str) -> None:
@@ -330,6 +334,12 @@ class DiffusionDPOModule(LightningModule):
         found = score_samples(samples, prompts, "video" if self.denoising.video else "image")
         for k, metric in self.samples[stage].items():
             metric.update(torch.tensor(found["per_sample"][k], dtype=torch.float32))
+        if stage == "test":
+            per = found["per_sample"]
+            self._test_samples += [
+                {"prompt": p, "seed": int(s), **{k: float(per[k][i]) for k in
+                                                 ("alignment", "quality", "score")}}
+                for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
         if len(self._grid) < 16:
             self._grid.extend(zip(samples[:16 - len(self._grid)], prompts, found["per_sample"]["score"],
                                   strict=False))
@@ -375,8 +385,13 @@ class DiffusionDPOModule(LightningModule):
     def on_validation_epoch_end(self):
         self._samples_end("val")
 
+    def on_test_epoch_start(self):
+        self._test_samples = []
+
     def on_test_epoch_end(self):
         self._samples_end("test")
+        write_test_rows(self.trainer, self._test_samples, "test_samples.jsonl",
+                        key=lambda r: (r["prompt"], r["seed"]))
 
     # -- optimisation and export ---------------------------------------------------------------
     def configure_optimizers(self):

@@ -42,6 +42,7 @@ from lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from ur.align.losses import PreferenceKind, preference_loss, rpo_loss, sequence_logps
+from ur.align.outputs import write_test_rows
 from ur.callbacks import SkippedRecords
 from ur.data.records import record_key
 from ur.models.module import VLMTrainingMixin
@@ -297,18 +298,5 @@ class VLMDPOModule(VLMTrainingMixin, LightningModule):
 
     def _write_test_answers(self) -> None:
         """Every rank's answers, in question order, to ``test_answers.jsonl`` (rank 0)."""
-        import json
-
-        from ur.io import write_text_atomic
-
-        rows = self._test_answers
-        if torch.distributed.is_initialized():
-            shards = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(shards, rows)
-            rows = [r for shard in shards for r in shard]
-        if not rows or not self.trainer.is_global_zero:
-            return
-        # a sampler that pads the last batch under DDP asks some questions twice
-        unique = {r["id"]: r for r in rows}
-        write_text_atomic(Path(self.trainer.default_root_dir) / "test_answers.jsonl",
-                          "".join(json.dumps(unique[k]) + "\n" for k in sorted(unique)))
+        write_test_rows(self.trainer, self._test_answers, "test_answers.jsonl",
+                        key=lambda r: r["id"])
