@@ -13,10 +13,21 @@ from minirun import REPO, run_ur
 
 from ur.cli import main
 from ur.data.questions import world_questions
-from ur.loop import Loop, LoopSpec, over_seeds, paired_gain, table
+from ur.loop import (
+    GenerationLoop,
+    GenerationLoopSpec,
+    Loop,
+    LoopSpec,
+    over_seeds,
+    paired_gain,
+    read_samples,
+    table,
+)
 
 DPO = REPO / "experiments" / "dpo" / "understanding.yaml"
 CONSTRUCT = REPO / "experiments" / "construct" / "understanding.yaml"
+T2I = REPO / "experiments" / "dpo" / "t2i.yaml"
+GENERATION = REPO / "experiments" / "construct" / "generation.yaml"
 
 
 @pytest.fixture
@@ -201,6 +212,63 @@ def test_a_loop_shares_only_what_was_made_with_its_settings(folders, tmp_path, c
     assert shared(pair_from="verdict") == ["base", "candidates r1 s0", "dpo r1 s0 oracle"]
 
 
+def generation_spec(folders, **kwargs) -> GenerationLoopSpec:
+    return GenerationLoopSpec(**{"judge": folders["judge"], "policy": folders["policy"],
+                                 "out": folders["out"], "dpo_config": (str(T2I),),
+                                 "construct_config": (str(GENERATION),), **kwargs})
+
+
+def test_the_generation_loop_pairs_the_generators_own_samples(folders):
+    stages = GenerationLoop(generation_spec(
+        folders, arms=("rank_sift", "oracle"), seeds=(0,), rounds=2, captions=50)).plan()
+    names = [s.name for s in stages]
+    assert names[:5] == ["base", "candidates r1 s0", "pairs r1 s0 rank_sift",
+                         "dpo r1 s0 rank_sift", "dpo r1 s0 oracle"]
+    by_name = {s.name: s for s in stages}
+    out = folders["out"]
+    samples = out / "round1" / "seed0" / "candidates"
+    cand = by_name["candidates r1 s0"].args
+    assert cand[:2] == ["construct", "oracle-generation"]
+    assert [cand[cand.index(k) + 1] for k in ("--generator", "--kind", "--prompts", "--n")] == [
+        folders["policy"], "image", "50", "4"]
+    pairs = by_name["pairs r1 s0 rank_sift"].args
+    assert pairs[pairs.index("--data.init_args.candidates") + 1] == str(samples / "candidates.jsonl")
+    assert "--data.init_args.questions" not in pairs  # the samples' folder is the media root
+    # each arm's Diffusion-DPO reads its own pairs, Pick-a-Pic's schema, from the same samples
+    for arm, file in (("oracle", samples / "image_pairs.parquet"),
+                      ("rank_sift", out / "round1" / "seed0" / "pairs_rank_sift"
+                       / "image_generation_pairs.parquet")):
+        dpo = by_name[f"dpo r1 s0 {arm}"]
+        train = dpo.args[dpo.args.index("--data.init_args.train") + 1]
+        assert train == f"[{{name: pickapic_v2, path: {file}, media_root: {samples}}}]"
+        assert dpo.output.name == "test_samples.jsonl"
+    assert by_name["base"].args[:2] == ["test", "--config"]
+    assert "--pretrain_generator" in by_name["base"].args
+    again = by_name["candidates r2 s0 oracle"].args  # round 2 samples the aligned generator
+    assert again[again.index("--generator") + 1] == str(
+        out / "round1" / "seed0" / "dpo_oracle" / "policy")
+    settings = generation_spec(folders).settings()
+    assert {"kind", "captions", "sample_steps"} <= set(settings)
+    assert not {"temperature", "prompts", "max_new_tokens"} & set(settings)
+    video = generation_spec(folders, kind="video", dpo_config=(), construct_config=())
+    assert video.dpo_config == ("experiments/dpo/t2v.yaml",)
+    with pytest.raises(ValueError, match="kind must be image or video"):
+        generation_spec(folders, kind="audio")
+
+
+def test_the_generation_gain_is_paired_by_caption_and_seed(tmp_path):
+    rows = [("a red circle", 0, 1.0), ("a red circle", 1, 0.5), ("a blue square", 0, 0.0)]
+    path = tmp_path / "test_samples.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "seed": s, "alignment": a, "quality": 1.0,
+                                        "score": a}) + "\n" for p, s, a in rows))
+    base = read_samples(path)
+    assert base == {"a red circle#0": 1.0, "a red circle#1": 0.5, "a blue square#0": 0.0}
+    aligned = {"a red circle#0": 1.0, "a red circle#1": 1.0, "a blue square#0": 0.5}
+    assert paired_gain(base, aligned)["gain"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    with pytest.raises(ValueError, match="not the same"):
+        paired_gain(base, {"a red circle#0": 1.0, "a red circle#2": 1.0, "a blue square#0": 0.5})
+
+
 def test_the_gain_is_paired_by_question():
     base = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 0.0}
     aligned = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0}
@@ -208,7 +276,7 @@ def test_the_gain_is_paired_by_question():
     assert got["accuracy"] == pytest.approx(0.75)
     assert got["gain"] == pytest.approx((0 + 1 - 0.5 + 1) / 4)
     assert -0.5 <= got["gain_ci_low"] <= got["gain"] <= got["gain_ci_high"] <= 1.0
-    with pytest.raises(ValueError, match="not the same test questions"):
+    with pytest.raises(ValueError, match="not the same held-out items"):
         paired_gain(base, {"a": 1.0})
     other = {"a": 0.0, "b": 1.0, "c": 0.5, "d": 0.0}
     seeds = [(paired_gain(base, aligned), aligned), (paired_gain(base, other), other)]
@@ -286,3 +354,51 @@ def test_a_miniature_loop_leaves_every_stage_and_paired_figures(mini, mini_fit, 
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "round1/rank_sift" in printed and "shape questions" in printed
+
+
+MINI_T2I = """
+trainer:
+  max_steps: 2
+  val_check_interval: 2
+  log_every_n_steps: 1
+model:
+  init_args:
+    sample_steps: 2
+data:
+  init_args:
+    prompts: {kind: image, count: 2, samples_per_prompt: 1}
+    test_prompts: {kind: image, count: 3, samples_per_prompt: 2}
+    resolution: 16
+    batch_size: 2
+"""
+
+
+@pytest.mark.slow
+def test_a_miniature_generation_loop_pairs_samples_by_caption_and_seed(mini_fit, tmp_path):
+    from ur.models.generators import TinyGeneratorConfig, build_tiny_generator
+    from ur.pretrain.tiny_generator import world_vocabulary
+
+    config = TinyGeneratorConfig(kind="image", prediction="flow", size=16, patch=2, layers=1,
+                                 heads=2, head_dim=8, text_hidden=16, text_layers=1)
+    build_tiny_generator(world_vocabulary(), config, seed=1).save_pretrained(
+        tmp_path / "generator", safe_serialization=True)
+    dpo = tmp_path / "t2i.yaml"
+    dpo.write_text(MINI_T2I)
+    args = ["loop", "generation", "--judge", str(mini_fit / "export"), "--generator",
+            str(tmp_path / "generator"), "--out", "loop", "--arms", "rank_sift", "oracle",
+            "random", "--seeds", "0", "--captions", "4", "--n", "4", "--sample-steps", "2",
+            "--dpo-config", str(T2I), str(dpo), "--construct-config", str(GENERATION)]
+    run = run_ur(*args, cwd=tmp_path, env={"WANDB_MODE": "offline"}, timeout=1800)
+    assert run.stdout.strip().splitlines()[-1] == "loop/loop.json"
+    report = json.loads((tmp_path / "loop" / "loop.json").read_text())
+    assert report["metric"] == "oracle caption alignment"
+    assert report["base"]["questions"] == 6  # 3 held-out captions x 2 seeds
+    assert set(report["arms"]) == {"round1/rank_sift", "round1/oracle", "round1/random"}
+    base = read_samples(tmp_path / "loop" / "base" / "test_samples.jsonl")
+    for cell in report["cells"]:
+        aligned = read_samples(tmp_path / "loop" / "round1" / "seed0" / f"dpo_{cell['arm']}"
+                               / "test_samples.jsonl")
+        assert cell["gain"] == pytest.approx(sum(aligned[k] - base[k] for k in base) / len(base))
+    assert "oracle_agreement/image_generation" in report["arms"]["round1/rank_sift"]
+    again = run_ur(*args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert "7 stages, 0 to run" in again.stdout

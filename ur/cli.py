@@ -829,37 +829,29 @@ def _add_loop(sub) -> None:
         "loop", help="the alignment loop: candidates, the judge's pairs, DPO, the oracle's check",
         description="Does the judge's data make the policy better? Chains the stages of the "
                     "alignment loop on the synthetic world, each an ordinary ur command that "
-                    "leaves its own folder and is printed before it runs: a world of fresh "
-                    "prompts (ur corpus synth), the policy's answers to them (ur construct "
-                    "oracle-pairs, whose oracle pairs are the ceiling arm), the judge's pairs "
-                    "of the same answers per arm (ur predict), DPO on each arm's pairs (ur "
-                    "fit, which ends by answering the test questions), and the starting "
-                    "policy's answers to the same questions (ur test). A stage whose output "
-                    "exists is not run again: killed, the same command goes on from there.",
+                    "leaves its own folder and is printed before it runs: the policy's "
+                    "candidates (answers to a fresh world's questions, or a generator's "
+                    "samples of training captions), whose oracle pairs are the ceiling arm; "
+                    "the judge's pairs of the same candidates per arm (ur predict); DPO or "
+                    "Diffusion-DPO on each arm's pairs (ur fit, which ends by testing on "
+                    "held-out questions or captions); and the starting policy's test (ur "
+                    "test). A stage whose output exists is not run again: killed, the same "
+                    "command goes on from there.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Arms: rank_sift (pair ranking, then point sifting: the paper's), rank, sift, "
                "random (the floor) and oracle (the ceiling).\n"
                "Writes OUT/loop.json (every stage's command, log and output; per arm and "
-               "seed the pairs' oracle agreement, the test oracle accuracy and the gain over "
-               "the base with a paired 95% interval over questions; per arm mean ± std over "
-               "seeds) and prints its table. Only understanding policies loop so far: "
-               "generation pairs by the judge are not built yet.")
+               "seed the pairs' oracle agreement, the test figure (oracle accuracy of the "
+               "answers, or the oracle's caption alignment of fresh samples) and the gain "
+               "over the base with a paired 95% interval over the held-out items; per arm "
+               "mean ± std over seeds) and prints its table.")
     lsub = loop.add_subparsers(dest="loop_task", required=True, metavar="TASK")
     p = lsub.add_parser("understanding", help="image and video understanding, by VLM DPO",
                         description=loop.description, epilog=loop.epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--judge", required=True, nargs="+",
-                   help="the judge's export folder; several make an ensemble whose "
-                        "judgments are pooled (the mean of their probabilities and scores)")
-    p.add_argument("--out", required=True, type=Path, help="the loop's folder")
+    _loop_common(p)
     p.add_argument("--policy", default="checkpoints/tiny/qwen2_vl-world",
                    help="the starting policy (default: the quickstart's base)")
-    p.add_argument("--arms", nargs="+", default=["rank_sift", "oracle", "random"],
-                   help="arms to run (default: rank_sift oracle random)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                   help="seeds: of the answers drawn and of DPO's pair order (default: 0 1 2)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="rounds; round r samples round r-1's aligned policy (default: 1)")
     p.add_argument("--prompts", type=Path, default=Path("data/world_prompts"),
                    help="the prompt world's folder, written when missing "
                         "(default: data/world_prompts)")
@@ -873,8 +865,6 @@ def _add_loop(sub) -> None:
                    help="the policy's sampling temperature (default: 0.7, UnifiedReward's)")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="tokens per answer at most (default: 32)")
-    p.add_argument("--pair-from", default="both", choices=("verdict", "points", "both"),
-                   help="where pair ranking's decisions come from (default: both)")
     p.add_argument("--dpo-config", nargs="+", default=["experiments/dpo/understanding.yaml"],
                    help="the DPO stage's config files, in order (default: "
                         "experiments/dpo/understanding.yaml)")
@@ -882,29 +872,75 @@ def _add_loop(sub) -> None:
                    default=["experiments/construct/understanding.yaml"],
                    help="the pairs stage's config files (default: "
                         "experiments/construct/understanding.yaml)")
+    p.set_defaults(func=_loop)
+    g = lsub.add_parser("generation", help="text-to-image or text-to-video, by Diffusion-DPO",
+                        description=loop.description, epilog=loop.epilog,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _loop_common(g)
+    g.add_argument("--kind", choices=("image", "video"), default="image",
+                   help="text-to-image or text-to-video (default: image)")
+    g.add_argument("--generator", default=None,
+                   help="the starting generator, a diffusers folder (default: the tiny "
+                        "one, checkpoints/tiny/t2i-world or t2v-world, which ur models "
+                        "generator builds)")
+    g.add_argument("--captions", type=int, default=400,
+                   help="training captions sampled per seed (default: 400)")
+    g.add_argument("--n", type=int, default=4, help="samples per caption (default: 4)")
+    g.add_argument("--sample-steps", type=int, default=12,
+                   help="denoising steps per sample (default: 12)")
+    g.add_argument("--dpo-config", nargs="+", default=None,
+                   help="the Diffusion-DPO stage's config files, in order (default: "
+                        "experiments/dpo/t2i.yaml or t2v.yaml)")
+    g.add_argument("--construct-config", nargs="+", default=None,
+                   help="the pairs stage's config files (default: "
+                        "experiments/construct/generation.yaml)")
+    g.set_defaults(func=_loop)
+
+
+def _loop_common(p) -> None:
+    """The options every loop takes."""
+    p.add_argument("--judge", required=True, nargs="+",
+                   help="the judge's export folder; several make an ensemble whose "
+                        "judgments are pooled (the mean of their probabilities and scores)")
+    p.add_argument("--out", required=True, type=Path, help="the loop's folder")
+    p.add_argument("--arms", nargs="+", default=["rank_sift", "oracle", "random"],
+                   help="arms to run (default: rank_sift oracle random)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds: of the candidates drawn and of DPO's pair order "
+                        "(default: 0 1 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds; round r samples round r-1's aligned policy (default: 1)")
+    p.add_argument("--pair-from", default="both", choices=("verdict", "points", "both"),
+                   help="where pair ranking's decisions come from (default: both)")
     p.add_argument("--share", type=Path, default=None,
                    help="another loop's folder: each stage it made with the settings this "
-                        "one would use (another judge: the base, the answers, the oracle and "
-                        "random arms; another --dpo-config: the answers and the pairs) is "
-                        "linked, not run again, so the comparison is made on the same answers")
+                        "one would use (another judge: the base, the candidates, the oracle "
+                        "and random arms; another --dpo-config: the candidates and the "
+                        "pairs) is linked, not run again, so the comparison is made on the "
+                        "same candidates")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages still to run, and run none")
-    p.set_defaults(func=_loop)
 
 
 def _loop(args) -> int:
-    from ur.loop import Loop, LoopSpec, table
+    from ur.loop import GenerationLoop, GenerationLoopSpec, Loop, LoopSpec, table
 
+    common = dict(judge=args.judge, out=args.out, arms=tuple(args.arms), seeds=tuple(args.seeds),
+                  rounds=args.rounds, n=args.n, pair_from=args.pair_from, share=args.share)
     try:
-        spec = LoopSpec(judge=args.judge, out=args.out, policy=args.policy,
-                        prompts=args.prompts, prompts_size=args.prompts_size,
-                        prompts_seed=args.prompts_seed, arms=tuple(args.arms),
-                        seeds=tuple(args.seeds), rounds=args.rounds, n=args.n,
-                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                        pair_from=args.pair_from,
-                        dpo_config=tuple(args.dpo_config),
-                        construct_config=tuple(args.construct_config), share=args.share)
-        report = Loop(spec).run(dry_run=args.dry_run)
+        if args.loop_task == "generation":
+            loop = GenerationLoop(GenerationLoopSpec(
+                **common, policy=args.generator or "", kind=args.kind, captions=args.captions,
+                sample_steps=args.sample_steps, dpo_config=tuple(args.dpo_config or ()),
+                construct_config=tuple(args.construct_config or ())))
+        else:
+            loop = Loop(LoopSpec(
+                **common, policy=args.policy, prompts=args.prompts,
+                prompts_size=args.prompts_size, prompts_seed=args.prompts_seed,
+                temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                dpo_config=tuple(args.dpo_config),
+                construct_config=tuple(args.construct_config)))
+        report = loop.run(dry_run=args.dry_run)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f"ur loop: {e}") from None
     if report:

@@ -1,4 +1,5 @@
-"""The alignment loop for understanding policies, stage by stage, on the synthetic world.
+"""The alignment loop, stage by stage, on the synthetic world: understanding policies
+(:class:`Loop`) and text-to-image or text-to-video generators (:class:`GenerationLoop`).
 
 Does the judge's data make the policy better? One command chains the stages, and each
 stage is an ordinary ``ur`` command that leaves its own folder (a user can rerun any of
@@ -25,6 +26,15 @@ accuracy and its gain over the base with a paired 95% bootstrap interval over th
 questions; per arm the mean and spread over seeds and the interval of the gain averaged
 over seeds. A stage whose output exists is not run again, so a loop killed at any point
 goes on from there with the same command.
+
+The generation loop has the same shape: the generator's samples of training captions
+(``ur construct oracle-generation``, N per caption from seeded noise, kept on disk with
+the oracle's pairs of them: the ceiling arm), the judge's pairs of the same samples
+(``ur predict`` with ``experiments/construct/generation.yaml``), Diffusion-DPO per arm
+(``ur fit``, ending by sampling the held-out captions with fixed seeds:
+``test_samples.jsonl``) and the starting generator's samples of the same captions and
+seeds (``ur test``). Its figure is the oracle's caption alignment of those samples,
+paired sample by sample (caption and seed) with the base's.
 
 Comparing judges or recipes: ``share`` names another loop's folder. A stage whose every
 setting is the same there (the settings it depends on: the base's answers on the policy
@@ -56,6 +66,8 @@ the seed and the question)."""
 ANSWERS = ("policy", "prompts", "prompts_size", "prompts_seed", "n", "temperature",
            "max_new_tokens")
 """The settings the policy's answers depend on."""
+SAMPLES = ("policy", "kind", "captions", "n", "sample_steps")
+"""The settings a generator's samples depend on."""
 
 
 @dataclass
@@ -103,10 +115,15 @@ class LoopSpec:
             if not Path(judge).is_dir():
                 raise FileNotFoundError(f"judge {judge} is not a folder (a judge's export)")
         if not Path(self.policy).is_dir():
-            raise FileNotFoundError(f"policy {self.policy} is not a folder (the quickstart "
-                                    "builds checkpoints/tiny/qwen2_vl-world)")
+            raise FileNotFoundError(f"policy {self.policy} is not a folder ({self.BUILT_BY})")
         if self.share is not None:
             self.shared_settings()
+
+    BUILT_BY = "the quickstart builds checkpoints/tiny/qwen2_vl-world"
+    answers = ANSWERS
+    """The settings the candidates depend on."""
+    metric = "oracle accuracy"
+    """What the test figure is."""
 
     @property
     def judges(self) -> tuple[str, ...]:
@@ -136,6 +153,49 @@ class LoopSpec:
             raise ValueError(f"share: {other} does not record its settings; run that loop's "
                              "command again (its stages are skipped) to write them")
         return theirs
+
+
+GENERATION_CONFIGS = {
+    "image": ("experiments/dpo/t2i.yaml", "experiments/construct/generation.yaml"),
+    "video": ("experiments/dpo/t2v.yaml", "experiments/construct/generation.yaml"),
+}
+
+
+@dataclass
+class GenerationLoopSpec(LoopSpec):
+    """A text-to-image (``kind: image``) or text-to-video loop: ``policy`` is the
+    generator, ``captions`` the training captions sampled, ``n`` samples per caption,
+    drawn with ``sample_steps`` denoising steps. The DPO and construction configs default
+    to the kind's (:data:`GENERATION_CONFIGS`)."""
+
+    policy: str = ""
+    kind: str = "image"
+    captions: int = 400
+    n: int = 4
+    sample_steps: int = 12
+    dpo_config: tuple[str, ...] = ()
+    construct_config: tuple[str, ...] = ()
+
+    BUILT_BY = "a diffusers generator: ur models generator builds checkpoints/tiny/t2i-world"
+    answers = SAMPLES
+    metric = "oracle caption alignment"
+
+    def __post_init__(self):
+        if self.kind not in GENERATION_CONFIGS:
+            raise ValueError(f"kind must be image or video, got {self.kind!r}")
+        dpo, construct = GENERATION_CONFIGS[self.kind]
+        self.policy = self.policy or f"checkpoints/tiny/t2{self.kind[0]}-world"
+        self.dpo_config = tuple(self.dpo_config) or (dpo,)
+        self.construct_config = tuple(self.construct_config) or (construct,)
+        if self.captions < 1 or self.sample_steps < 1:
+            raise ValueError(f"captions and sample_steps must be at least 1 (got "
+                             f"{self.captions}, {self.sample_steps})")
+        super().__post_init__()
+
+    def settings(self) -> dict:
+        keep = ("judge", "policy", "n", "pair_from", "dpo_config", "construct_config")
+        return {**{k: v for k, v in super().settings().items() if k in keep},
+                "kind": self.kind, "captions": self.captions, "sample_steps": self.sample_steps}
 
 
 @dataclass
@@ -185,6 +245,13 @@ class Loop:
     """The shared loop's settings (``spec.share``), read when the loop runs."""
 
     # -- the stages ------------------------------------------------------------------------
+    TEST_FILE = "test_answers.jsonl"
+    """What a DPO or test run writes per held-out item, with its oracle score."""
+
+    def first_stages(self) -> list[Stage]:
+        """What every later stage needs made first: the world of prompts."""
+        return [self.prompts_stage()]
+
     def prompts_stage(self) -> Stage:
         s = self.spec
         return self._stage("prompts", ["corpus", "synth", "--out", str(s.prompts), "--size",
@@ -196,7 +263,7 @@ class Loop:
         return self._stage("base", ["test", *_configs(s.dpo_config), "--pretrain", "null",
                                     "--model.init_args.checkpoint", s.policy,
                                     "--run.name", "loop_base"],
-                           s.out / "base" / "test_answers.jsonl", run_output="test_answers.jsonl")
+                           s.out / "base" / self.TEST_FILE, run_output=self.TEST_FILE)
 
     def folder(self, rnd: int, seed: int) -> Path:
         return self.spec.out / f"round{rnd}" / f"seed{seed}"
@@ -231,9 +298,14 @@ class Loop:
             "--model.init_args.method", arm, "--model.init_args.pair_from", s.pair_from,
             "--model.init_args.seed", str(seed),
             "--data.init_args.candidates", str(candidates / "candidates.jsonl"),
-            "--data.init_args.questions", "null", "--data.init_args.media_root", str(s.prompts),
-            "--data.init_args.out", str(where), "--run.name", f"loop_pairs_{arm}"],
+            *self.media_root_args(), "--data.init_args.out", str(where),
+            "--run.name", f"loop_pairs_{arm}"],
             where / "summary.json")
+
+    def media_root_args(self) -> list[str]:
+        """The construction's media root: the prompt world, where the questions' media lie."""
+        return ["--data.init_args.questions", "null",
+                "--data.init_args.media_root", str(self.spec.prompts)]
 
     def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
         s = self.spec
@@ -243,12 +315,12 @@ class Loop:
                                 for name, path in sources) + "]"
         where = self.dpo_folder(rnd, seed, arm)
         before = (self.spec.out / "base" if rnd == 1
-                  else self.dpo_folder(rnd - 1, seed, arm)) / "test_answers.jsonl"
+                  else self.dpo_folder(rnd - 1, seed, arm)) / self.TEST_FILE
         stage = self._stage(f"dpo r{rnd} s{seed} {arm}", [
             "fit", *_configs(s.dpo_config), "--pretrain", "null", "--seed_everything", str(seed),
             "--model.init_args.checkpoint", policy, "--data.init_args.train", train,
-            "--run.name", f"loop_dpo_{arm}"], where / "test_answers.jsonl",
-            run_output="test_answers.jsonl")
+            "--run.name", f"loop_dpo_{arm}"], where / self.TEST_FILE,
+            run_output=self.TEST_FILE)
         stage.pairs, stage.start = pairs, (policy, before)
         return stage
 
@@ -260,8 +332,9 @@ class Loop:
     # -- running ---------------------------------------------------------------------------
     def plan(self) -> list[Stage]:
         """Every stage in order (round 1's candidates and pairs come before its DPO)."""
-        s, stages = self.spec, [self.prompts_stage(), self.base_stage()]
-        stages[1].depends = ("policy", "dpo_config")
+        s = self.spec
+        stages = [*self.first_stages(), self.base_stage()]
+        stages[-1].depends = ("policy", "dpo_config")
         for rnd in range(1, s.rounds + 1):
             for seed in s.seeds:
                 shared = None
@@ -274,11 +347,11 @@ class Loop:
                               else str(self.dpo_folder(rnd - 1, seed, arm) / "policy"))
                     if rnd == 1 and shared is None:
                         shared = self.candidates_stage(1, seed, arm, policy)
-                        shared.depends = ANSWERS
+                        shared.depends = s.answers
                         stages.append(shared)
                     cand = shared if rnd == 1 else self.candidates_stage(rnd, seed, arm, policy)
                     if rnd > 1:
-                        cand.depends = (*ANSWERS, *before)
+                        cand.depends = (*s.answers, *before)
                         stages.append(cand)
                     pairs = cand.output.parent
                     if arm != "oracle":
@@ -287,7 +360,7 @@ class Loop:
                         stages.append(p)
                         pairs = p.output.parent
                     dpo = self.dpo_stage(rnd, seed, arm, pairs, policy)
-                    dpo.depends = tuple(dict.fromkeys((*ANSWERS, *before, *pairing,
+                    dpo.depends = tuple(dict.fromkeys((*s.answers, *before, *pairing,
                                                        "dpo_config")))
                     stages.append(dpo)
         return stages
@@ -357,16 +430,20 @@ class Loop:
                                f"log: {st.log}")
 
     # -- figures ---------------------------------------------------------------------------
+    @staticmethod
+    def read_scores(path: Path) -> dict[str, float]:
+        return read_answers(path)
+
     def report(self) -> dict:
         s = self.spec
-        base = read_answers(self.spec.out / "base" / "test_answers.jsonl")
+        base = self.read_scores(self.spec.out / "base" / self.TEST_FILE)
         cells, arms = [], {}
         for rnd in range(1, s.rounds + 1):
             for arm in s.arms:
                 per_seed = []
                 for seed in s.seeds:
                     dpo = self.dpo_folder(rnd, seed, arm)
-                    aligned = read_answers(dpo / "test_answers.jsonl")
+                    aligned = self.read_scores(dpo / self.TEST_FILE)
                     pairs = (self.candidates_folder(rnd, seed, arm) if arm == "oracle"
                              else self.folder(rnd, seed) / f"pairs_{arm}")
                     run = json.loads((dpo / "run.json").read_text())
@@ -376,7 +453,8 @@ class Loop:
                     cells.append(cell)
                     per_seed.append((cell, aligned))
                 arms[f"round{rnd}/{arm}"] = over_seeds(base, per_seed)
-        report = {"base": {"accuracy": statistics.fmean(base.values()), "questions": len(base)},
+        report = {"metric": s.metric,
+                  "base": {"accuracy": statistics.fmean(base.values()), "questions": len(base)},
                   "settings": s.settings(), "arms": arms, "cells": cells,
                   "stages": [{"name": st.name, "command": st.command(), "log": str(st.log),
                               "output": str(st.output), "run_dir": st.run_dir,
@@ -385,6 +463,69 @@ class Loop:
                              for st in self.stages]}
         write_json_atomic(s.out / "loop.json", report)
         return report
+
+
+class GenerationLoop(Loop):
+    """The loop for a text-to-image or text-to-video generator (:class:`GenerationLoopSpec`):
+    its samples of training captions, the judge's pairs of them, Diffusion-DPO, and the
+    oracle's caption alignment of fresh samples of the held-out captions."""
+
+    spec: GenerationLoopSpec
+    TEST_FILE = "test_samples.jsonl"
+
+    def first_stages(self) -> list[Stage]:
+        return []  # the captions come from the world's grammar: nothing to write first
+
+    def base_stage(self) -> Stage:
+        s = self.spec
+        return self._stage("base", ["test", *_configs(s.dpo_config), "--pretrain_generator",
+                                    "null", "--model.init_args.checkpoint", s.policy,
+                                    "--run.name", "loop_base"],
+                           s.out / "base" / self.TEST_FILE, run_output=self.TEST_FILE)
+
+    def candidates_stage(self, rnd: int, seed: int, arm: str, policy: str) -> Stage:
+        s = self.spec
+        where = self.candidates_folder(rnd, seed, arm)
+        return self._stage(f"candidates r{rnd} s{seed}" + ("" if rnd == 1 else f" {arm}"),
+                           ["construct", "oracle-generation", "--generator", policy, "--kind",
+                            s.kind, "--out", str(where), "--prompts", str(s.captions), "--n",
+                            str(s.n), "--seed", str(seed + 1000 * (rnd - 1)),
+                            "--sample-steps", str(s.sample_steps)],
+                           where / "summary.json")
+
+    def media_root_args(self) -> list[str]:
+        return []  # the samples lie in the candidates' folder: the construction's default
+
+    def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
+        from ur.construct.oracle_generation import PAIR_FILES as ORACLE_FILES
+        from ur.construct.predict import PAIR_FILES as JUDGE_FILES
+
+        s = self.spec
+        name = (ORACLE_FILES[s.kind] if arm == "oracle"
+                else JUDGE_FILES[f"{s.kind}_generation"])
+        source = "pickapic_v2" if s.kind == "image" else "videodpo"
+        candidates = self.candidates_folder(rnd, seed, arm)
+        train = f"[{{name: {source}, path: {pairs / name}, media_root: {candidates}}}]"
+        where = self.dpo_folder(rnd, seed, arm)
+        before = (s.out / "base" if rnd == 1
+                  else self.dpo_folder(rnd - 1, seed, arm)) / self.TEST_FILE
+        stage = self._stage(f"dpo r{rnd} s{seed} {arm}", [
+            "fit", *_configs(s.dpo_config), "--pretrain_generator", "null",
+            "--seed_everything", str(seed), "--model.init_args.checkpoint", policy,
+            "--data.init_args.train", train, "--run.name", f"loop_dpo_{arm}"],
+            where / self.TEST_FILE, run_output=self.TEST_FILE)
+        stage.pairs, stage.start = pairs, (policy, before)
+        return stage
+
+    @staticmethod
+    def read_scores(path: Path) -> dict[str, float]:
+        return read_samples(path)
+
+
+def read_samples(path: Path) -> dict[str, float]:
+    """A generator's test samples as ``{"caption#seed": oracle alignment}``."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return {f"{r['prompt']}#{r['seed']}": float(r["alignment"]) for r in rows}
 
 
 def pair_count(folder: Path) -> int:
@@ -424,8 +565,9 @@ def paired_gain(base: dict[str, float], aligned: dict[str, float]) -> dict[str, 
     from ur.reward.metrics import mean_with_interval
 
     if set(base) != set(aligned):
-        raise ValueError(f"the base answered {len(base)} questions and the aligned policy "
-                         f"{len(aligned)}: not the same test questions")
+        raise ValueError(f"the base was tested on {len(base)} items and the aligned policy on "
+                         f"{len(aligned)}: not the same held-out items (questions, or "
+                         "captions and seeds)")
     ids = sorted(base)
     gain = torch.tensor([aligned[i] - base[i] for i in ids])
     return {"accuracy": statistics.fmean(aligned.values()), **mean_with_interval("gain", gain)}
@@ -442,7 +584,8 @@ def pair_figures(summary: Path) -> dict[str, float]:
                 if key in f:
                     out[f"{key}/{task}"] = f[key]
         return out
-    return {"pairs": s["pairs"], **{f"pairs/{t}": n for t, n in s["pairs_by_task"].items()}}
+    return {"pairs": s["pairs"],
+            **{f"pairs/{t}": n for t, n in s.get("pairs_by_task", {}).items()}}
 
 
 def over_seeds(base: dict[str, float], per_seed: list[tuple[dict, dict]]) -> dict[str, float]:
@@ -472,10 +615,11 @@ def over_seeds(base: dict[str, float], per_seed: list[tuple[dict, dict]]) -> dic
 
 def table(report: dict) -> str:
     """The report as a markdown table: one row per round and arm."""
-    lines = [f"base: test oracle accuracy {report['base']['accuracy']:.3f} "
-             f"({report['base']['questions']} questions)", "",
-             "| round / arm | accuracy (mean ± std) | gain (mean ± std) | gain, 95% interval "
-             "| pairs' oracle agreement (image, video) |", "|---|---|---|---|---|"]
+    metric = report.get("metric", "oracle accuracy")
+    lines = [f"base: test {metric} {report['base']['accuracy']:.3f} "
+             f"({report['base']['questions']} held-out items)", "",
+             f"| round / arm | {metric} (mean ± std) | gain (mean ± std) | gain, 95% interval "
+             "| pairs' oracle agreement |", "|---|---|---|---|---|"]
     for name, a in report["arms"].items():
         agree = ", ".join(f"{a[k]:.3f}" for k in sorted(a) if k.startswith("oracle_agreement/"))
         lines.append(f"| {name} | {a['accuracy_mean']:.3f} ± {a['accuracy_std']:.3f} | "
