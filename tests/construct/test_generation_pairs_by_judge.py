@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from minirun import REPO, run_ur
 from PIL import Image
 
 from ur.construct.candidates import Samples, read_candidates, write_candidates
 from ur.construct.judged import build_pairs, pool_of, winner_loser
-from ur.construct.predict import read_parts
+from ur.construct.predict import ORACLE_LEVEL_GAP, oracle_level, read_parts
 from ur.data.datamodule import SourceSpec
 from ur.data.records import Media, RecordError
 
@@ -63,6 +64,16 @@ def test_a_bad_samples_row_names_its_file_row_and_field(tmp_path, field, value):
     with pytest.raises(RecordError) as e:
         read_candidates(path)
     assert (e.value.file, e.value.row, e.value.field) == (str(path), 1, field)
+
+
+def test_generated_samples_scored_nearly_alike_are_level_and_answers_only_when_equal():
+    gaps = torch.tensor([0.3, 0.05, -0.05, 0.0, -0.2, ORACLE_LEVEL_GAP], dtype=torch.float64)
+    assert oracle_level("image_generation", gaps).tolist() == [False, True, True, True, False,
+                                                               False]
+    assert oracle_level("video_generation", gaps).tolist() == oracle_level(
+        "image_generation", gaps).tolist()
+    assert oracle_level("image_understanding", gaps).tolist() == [False, False, False, True,
+                                                                  False, False]
 
 
 def test_a_missing_sample_is_not_usable_and_never_chosen(tmp_path):
@@ -173,9 +184,11 @@ def test_the_judge_pairs_a_generators_samples_for_diffusion_dpo(oracle_samples, 
                                      "image_generation"}
     if kept:  # the oracle's check, by hand from the scores each sample carries
         figures = summary["tasks"]["image_generation"]
-        above = [r["oracle_scores"][r["built"]["chosen"]] > r["oracle_scores"][r["built"]["rejected"]]
-                 for r in kept]
-        assert figures["oracle_agreement"] == pytest.approx(sum(above) / len(above))
+        gaps = [r["oracle_scores"][r["built"]["chosen"]] - r["oracle_scores"][r["built"]["rejected"]]
+                for r in kept]
+        assert figures["oracle_agreement"] == pytest.approx(
+            sum(g >= ORACLE_LEVEL_GAP for g in gaps) / len(gaps))
+        assert figures["oracle_ties"] == sum(abs(g) < ORACLE_LEVEL_GAP for g in gaps)
     # Diffusion-DPO's data module reads the pairs, chosen first, as the files on disk.
     assert kept, "the miniature judge decided no caption: nothing to read back"
     pools = {p.id: p for p in read_candidates(oracle_samples / "candidates.jsonl")}

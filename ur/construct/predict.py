@@ -29,8 +29,9 @@ Outputs in ``out``:
 - ``summary.json``: prompts, pairs, drops by reason, ties and unparsed judgments, the
   chosen and rejected scores, and on the world the share of pairs whose chosen answer
   the oracle also scores above the rejected one (``oracle_agreement``, with its 95%
-  bootstrap interval; a pair the oracle scores level counts against it), the pairs the
-  oracle scores level (``oracle_ties``), the share among the others
+  bootstrap interval; a pair the oracle scores level counts against it: for generated
+  samples, less than :data:`ORACLE_LEVEL_GAP` apart), the pairs the oracle scores level
+  (``oracle_ties``), the share among the others
   (``oracle_agreement_untied``), and the oracle's mean score of the chosen answers, of
   the rejected ones and of all the prompt's answers (``oracle_chosen_mean``,
   ``oracle_rejected_mean``, ``oracle_candidates_mean``), per task.
@@ -63,7 +64,7 @@ from ur.construct.candidates import (
 from ur.construct.judged import DROP_REASONS, METHODS, Built, build_pairs, pool_of
 from ur.data.datamodule import WorldSpec
 from ur.data.questions import Question, world_questions
-from ur.data.records import PreferenceRecord
+from ur.data.records import PreferenceRecord, is_generation
 from ur.io import write_json_atomic, write_text_atomic
 
 SOURCE = "judge_pairs"
@@ -414,14 +415,14 @@ def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
         judged = [r for r in mine if r["oracle_scores"] is not None
                   and r["built"]["chosen"] is not None]
         if judged:
-            above = torch.tensor([float(r["oracle_scores"][r["built"]["chosen"]]
-                                        > r["oracle_scores"][r["built"]["rejected"]])
-                                  for r in judged])
-            figures.update({k.replace("value", "oracle_agreement"): v for k, v in
-                            mean_with_interval("value", above).items()})
             gaps = torch.tensor([r["oracle_scores"][r["built"]["chosen"]]
-                                 - r["oracle_scores"][r["built"]["rejected"]] for r in judged])
-            figures["oracle_ties"] = int((gaps == 0).sum())
+                                 - r["oracle_scores"][r["built"]["rejected"]] for r in judged],
+                                dtype=torch.float64)
+            level = oracle_level(task, gaps)
+            figures["oracle_level_gap"] = ORACLE_LEVEL_GAP if is_generation(task) else 0.0
+            figures.update({k.replace("value", "oracle_agreement"): v for k, v in
+                            mean_with_interval("value", ((gaps > 0) & ~level).float()).items()})
+            figures["oracle_ties"] = int(level.sum())
             # How good the chosen answers are, against the answers they were chosen from:
             # DPO with an NLL term on the chosen answer trains the policy towards them.
             for side in ("chosen", "rejected"):
@@ -429,12 +430,28 @@ def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
                     r["oracle_scores"][r["built"][side]] for r in judged)
             figures["oracle_candidates_mean"] = statistics.fmean(
                 statistics.fmean(r["oracle_scores"]) for r in judged)
-            if (gaps != 0).any():  # among the pairs the oracle tells apart
+            if (~level).any():  # among the pairs the oracle tells apart
                 figures.update({k.replace("value", "oracle_agreement_untied"): v for k, v in
-                                mean_with_interval("value", (gaps[gaps != 0] > 0).float()).items()})
+                                mean_with_interval("value", (gaps[~level] > 0).float()).items()})
         summary["tasks"][task] = figures
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+ORACLE_LEVEL_GAP = 0.1
+"""Generated samples the oracle scores less than this apart count as level. Their scores
+are continuous: two clean samples that meet the same caption checks still differ in the
+oracle's measured noise and blur, by a few thousandths, which is no difference a judge
+is asked to see. It is also the gap below which ``ur construct oracle-generation``
+builds no pair. Answers' scores are exact (right, a hedge, a share of a description's
+attributes): only equal ones are level."""
+
+
+def oracle_level(task: str, gaps: torch.Tensor) -> torch.Tensor:
+    """Which chosen-minus-rejected oracle ``gaps`` of ``task``'s pairs count as level."""
+    if is_generation(task):
+        return gaps.abs() < ORACLE_LEVEL_GAP
+    return gaps == 0
 
 
 def flat_figures(summary: dict) -> dict[str, float]:
