@@ -22,6 +22,7 @@ from ur.loop import (
     paired_gain,
     read_samples,
     table,
+    unit_means,
 )
 
 DPO = REPO / "experiments" / "dpo" / "understanding.yaml"
@@ -267,6 +268,13 @@ def test_the_generation_gain_is_paired_by_caption_and_seed(tmp_path):
     assert paired_gain(base, aligned)["gain"] == pytest.approx((0 + 0.5 + 0.5) / 3)
     with pytest.raises(ValueError, match="not the same"):
         paired_gain(base, {"a red circle#0": 1.0, "a red circle#2": 1.0, "a blue square#0": 0.5})
+    # a caption's samples are one unit of the interval: their gains are averaged first
+    gains = {k: aligned[k] - base[k] for k in base}
+    assert unit_means(gains, GenerationLoop.unit).tolist() == [0.5, 0.25]  # blue, red
+    assert unit_means(gains).tolist() == [0.5, 0.0, 0.5]
+    by_caption = paired_gain(base, aligned, GenerationLoop.unit)
+    assert by_caption["gain"] == pytest.approx((0.5 + 0.25) / 2)
+    assert 0.25 <= by_caption["gain_ci_low"] <= by_caption["gain_ci_high"] <= 0.5
 
 
 def test_the_gain_is_paired_by_question():

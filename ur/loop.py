@@ -434,6 +434,9 @@ class Loop:
     def read_scores(path: Path) -> dict[str, float]:
         return read_answers(path)
 
+    unit = None
+    """What the gain's interval resamples, from a held-out item's id: each question."""
+
     def report(self) -> dict:
         s = self.spec
         base = self.read_scores(self.spec.out / "base" / self.TEST_FILE)
@@ -449,10 +452,11 @@ class Loop:
                     run = json.loads((dpo / "run.json").read_text())
                     cell = {"round": rnd, "arm": arm, "seed": seed,
                             "policy_kept": bool(run.get("no_pairs")),
-                            **paired_gain(base, aligned), **pair_figures(pairs / "summary.json")}
+                            **paired_gain(base, aligned, self.unit),
+                            **pair_figures(pairs / "summary.json")}
                     cells.append(cell)
                     per_seed.append((cell, aligned))
-                arms[f"round{rnd}/{arm}"] = over_seeds(base, per_seed)
+                arms[f"round{rnd}/{arm}"] = over_seeds(base, per_seed, self.unit)
         report = {"metric": s.metric,
                   "base": {"accuracy": statistics.fmean(base.values()), "questions": len(base)},
                   "settings": s.settings(), "arms": arms, "cells": cells,
@@ -521,6 +525,11 @@ class GenerationLoop(Loop):
     def read_scores(path: Path) -> dict[str, float]:
         return read_samples(path)
 
+    @staticmethod
+    def unit(key: str) -> str:
+        """A sample's caption: its samples of other seeds are not independent of it."""
+        return key.rsplit("#", 1)[0]
+
 
 def read_samples(path: Path) -> dict[str, float]:
     """A generator's test samples as ``{"caption#seed": oracle alignment}``."""
@@ -557,19 +566,30 @@ def read_answers(path: Path) -> dict[str, float]:
     return {r["id"]: float(r["oracle_score"]) for r in rows}
 
 
-def paired_gain(base: dict[str, float], aligned: dict[str, float]) -> dict[str, float]:
-    """The aligned policy's accuracy and its gain over the base on the same questions, with
-    a 95% bootstrap interval of the gain over questions."""
+def unit_means(gains: dict[str, float], unit=None):
+    """Per-item ``gains`` averaged within each unit (``unit(item id)``; by default each
+    item is its own), as a tensor: what the bootstrap resamples."""
     import torch
 
+    units: dict[str, list[float]] = {}
+    for key in sorted(gains):
+        units.setdefault(unit(key) if unit else key, []).append(gains[key])
+    return torch.tensor([statistics.fmean(v) for v in units.values()])
+
+
+def paired_gain(base: dict[str, float], aligned: dict[str, float], unit=None
+                ) -> dict[str, float]:
+    """The aligned policy's accuracy and its gain over the base on the same held-out items,
+    with a 95% bootstrap interval of the gain that resamples the items, or the units
+    ``unit(item id)`` groups them in (a caption's samples of several seeds are one unit:
+    they are not independent)."""
     from ur.reward.metrics import mean_with_interval
 
     if set(base) != set(aligned):
         raise ValueError(f"the base was tested on {len(base)} items and the aligned policy on "
                          f"{len(aligned)}: not the same held-out items (questions, or "
                          "captions and seeds)")
-    ids = sorted(base)
-    gain = torch.tensor([aligned[i] - base[i] for i in ids])
+    gain = unit_means({i: aligned[i] - base[i] for i in base}, unit)
     return {"accuracy": statistics.fmean(aligned.values()), **mean_with_interval("gain", gain)}
 
 
@@ -588,18 +608,17 @@ def pair_figures(summary: Path) -> dict[str, float]:
             **{f"pairs/{t}": n for t, n in s.get("pairs_by_task", {}).items()}}
 
 
-def over_seeds(base: dict[str, float], per_seed: list[tuple[dict, dict]]) -> dict[str, float]:
-    """Mean and spread over seeds, and the gain's interval with each question's gain
-    averaged over the seeds first (the questions are the unit resampled)."""
-    import torch
-
+def over_seeds(base: dict[str, float], per_seed: list[tuple[dict, dict]], unit=None
+               ) -> dict[str, float]:
+    """Mean and spread over seeds, and the gain's interval with each item's gain averaged
+    over the seeds first (the items, or their ``unit``, are what is resampled)."""
     from ur.reward.metrics import mean_with_interval
 
     cells = [c for c, _ in per_seed]
     acc = [c["accuracy"] for c in cells]
     gains = [c["gain"] for c in cells]
-    ids = sorted(base)
-    mean_gain = torch.tensor([statistics.fmean(a[i] for _, a in per_seed) - base[i] for i in ids])
+    mean_gain = unit_means({i: statistics.fmean(a[i] for _, a in per_seed) - base[i]
+                            for i in base}, unit)
     out = {"seeds": len(cells), "accuracy_mean": statistics.fmean(acc),
            "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
            "gain_mean": statistics.fmean(gains),
