@@ -24,7 +24,7 @@ ALLOWED = {
     "runs": {"io"},
     "sweeps": {"io", "runs"},
     "results": {"io", "runs", "data"},
-    "loop": {"io", "reward", "construct"},  # chains ur commands; reads their outputs
+    "loop": {"io", "data", "reward", "construct"},  # chains ur commands; reads their outputs
 }
 
 

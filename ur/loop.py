@@ -258,9 +258,12 @@ class Loop:
                                        str(s.prompts_size), "--seed", str(s.prompts_seed)],
                            s.prompts / "manifest.json")
 
+    PRETRAIN = "--pretrain"
+    """The DPO config's option that would build the starting policy: off, it is given."""
+
     def base_stage(self) -> Stage:
         s = self.spec
-        return self._stage("base", ["test", *_configs(s.dpo_config), "--pretrain", "null",
+        return self._stage("base", ["test", *_configs(s.dpo_config), self.PRETRAIN, "null",
                                     "--model.init_args.checkpoint", s.policy,
                                     "--run.name", "loop_base"],
                            s.out / "base" / self.TEST_FILE, run_output=self.TEST_FILE)
@@ -307,17 +310,21 @@ class Loop:
         return ["--data.init_args.questions", "null",
                 "--data.init_args.media_root", str(self.spec.prompts)]
 
+    def train_sources(self, rnd: int, seed: int, arm: str, pairs: Path
+                      ) -> list[tuple[str, Path, Path]]:
+        """DPO's pair sources in ``pairs``: ``(schema, file, media root)``."""
+        return [("image_dpo", pairs / "image_pairs.jsonl", self.spec.prompts),
+                ("sharegptvideo_dpo", pairs / "video_pairs.jsonl", self.spec.prompts)]
+
     def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
         s = self.spec
-        sources = [("image_dpo", pairs / "image_pairs.jsonl"),
-                   ("sharegptvideo_dpo", pairs / "video_pairs.jsonl")]
-        train = "[" + ", ".join(f"{{name: {name}, path: {path}, media_root: {s.prompts}}}"
-                                for name, path in sources) + "]"
+        train = "[" + ", ".join(f"{{name: {name}, path: {path}, media_root: {root}}}" for
+                                name, path, root in self.train_sources(rnd, seed, arm, pairs)) + "]"
         where = self.dpo_folder(rnd, seed, arm)
         before = (self.spec.out / "base" if rnd == 1
                   else self.dpo_folder(rnd - 1, seed, arm)) / self.TEST_FILE
         stage = self._stage(f"dpo r{rnd} s{seed} {arm}", [
-            "fit", *_configs(s.dpo_config), "--pretrain", "null", "--seed_everything", str(seed),
+            "fit", *_configs(s.dpo_config), self.PRETRAIN, "null", "--seed_everything", str(seed),
             "--model.init_args.checkpoint", policy, "--data.init_args.train", train,
             "--run.name", f"loop_dpo_{arm}"], where / self.TEST_FILE,
             run_output=self.TEST_FILE)
@@ -480,12 +487,7 @@ class GenerationLoop(Loop):
     def first_stages(self) -> list[Stage]:
         return []  # the captions come from the world's grammar: nothing to write first
 
-    def base_stage(self) -> Stage:
-        s = self.spec
-        return self._stage("base", ["test", *_configs(s.dpo_config), "--pretrain_generator",
-                                    "null", "--model.init_args.checkpoint", s.policy,
-                                    "--run.name", "loop_base"],
-                           s.out / "base" / self.TEST_FILE, run_output=self.TEST_FILE)
+    PRETRAIN = "--pretrain_generator"
 
     def candidates_stage(self, rnd: int, seed: int, arm: str, policy: str) -> Stage:
         s = self.spec
@@ -500,26 +502,17 @@ class GenerationLoop(Loop):
     def media_root_args(self) -> list[str]:
         return []  # the samples lie in the candidates' folder: the construction's default
 
-    def dpo_stage(self, rnd: int, seed: int, arm: str, pairs: Path, policy: str) -> Stage:
+    def train_sources(self, rnd: int, seed: int, arm: str, pairs: Path
+                      ) -> list[tuple[str, Path, Path]]:
+        """The oracle's pairs or the judge's, in the task's schema; their media (clips)
+        lie with the samples."""
         from ur.construct.oracle_generation import PAIR_FILES as ORACLE_FILES
         from ur.construct.predict import PAIR_FILES as JUDGE_FILES
+        from ur.data.sources import PAIR_SCHEMAS
 
-        s = self.spec
-        name = (ORACLE_FILES[s.kind] if arm == "oracle"
-                else JUDGE_FILES[f"{s.kind}_generation"])
-        source = "pickapic_v2" if s.kind == "image" else "videodpo"
-        candidates = self.candidates_folder(rnd, seed, arm)
-        train = f"[{{name: {source}, path: {pairs / name}, media_root: {candidates}}}]"
-        where = self.dpo_folder(rnd, seed, arm)
-        before = (s.out / "base" if rnd == 1
-                  else self.dpo_folder(rnd - 1, seed, arm)) / self.TEST_FILE
-        stage = self._stage(f"dpo r{rnd} s{seed} {arm}", [
-            "fit", *_configs(s.dpo_config), "--pretrain_generator", "null",
-            "--seed_everything", str(seed), "--model.init_args.checkpoint", policy,
-            "--data.init_args.train", train, "--run.name", f"loop_dpo_{arm}"],
-            where / self.TEST_FILE, run_output=self.TEST_FILE)
-        stage.pairs, stage.start = pairs, (policy, before)
-        return stage
+        task = f"{self.spec.kind}_generation"
+        name = ORACLE_FILES[self.spec.kind] if arm == "oracle" else JUDGE_FILES[task]
+        return [(PAIR_SCHEMAS[task], pairs / name, self.candidates_folder(rnd, seed, arm))]
 
     @staticmethod
     def read_scores(path: Path) -> dict[str, float]:

@@ -35,6 +35,10 @@ from ur.data.synthetic.oracle import score_image, score_video
 
 SOURCE = "oracle_generation_pairs"
 PAIR_FILES = {"image": "image_pairs.parquet", "video": "video_pairs.jsonl"}
+MIN_GAP = 0.1
+"""The oracle's score gap below which two samples make no pair: clean samples that meet
+the same caption checks still differ by a few thousandths (the measured noise and
+blur), which is no difference a judge is asked to see."""
 
 
 def sample_candidates(denoising, captions: list[str], n: int, *, seed: int = 0,
@@ -66,7 +70,7 @@ def best_and_worst(scores: list[float], min_gap: float) -> tuple[int, int] | Non
 
 def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                                       kind: str = "image", prompts: int = 400, n: int = 4,
-                                      seed: int = 0, min_gap: float = 0.1,
+                                      seed: int = 0, min_gap: float = MIN_GAP,
                                       sample_steps: int = 12, guidance: float = 3.0,
                                       num_frames: int = 4, held_out_seed: int = 0,
                                       batch_size: int = 64) -> Path:

@@ -62,6 +62,7 @@ from ur.construct.candidates import (
     samples_row,
 )
 from ur.construct.judged import DROP_REASONS, METHODS, Built, build_pairs, pool_of
+from ur.construct.oracle_generation import MIN_GAP
 from ur.data.datamodule import WorldSpec
 from ur.data.questions import Question, world_questions
 from ur.data.records import PreferenceRecord, is_generation
@@ -438,13 +439,11 @@ def merge(out: Path, media_root: Path, expected: int | None = None) -> dict:
     return summary
 
 
-ORACLE_LEVEL_GAP = 0.1
-"""Generated samples the oracle scores less than this apart count as level. Their scores
-are continuous: two clean samples that meet the same caption checks still differ in the
-oracle's measured noise and blur, by a few thousandths, which is no difference a judge
-is asked to see. It is also the gap below which ``ur construct oracle-generation``
-builds no pair. Answers' scores are exact (right, a hedge, a share of a description's
-attributes): only equal ones are level."""
+ORACLE_LEVEL_GAP = MIN_GAP
+"""Generated samples the oracle scores less than this apart count as level: their scores
+are continuous, and this is the gap below which ``ur construct oracle-generation`` builds
+no pair (:data:`ur.construct.oracle_generation.MIN_GAP`). Answers' scores are exact
+(right, a hedge, a share of a description's attributes): only equal ones are level."""
 
 
 def oracle_level(task: str, gaps: torch.Tensor) -> torch.Tensor:
