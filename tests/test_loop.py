@@ -382,7 +382,8 @@ data:
 
 
 @pytest.mark.slow
-def test_a_miniature_generation_loop_pairs_samples_by_caption_and_seed(mini_fit, tmp_path):
+def test_a_miniature_generation_loop_pairs_samples_by_caption_and_seed(mini_fit, tmp_path,
+                                                                     monkeypatch):
     from ur.models.generators import TinyGeneratorConfig, build_tiny_generator
     from ur.pretrain.tiny_generator import world_vocabulary
 
@@ -410,3 +411,33 @@ def test_a_miniature_generation_loop_pairs_samples_by_caption_and_seed(mini_fit,
     assert "oracle_agreement/image_generation" in report["arms"]["round1/rank_sift"]
     again = run_ur(*args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
     assert "7 stages, 0 to run" in again.stdout
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    # the notebook reads a generation loop alone: its table, bars and pictures
+    monkeypatch.setenv("UR_LOOP", str(tmp_path / "no_understanding_loop"))
+    monkeypatch.setenv("UR_LOOP_GENERATION", str(tmp_path / "loop"))
+    nb = nbformat.read(REPO / "notebooks" / "alignment.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "round1/oracle" in printed and "No understanding loop" in printed
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+def test_the_notebook_before_any_loop_says_what_to_run(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("UR_LOOP", str(tmp_path / "no_loop"))
+    monkeypatch.setenv("UR_LOOP_GENERATION", str(tmp_path / "no_loop_t2i"))
+    nb = nbformat.read(REPO / "notebooks" / "alignment.ipynb", as_version=4)
+    with pytest.raises(CellExecutionError) as stopped:
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "NoLoopYet" in str(stopped.value) and "FileNotFoundError" not in str(stopped.value)
+    said = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "ur loop understanding" in said and "ur loop generation" in said
