@@ -88,6 +88,10 @@ def test_the_command_shows_intervals_and_summaries(runs, capsys):
     assert "image_generation/pair_acc_diff_ci_low" in header  # CSV keeps the bounds as numbers
     with pytest.raises(SystemExit, match="not a metric"):
         main(["results", str(runs), "--summary", "pair_acc_diff_ci_high"])
+    # the task-alone arm has one seed here, so the gain is bare: 0.75 - 0.60
+    assert main(["results", str(runs), "--gains", "pair_acc_diff"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if "img-gen+vid-gen" in line]
+    assert len(row) == 1 and "+0.150" in row[0]
 
 
 def test_the_kinds_table_is_per_task_and_kind_over_seeds(runs, capsys):
@@ -105,3 +109,19 @@ def test_the_kinds_table_is_per_task_and_kind_over_seeds(runs, capsys):
     assert f"{mean - 0.1:.3f} ± 0.050 (3)" in text and "stutter" in text
     with pytest.raises(KeyError, match="per kind"):
         results.kinds_table(results.collect([runs]), "point_spearman")
+
+
+def test_a_gain_over_the_task_alone_has_welchs_interval_over_seeds():
+    df = pd.DataFrame({
+        "arm": ["img-gen"] * 3 + ["all"] * 3 + ["vid-gen"],
+        "seed": [0, 1, 2, 0, 1, 2, 0],
+        "image_generation/pair_acc_diff": [0.70, 0.74, 0.72, 0.80, 0.84, 0.76, 0.60],
+    })
+    out = results.gain_intervals(df)
+    # by hand: gain 0.80 - 0.72 = 0.08; variances of the means 0.0016/3 and 0.0004/3;
+    # Welch's dof (0.002/3)^2 / ((0.0016/3)^2/2 + (0.0004/3)^2/2) = 2.941...;
+    # t(0.975, 2.941) = 3.2188 (a t table between 2 and 3 dof), half-width 3.2188 * sqrt(0.002/3)
+    half = 3.2188 * (0.002 / 3) ** 0.5
+    assert out.loc["all", "image_generation"] == f"{0.08:+.3f} [{0.08 - half:+.3f}, {0.08 + half:+.3f}]"
+    assert out.loc["img-gen", "image_generation"] == ""  # the arm alone is the reference
+    assert out.loc["vid-gen", "image_generation"] == f"{0.60 - 0.72:+.3f}"  # one seed: no interval

@@ -652,7 +652,9 @@ def _add_results(sub) -> None:
                     "instead: arms x tasks, mean ± std over seeds (number of seeds). With "
                     "--kinds, pairwise accuracy per kind of difference (synthetic world: "
                     "wrong_colour, blur, ... for generation; what the question asks for "
-                    "understanding): task and kind x arms, mean ± std over seeds. "
+                    "understanding): task and kind x arms, mean ± std over seeds. With "
+                    "--gains METRIC, each arm's gain over the arm trained on the task alone, "
+                    "with a 95%% interval over seeds (Welch's t). "
                     "--wandb ENTITY/PROJECT reads the W&B API instead.")
     p.add_argument("dirs", nargs="*", type=Path, metavar="DIR", help="run folders or their parents")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from the W&B API")
@@ -663,6 +665,9 @@ def _add_results(sub) -> None:
     p.add_argument("--kinds", action="store_true",
                    help="pair_acc_diff (or --summary's metric) per kind of difference: task "
                         "and kind x arms, mean ± std over seeds (number of seeds)")
+    p.add_argument("--gains", metavar="METRIC",
+                   help="e.g. pair_acc_diff: arms x tasks, the arm's mean minus the task-alone "
+                        "arm's, with its 95%% interval over seeds")
     p.add_argument("--format", choices=("csv", "markdown"), default="markdown")
     p.add_argument("--out", type=Path, help="write here instead of printing")
     p.set_defaults(func=_results)
@@ -682,9 +687,11 @@ def _results(args) -> int:
         raise SystemExit("ur results: give run folders (DIR...) or --wandb ENTITY/PROJECT")
     if df.empty:
         raise SystemExit(f"ur results: no run with {args.stage} metrics found")
-    summarised = bool(args.summary or args.kinds)
+    summarised = bool(args.summary or args.kinds or args.gains)
     try:
-        if args.kinds:
+        if args.gains:
+            df = results.gain_intervals(df, args.gains)
+        elif args.kinds:
             df = results.formatted(results.kinds_table(df, args.summary or "pair_acc_diff"))
         elif args.summary:
             df = results.formatted(results.synergy_table(df, args.summary))
@@ -692,7 +699,9 @@ def _results(args) -> int:
         raise SystemExit(f"ur results: {e.args[0]}") from None
     if not summarised and args.format == "markdown":
         df = results.with_intervals(df)
-    text = df.to_csv(index=summarised) if args.format == "csv" else df.to_markdown()
+    # a signed gain stays as written ("+0.150"), not reparsed as a number
+    text = (df.to_csv(index=summarised) if args.format == "csv"
+            else df.to_markdown(disable_numparse=bool(args.gains)))
     if args.out:
         from ur.io import write_text_atomic
 

@@ -11,7 +11,8 @@ W&B API for users with an online project. ``with_intervals`` writes each single 
 value with its interval ("0.80 [0.76, 0.84]"); ``synergy_table`` turns either table into
 the ablation table: arms x tasks, mean and spread over seeds.
 
-``kinds_table`` gives a metric per kind of difference (what tells a pair's candidates
+``gain_intervals`` gives each arm's gain over the task trained alone with a 95%
+interval over seeds. ``kinds_table`` gives a metric per kind of difference (what tells a pair's candidates
 apart on the synthetic world: a wrong colour, blur, a question about shape), task and
 kind x arms.
 
@@ -200,6 +201,45 @@ def gains(df: pd.DataFrame, metric: str = "pair_acc_diff") -> pd.DataFrame:
     for task in means.columns:
         alone = arm_label([task])
         out[task] = means[task] - means.loc[alone, task] if alone in means.index else float("nan")
+    return out
+
+
+def gain_intervals(df: pd.DataFrame, metric: str = "pair_acc_diff",
+                   level: float = 0.95) -> pd.DataFrame:
+    """Each arm's gain over the arm trained on the task alone, with its ``level``
+    interval over seeds: arms x tasks, ``"+0.031 [-0.012, +0.074]"``. The interval is
+    Welch's t over the two arms' per-seed values (their seeds are independent runs), so
+    it carries the seed-to-seed spread that dominates at this size; empty for the
+    single-task arm itself, and a bare gain where either arm has a single seed."""
+    from scipy import stats
+
+    cols = [f"{t}/{metric}" for t in TASKS if f"{t}/{metric}" in df]
+    if not cols:
+        raise KeyError(f"no column ends in /{metric}; have {sorted(df.columns)}")
+    arms = list(df["arm"].cat.categories if hasattr(df["arm"], "cat") else df["arm"].unique())
+    out = pd.DataFrame("", index=pd.Index(arms, name="arm"),
+                       columns=[c.rsplit("/", 1)[0] for c in cols], dtype=object)
+    for col in cols:
+        task = col.rsplit("/", 1)[0]
+        alone = df.loc[df["arm"] == arm_label([task]), col].dropna().to_numpy(float)
+        for arm in arms:
+            if arm == arm_label([task]) or alone.size == 0:
+                continue
+            values = df.loc[df["arm"] == arm, col].dropna().to_numpy(float)
+            if values.size == 0:
+                continue
+            gain = values.mean() - alone.mean()
+            if values.size < 2 or alone.size < 2:
+                out.loc[arm, task] = f"{gain:+.3f}"
+                continue
+            va, vb = values.var(ddof=1) / values.size, alone.var(ddof=1) / alone.size
+            se = (va + vb) ** 0.5
+            if se == 0:
+                out.loc[arm, task] = f"{gain:+.3f} [{gain:+.3f}, {gain:+.3f}]"
+                continue
+            dof = (va + vb) ** 2 / (va ** 2 / (values.size - 1) + vb ** 2 / (alone.size - 1))
+            half = stats.t.ppf(0.5 + level / 2, dof) * se
+            out.loc[arm, task] = f"{gain:+.3f} [{gain - half:+.3f}, {gain + half:+.3f}]"
     return out
 
 
