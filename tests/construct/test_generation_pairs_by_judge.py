@@ -202,3 +202,24 @@ def test_the_judge_pairs_a_generators_samples_for_diffusion_dpo(oracle_samples, 
         pair = read[f"{row['id']}-c{c}-r{r}"]
         files = [Path(m.path).read_bytes() for m in pools[row["id"]].samples]
         assert (pair.media[0].data, pair.media[1].data) == (files[c], files[r])
+
+
+def test_two_processes_judge_every_caption_once(oracle_samples, mini_fit, tmp_path):
+    out = tmp_path / "judge_pairs_ddp"
+    run = run_ur("predict", "--config", str(GENERATION),
+                 "--model.init_args.judge", str(mini_fit / "export"),
+                 "--data.init_args.candidates", str(oracle_samples / "candidates.jsonl"),
+                 "--data.init_args.out", str(out), "--data.init_args.batch_size", "2",
+                 "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=tmp_path,
+                 timeout=600)
+    rows = read_parts(out)  # raises on a caption done twice
+    pools = read_candidates(oracle_samples / "candidates.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(p.id for p in pools)
+    assert len({p.name for p in out.glob("parts/*")}) >= 2  # each rank wrote its own parts
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prompts"] == CAPTIONS
+    assert summary["pairs"] == sum(r["built"]["chosen"] is not None for r in rows)
+    run_dir = Path(run.stdout.strip().splitlines()[-1])
+    recorded = json.loads((run_dir / "metrics.json").read_text())["predict"]
+    assert recorded["construct/prompts"] == CAPTIONS
+    assert recorded["construct/pairs"] == summary["pairs"]
