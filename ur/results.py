@@ -12,9 +12,9 @@ value with its interval ("0.80 [0.76, 0.84]"); ``synergy_table`` turns either ta
 the ablation table: arms x tasks, mean and spread over seeds.
 
 ``gain_intervals`` gives each arm's gain over the task trained alone with a 95%
-interval over seeds. ``kinds_table`` gives a metric per kind of difference (what tells a pair's candidates
-apart on the synthetic world: a wrong colour, blur, a question about shape), task and
-kind x arms.
+interval over seeds. ``kinds_table`` gives a metric per kind of difference (what tells a
+pair's candidates apart on the synthetic world: a wrong colour, blur, a question about
+shape), task and kind x arms.
 
 ``ur results DIR... [--format csv|markdown] [--out FILE] [--summary METRIC] [--kinds]``
 is the command-line face of the same functions.
@@ -232,14 +232,12 @@ def gain_intervals(df: pd.DataFrame, metric: str = "pair_acc_diff",
             if values.size < 2 or alone.size < 2:
                 out.loc[arm, task] = f"{gain:+.3f}"
                 continue
-            va, vb = values.var(ddof=1) / values.size, alone.var(ddof=1) / alone.size
-            se = (va + vb) ** 0.5
-            if se == 0:
-                out.loc[arm, task] = f"{gain:+.3f} [{gain:+.3f}, {gain:+.3f}]"
-                continue
-            dof = (va + vb) ** 2 / (va ** 2 / (values.size - 1) + vb ** 2 / (alone.size - 1))
-            half = stats.t.ppf(0.5 + level / 2, dof) * se
-            out.loc[arm, task] = f"{gain:+.3f} [{gain - half:+.3f}, {gain + half:+.3f}]"
+            if values.var() == 0 and alone.var() == 0:  # Welch's t is undefined
+                low = high = gain
+            else:
+                low, high = stats.ttest_ind(values, alone, equal_var=False).confidence_interval(
+                    confidence_level=level)
+            out.loc[arm, task] = f"{gain:+.3f} [{low:+.3f}, {high:+.3f}]"
     return out
 
 
