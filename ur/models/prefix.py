@@ -1,4 +1,4 @@
-"""Log-probabilities of several answers to one prompt, the prompt and its media run once.
+"""Several continuations of one prompt, the prompt and its media run once.
 
 A DPO pair, or the candidate answers to one question, share the prompt and its image
 or video; only the answers differ. :func:`answer_logits` runs each prompt once (vision
@@ -10,7 +10,11 @@ prompt + answer row in full, to float rounding, at one prompt's cost instead of 
 answer. ``shared=False`` runs the full rows instead (the same figures; the way that
 gradient checkpointing, which drops caches, needs).
 
-Batch layout (what :class:`ur.data.pairs.PairCollator` makes):
+:func:`greedy_from_prefixes` does the same for decoding: rows that continue shared
+prompts (a judge's questions about one image) decode greedily from one cache of each
+prompt.
+
+Batch layout of :func:`answer_logits` (what :class:`ur.data.pairs.PairCollator` makes):
 
 - ``input_ids``, ``attention_mask`` (and ``mm_token_type_ids``): ``P`` prompts padded
   on the left, so every prompt ends in the last column;
@@ -118,3 +122,55 @@ def _cache_keyword(model) -> str:
     """``cache`` in transformers releases that renamed it, ``past_key_values`` before."""
     parameters = inspect.signature(type(_unwrapped(model)).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+@torch.no_grad()
+def greedy_from_prefixes(model, prefixes: dict, owner: torch.Tensor, suffix_ids: torch.Tensor,
+                         suffix_mask: torch.Tensor, *, full_ids: torch.Tensor, max_new_tokens: int,
+                         processors, stop, eos_ids=(), pad_id: int = 0
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Greedy decoding of rows that continue shared prompts, each prompt run once.
+
+    ``prefixes`` holds ``G`` prompts (left-padded, with their media tensors);
+    ``owner[r]`` names the prompt row ``r`` continues, ``suffix_ids`` / ``suffix_mask``
+    (left-padded) the tokens row ``r`` adds before decoding starts. ``full_ids`` is what
+    ``model.generate`` would have been given for the same rows (prefix + suffix, left
+    padded): the logits processors (a repetition penalty) and ``stop`` read it with the
+    new tokens appended, as they do inside ``generate``.
+
+    Rows finish at an ``eos_ids`` token or when ``stop(ids)`` (a bool per row) says so,
+    and are padded with ``pad_id`` after; decoding ends when every row has finished or
+    after ``max_new_tokens``. Returns the new tokens ``(R, T)`` and the raw logits of
+    each step (one ``(R, vocab)`` tensor per new token), as ``generate`` returns them
+    with ``output_logits=True``."""
+    from transformers import DynamicCache
+
+    positions = prompt_positions(model, prefixes)
+    cache = DynamicCache()
+    keyword = _cache_keyword(model)
+    model(**prefixes, position_ids=positions, use_cache=True, logits_to_keep=1,
+          **{keyword: cache})
+    cache.reorder_cache(owner)
+    at = positions[..., -1:].index_select(-2, owner) + suffix_mask.long().cumsum(-1)
+    mask = torch.cat([prefixes["attention_mask"].index_select(0, owner), suffix_mask], dim=1)
+    logits = model(input_ids=suffix_ids, attention_mask=mask, position_ids=at, use_cache=True,
+                   logits_to_keep=1, **{keyword: cache}).logits[:, -1]
+    at = at[..., -1:]
+    ids = full_ids
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=ids.device)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new, raw = [], []
+    for step in range(max_new_tokens):
+        raw.append(logits)
+        token = processors(ids, logits.clone()).argmax(-1)
+        token = token.masked_fill(done, pad_id)
+        new.append(token)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        done = done | torch.isin(token, eos) | stop(ids, logits)
+        if bool(done.all()) or step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        at = at + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=at,
+                       use_cache=True, **{keyword: cache}).logits[:, -1]
+    return torch.stack(new, dim=1), tuple(raw)

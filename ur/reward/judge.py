@@ -37,6 +37,14 @@ generate mode keeps the verdict when the two agree and calls it a tie when they 
 Either way each judgment also reports the swapped verdict (mapped back to the original
 order) for the position-consistency metric.
 
+``share_prefix=True`` decodes a batch's queries about the same image or clip (the ten
+answers to one question, pairwise and pointwise) from their common start run once: the
+template, the media and the question pass the model (vision tower included) once per
+batch, and each query continues from their cache with its own tokens. The judgments are
+those of ``generate`` on the whole rows, to float rounding. It supports the greedy
+settings judging uses (suppressed tokens, the checkpoint's repetition penalty) and
+refuses a generation config that asks for others.
+
 ``pair_from`` says where a pairwise decision comes from:
 
 ``verdict``
@@ -131,6 +139,7 @@ class Judge:
     processor_kwargs: dict = field(default_factory=dict)
     pair_from: str = "verdict"
     point_scales: dict = field(default_factory=lambda: dict(POINT_SCALES))
+    share_prefix: bool = False
 
     def __post_init__(self):
         if self.mode not in ("fast", "generate"):
@@ -269,7 +278,7 @@ class Judge:
     def _generate(self, queries) -> list[Judgment]:
         inputs = self._inputs(queries)
         width = inputs["input_ids"].shape[1]
-        seqs = self.model.generate(**inputs, **self._decoding())
+        seqs = self._greedy(queries, inputs).sequences
         out = []
         for r, seq in zip(queries, seqs, strict=True):
             text = self._decode(seq[width:])
@@ -278,6 +287,91 @@ class Judge:
             else:
                 out.append(Judgment(r.task, r.form, score=_clip(parse_score(text), r.scale),
                                     text=text))
+        return out
+
+    def _greedy(self, queries, inputs, stop=None):
+        """Greedy decoding of the batch: ``.sequences`` (prompt and new tokens) and
+        ``.logits`` (one ``(batch, vocab)`` tensor per new token), by ``generate`` or,
+        with ``share_prefix``, from prompts each run once (:meth:`_shared_greedy`)."""
+        if self.share_prefix:
+            return self._shared_greedy(queries, inputs, stop)
+        extra = {} if stop is None else {"stopping_criteria": [stop]}
+        return self.model.generate(**inputs, **self._decoding(), return_dict_in_generate=True,
+                                   output_logits=True, **extra)
+
+    def _shared_greedy(self, queries, inputs, stop=None):
+        """Greedy decoding where queries about the same media (the ten answers to one
+        image and question) run their common start, media included, once.
+
+        Queries are grouped by their media; a group's prompt is the token prefix all its
+        rows share, which must hold every media token (else its rows go alone). One
+        forward pass runs the groups' prompts, and each row continues its group's cache
+        with its own tokens (:func:`ur.models.prefix.greedy_from_prefixes`). The result
+        is ``generate``'s, to float rounding."""
+        from ur.models.prefix import greedy_from_prefixes
+
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        rows = [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
+        media = set(media_token_ids(self.processor))
+        by_media: dict = {}
+        for i, q in enumerate(queries):
+            by_media.setdefault(tuple(q.media), []).append(i)
+        plan = []  # (representative row, prompt length, member rows)
+        for members in by_media.values():
+            cut = min(_common_prefix([rows[i] for i in members]),
+                      min(len(rows[i]) for i in members) - 1)
+            if len(members) > 1 and any(t in media for i in members for t in rows[i][cut:]):
+                plan += [(i, len(rows[i]) - 1, [i]) for i in members]
+            else:
+                plan.append((members[0], cut, members))
+        prompts = self._inputs([queries[i] for i, _, _ in plan])
+        kept = [rows[i][:cut] for i, cut, _ in plan]
+        prefixes = dict(prompts, **_left_padded(kept, self._pad_id(), ids.device))
+        if "mm_token_type_ids" in prompts:
+            types = [row[m.bool()].tolist()[:cut] for row, m, (_, cut, _) in
+                     zip(prompts["mm_token_type_ids"], prompts["attention_mask"], plan, strict=True)]
+            prefixes["mm_token_type_ids"] = _left_padded(types, 0, ids.device)["input_ids"]
+        owner = [0] * len(rows)
+        for g, (_, _, members) in enumerate(plan):
+            for i in members:
+                owner[i] = g
+        suffix = _left_padded([rows[i][plan[owner[i]][1]:] for i in range(len(rows))],
+                              self._pad_id(), ids.device)
+        config = self.model.generation_config
+        eos = config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        new, logits = greedy_from_prefixes(
+            self.model, prefixes, torch.tensor(owner, device=ids.device),
+            suffix["input_ids"], suffix["attention_mask"], full_ids=ids,
+            max_new_tokens=self.max_new_tokens, processors=self._processors(),
+            stop=stop or (lambda x, _: torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)),
+            eos_ids=eos, pad_id=self._pad_id())
+        return _Decoded(torch.cat([ids, new], dim=1), logits)
+
+    def _processors(self):
+        """The logits processors ``generate`` applies in greedy decoding with this
+        judge's settings and the checkpoint's generation config: its repetition penalty
+        and the suppressed media tokens. Other processors of the config are refused."""
+        from transformers import LogitsProcessorList
+        from transformers.generation import (
+            RepetitionPenaltyLogitsProcessor,
+            SuppressTokensLogitsProcessor,
+        )
+
+        config = self.model.generation_config
+        unsupported = {name: getattr(config, name, None) for name in _UNSHARED_SETTINGS}
+        unsupported = {k: v for k, v in unsupported.items()
+                       if v not in (None, 0, [], (), {}) and not (k.endswith("penalty") and v == 1.0)}
+        if unsupported:
+            raise ValueError(f"share_prefix decodes greedily with a repetition penalty and "
+                             f"suppressed tokens only; the checkpoint's generation config "
+                             f"also sets {unsupported}: judge with share_prefix off")
+        out = LogitsProcessorList()
+        if config.repetition_penalty not in (None, 1.0):
+            out.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        suppress = sorted(set(self._suppress or ()) | set(config.suppress_tokens or ()))
+        if suppress:
+            out.append(SuppressTokensLogitsProcessor(suppress, device=self._device()))
         return out
 
     def _decoding(self) -> dict:
@@ -328,9 +422,7 @@ class Judge:
     def _fast_decide(self, queries) -> list[Judgment]:
         inputs = self._inputs(queries)
         width = inputs["input_ids"].shape[1]
-        gen = self.model.generate(**inputs, **self._decoding(), return_dict_in_generate=True,
-                                  output_logits=True,
-                                  stopping_criteria=[_VerdictStop(self.tokenizer, queries, width)])
+        gen = self._greedy(queries, inputs, _VerdictStop(self.tokenizer, queries, width))
         out: list[Judgment | None] = []
         forced = []
         for i, (r, row) in enumerate(zip(queries, gen.sequences[:, width:].tolist(), strict=True)):
@@ -575,6 +667,41 @@ def pooled(judgments: list[Judgment]) -> Judgment:
     swapped = {j.label_swapped for j in judgments}
     return Judgment(first.task, first.form, label=label, text=text, probs=probs,
                     label_swapped=swapped.pop() if len(swapped) == 1 else None)
+
+
+@dataclass
+class _Decoded:
+    """What :meth:`Judge._shared_greedy` returns, named as ``generate``'s output."""
+
+    sequences: torch.Tensor
+    logits: tuple
+
+
+# Generation-config settings whose logits processors the shared-prefix decoding does not
+# apply (greedy decoding applies them in ``generate``).
+_UNSHARED_SETTINGS = ("no_repeat_ngram_size", "bad_words_ids", "min_new_tokens", "min_length",
+                      "forced_bos_token_id", "forced_eos_token_id", "begin_suppress_tokens",
+                      "sequence_bias", "encoder_repetition_penalty")
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares."""
+    n = min(len(r) for r in rows)
+    for k in range(n):
+        if len({r[k] for r in rows}) > 1:
+            return k
+    return n
+
+
+def _left_padded(rows: list[list[int]], pad: int, device) -> dict:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 class _VerdictStop:
