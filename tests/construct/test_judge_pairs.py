@@ -14,7 +14,10 @@ from minirun import REPO, killer_env, run_ur
 from ur.construct.judged import (
     Built,
     best_and_worst,
+    build_pairs,
+    check_method,
     fixed_pairs,
+    pool_of,
     settle,
     surest,
     winner_loser,
@@ -60,6 +63,16 @@ def test_sifting_compares_numbers_and_drops_a_prompt_without_margin():
     assert (level.chosen, level.dropped) == (None, "no_margin")
     unscored = settle(Built("rank_sift", scores={0: None, 1: 3.0}), [0], [1])
     assert unscored.dropped == "unscored"
+
+
+def test_a_margin_keeps_only_pairs_scored_further_apart():
+    scores = {0: 80.0, 1: 30.0, 2: 25.0}
+    assert settle(Built("rank_sift", scores=dict(scores)), [0], [1], least=50.0).dropped == \
+        "small_margin"
+    assert settle(Built("rank_sift", scores=dict(scores)), [0], [2], least=50.0).chosen == 0
+    for method, margin in (("rank", 0.5), ("random", 0.1), ("rank_sift", 1.0), ("sift", -0.1)):
+        with pytest.raises(ValueError, match="margin"):
+            check_method(method, margin)
 
 
 def test_ranking_only_takes_the_pair_the_judge_is_surest_of():
@@ -182,3 +195,52 @@ def test_a_list_of_judges_builds_pairs_as_an_ensemble(setup):
         assert a["answers"] == b["answers"]
         assert (a["built"]["chosen"], a["built"]["rejected"], a["built"]["dropped"]) == (
             b["built"]["chosen"], b["built"]["rejected"], b["built"]["dropped"])
+
+
+def test_a_margin_drops_the_pairs_whose_scores_are_close(setup):
+    """On the judge's own scores: a margin keeps exactly the pairs of the rule without
+    one whose scores lie more than the margin's share of the scale apart."""
+    from ur.construct.predict import ConstructModule
+    from ur.data.questions import world_questions
+    from ur.reward.judge import POINT_SCALES
+
+    questions = world_questions(setup["world"], "train", max_questions=6, seed=0)
+    module = ConstructModule(judge=str(setup["judge"]), policy=str(setup["base"]), n=6,
+                             max_new_tokens=8)
+    pools = [pool_of(c) for c in module.candidates(questions)]
+    plain = build_pairs(module.judge, pools)
+    gaps = [None if a.chosen is None else
+            (a.scores[a.chosen] - a.scores[a.rejected]) / (POINT_SCALES[p.task][1] - POINT_SCALES[p.task][0])
+            for p, a in zip(pools, plain, strict=True)]
+    seen = sorted({g for g in gaps if g is not None})
+    assert len(seen) >= 2, "the judge should keep pairs scored unequally far apart"
+    margin = (seen[0] + seen[1]) / 2  # between the two closest-scored pairs
+    kept = build_pairs(module.judge, pools, margin=margin)
+    for a, b, gap in zip(plain, kept, gaps, strict=True):
+        wide = gap is not None and gap > margin
+        assert (b.chosen, b.rejected) == ((a.chosen, a.rejected) if wide else (None, None))
+        assert b.dropped == ("small_margin" if gap is not None and not wide else a.dropped)
+
+
+def test_sharing_the_prompt_builds_the_same_pairs(setup):
+    """``share_prefix`` runs each question's prompt once for its judgments; the pairs,
+    verdicts and scores are those of judging every row whole."""
+    from ur.construct.predict import ConstructModule
+    from ur.data.questions import world_questions
+
+    questions = world_questions(setup["world"], "train", max_questions=4, seed=0)
+    kwargs = dict(judge=str(setup["judge"]), policy=str(setup["base"]), n=6, max_new_tokens=8,
+                  pair_from="both")
+    plain = ConstructModule(**kwargs).predict_step(questions, 0)
+    shared_module = ConstructModule(share_prefix=True, **kwargs)
+    assert shared_module.judge.share_prefix
+    shared = shared_module.predict_step(questions, 0)
+    for a, b in zip(plain, shared, strict=True):
+        assert a["answers"] == b["answers"]
+        x, y = a["built"], b["built"]
+        assert (x["chosen"], x["rejected"], x["dropped"], x["verdicts"], x["texts"]) == (
+            y["chosen"], y["rejected"], y["dropped"], y["verdicts"], y["texts"])
+        assert x["scores"].keys() == y["scores"].keys()
+        for k, v in x["scores"].items():
+            assert (v is None) == (y["scores"][k] is None)
+            assert v is None or abs(v - y["scores"][k]) < 1e-3

@@ -13,7 +13,10 @@ UnifiedReward's construction (FACTS.md section 2), with its defects left out:
    scale; chosen is the best-scoring winner, rejected the worst-scoring loser (the first
    of equals in sampling order). Scores are numbers; a score that does not parse leaves
    its candidate out (counted).
-3. The prompt is dropped, with its reason, when chosen does not score above rejected.
+3. The prompt is dropped, with its reason, when chosen does not score above rejected,
+   or (``margin``, a share of the scale's range; 0 by default, as the paper) not by
+   more than ``margin``: a judge's wide gaps are its surer pairs, so a margin trades
+   pairs for their agreement with the truth (docs/construction.md measures it).
 
 ``method`` picks the arm the alignment-loop experiments compare: ``rank_sift`` (the
 above), ``rank`` (ranking only: of the decided pairs, the one the judge is surest of,
@@ -23,7 +26,7 @@ at random, the order too: the floor).
 
 Drop reasons: ``too_few`` (fewer than two usable candidates), ``undecided`` (no pair
 decided), ``unscored`` (no scored candidate on a side), ``no_margin`` (chosen does
-not score above rejected).
+not score above rejected), ``small_margin`` (it does, by no more than ``margin``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ur.data.records import JudgeQuery, is_generation
 from ur.reward.judge import POINT_SCALES
 
 METHODS: tuple[str, ...] = ("rank_sift", "rank", "sift", "random")
-DROP_REASONS: tuple[str, ...] = ("too_few", "undecided", "unscored", "no_margin")
+DROP_REASONS: tuple[str, ...] = ("too_few", "undecided", "unscored", "no_margin", "small_margin")
 
 
 @dataclass
@@ -132,13 +135,16 @@ def best_and_worst(chosen_side: Sequence[int], rejected_side: Sequence[int],
     return best, worst
 
 
-def settle(built: Built, up: Sequence[int], down: Sequence[int]) -> Built:
-    """Chosen and rejected by the scores, or the reason the prompt is dropped."""
+def settle(built: Built, up: Sequence[int], down: Sequence[int], least: float = 0.0) -> Built:
+    """Chosen and rejected by the scores, or the reason the prompt is dropped: chosen
+    must score above rejected by more than ``least`` (in the scale's units)."""
     best, worst = best_and_worst(up, down, built.scores)
     if best is None or worst is None:
         built.dropped = "unscored"
     elif built.scores[best] <= built.scores[worst] or best == worst:
         built.dropped = "no_margin"
+    elif built.scores[best] - built.scores[worst] <= least:
+        built.dropped = "small_margin"
     else:
         built.chosen, built.rejected = best, worst
     return built
@@ -185,13 +191,25 @@ def _on_disk(media) -> bool:
     return Path(media.path).exists()
 
 
-def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
-                scale: tuple[float, float] | None = None, seed: int = 0) -> list[Built]:
-    """One :class:`Built` per pool, in order: every pairwise judgment of the batch in one
-    batched judge call, then every pointwise one in another. ``seed`` seeds the
-    ``random`` arm (per pool, by its id, so a resumed run draws the same)."""
+def check_method(method: str, margin: float = 0.0) -> None:
+    """A clear error for an unknown method, or a margin it cannot use."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin is a share of the score scale, in [0, 1); got {margin}")
+    if margin and method not in ("rank_sift", "sift"):
+        raise ValueError(f"margin applies to the scored methods (rank_sift, sift), not {method!r}")
+
+
+def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
+                scale: tuple[float, float] | None = None, seed: int = 0,
+                margin: float = 0.0) -> list[Built]:
+    """One :class:`Built` per pool, in order: every pairwise judgment of the batch in one
+    batched judge call, then every pointwise one in another. ``seed`` seeds the
+    ``random`` arm (per pool, by its id, so a resumed run draws the same). ``margin``
+    (``rank_sift`` and ``sift``): the share of the scale's range by which chosen must
+    score above rejected."""
+    check_method(method, margin)
     built = [Built(method) for _ in pools]
     # A candidate the ranking call scored (``pair_from: points | both``) is not scored
     # again by point sifting, and equal answers of one prompt are judged once.
@@ -238,5 +256,6 @@ def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
             built[k].scores[i] = j.score
             built[k].score_texts[i] = j.text
     for k, (up, down) in sides.items():
-        settle(built[k], up, down)
+        lo, hi = scale or POINT_SCALES[pools[k].task]
+        settle(built[k], up, down, margin * (hi - lo))
     return built

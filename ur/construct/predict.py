@@ -61,7 +61,7 @@ from ur.construct.candidates import (
     sample_answers,
     samples_row,
 )
-from ur.construct.judged import DROP_REASONS, METHODS, Built, build_pairs, pool_of
+from ur.construct.judged import DROP_REASONS, Built, build_pairs, check_method, pool_of
 from ur.construct.oracle_generation import MIN_GAP
 from ur.data.datamodule import WorldSpec
 from ur.data.questions import Question, world_questions
@@ -177,10 +177,16 @@ class ConstructModule(LightningModule):
         method: ``rank_sift`` (pair ranking, then point sifting), ``rank``, ``sift`` or
             ``random`` (:mod:`ur.construct.judged`).
         both_orders: Judge each pair in both orders and average (position bias).
+        margin: Drop a prompt unless chosen scores above rejected by more than this
+            share of the scale's range (``rank_sift`` and ``sift``; 0: the paper's
+            rule, above at all). Wider gaps are the judge's surer pairs.
         pair_from: Where pair ranking's decisions come from: ``verdict``, ``points``
             (two pointwise scores) or ``both`` (:class:`ur.reward.judge.Judge`).
         judge_mode: ``fast`` or ``generate`` (:class:`ur.reward.judge.Judge`).
         judge_batch_size: Judgments per forward pass.
+        share_prefix: Run the start that a batch's judgments of one question share (the
+            template, the image or clip, the question) once, not once per judgment; the
+            judgments are the same to float rounding (:class:`ur.reward.judge.Judge`).
         scale: Pointwise scale (default: the scale the judge learned the task on).
         n: Candidates per prompt (UnifiedReward: 10).
         temperature: Sampling temperature of the policy.
@@ -197,16 +203,16 @@ class ConstructModule(LightningModule):
 
     def __init__(self, judge: str | list[str] = "checkpoints/quickstart-judge",
                  policy: str | None = None,
-                 method: str = "rank_sift", both_orders: bool = False,
+                 method: str = "rank_sift", both_orders: bool = False, margin: float = 0.0,
                  pair_from: str = "verdict",
                  judge_mode: str = "fast", judge_batch_size: int = 32,
+                 share_prefix: bool = False,
                  scale: tuple[float, float] | None = None, n: int = 10,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  max_new_tokens: int = 48, sample_batch_size: int = 16, num_frames: int = 4,
                  seed: int = 0, dtype: str | None = None, trust_remote_code: bool = False):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        check_method(method, margin)
         self.save_hyperparameters()
         from ur.models.loading import load_vlm
         from ur.reward.judge import Judge, JudgeEnsemble
@@ -220,7 +226,7 @@ class ConstructModule(LightningModule):
             judges.append(Judge(model=model.eval().requires_grad_(False), processor=processor,
                                 mode=judge_mode, batch_size=judge_batch_size,
                                 both_orders=both_orders, pair_from=pair_from,
-                                num_frames=num_frames))
+                                num_frames=num_frames, share_prefix=share_prefix))
         # Registered as submodules, so Lightning moves them to the device.
         self.judge_models = torch.nn.ModuleList(j.model for j in judges)
         self.judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
@@ -261,7 +267,7 @@ class ConstructModule(LightningModule):
         drawn = self.candidates(batch)
         built = build_pairs(self.judge, [pool_of(c) for c in drawn],
                             method=self.hparams.method, scale=self.hparams.scale,
-                            seed=self.hparams.seed)
+                            seed=self.hparams.seed, margin=self.hparams.margin)
         return [prompt_row(c, b) for c, b in zip(drawn, built, strict=True)]
 
     def configure_callbacks(self):
