@@ -22,16 +22,18 @@ b. the reference (the peer), written out here as the released scripts do it: for
    numbers. Media placeholder tokens are suppressed in both arms (an untrained model
    can pick one, and the forward pass then fails).
 
-The prompt and media shared by the judgments of one question (its N answers) are
-encoded again for every judgment in both arms: ur's ``Judge`` does not compute that
-shared prefix once (``shared_prefix_reuse`` in the JSON says so).
+c. ur with ``share_prefix``: arm a, with the start the judgments of one question share
+   (the template, the image or clip, the question) run once per batch of judgments
+   instead of once per judgment (:meth:`ur.reward.judge.Judge._shared_greedy`). Its
+   decisions are arm a's to float rounding: ``shared_same_decisions`` counts them.
 
 Measured, each arm timed ``--repeats`` times in alternating order, the best time
 counting (load from other processes falls on both):
 
 - ``*_prompts_per_s``: prompts constructed per second (each yields one pair or a
   counted drop); ``ur_over_reference`` is their ratio: the throughput of pair
-  construction. Goal: >= 10. ``*_kept_pairs_per_s`` counts only the pairs kept, which
+  construction. Goal: >= 10. ``shared_over_ur`` and ``shared_over_reference`` are arm
+  c's against arms a and b. ``*_kept_pairs_per_s`` counts only the pairs kept, which
   depends on each arm's drops (with an untrained judge they mean nothing);
 - ``*_judgments_per_s``, wall seconds, tokens generated per judgment (the reference's
   own count; for ur the tokens of the text each judgment kept, fast mode stopping a
@@ -41,7 +43,12 @@ counting (load from other processes falls on both):
   parser (:func:`ur.data.answers.parse_pairwise`, ``parse_score``); how often the
   substring rule disagrees with that parse on the same text, and with ur's own label;
 - agreement of the arms: prompts where both keep the same (chosen, rejected), where
-  both end the same way (the same pair or both dropped), and pairs both rank alike.
+  both end the same way (the same pair or both dropped), and pairs both rank alike;
+- ``prefill_*``: the part sharing can save, alone. Every question arm a asks (each
+  pair, then each usable candidate's points), in the judge's batches, decoded for one
+  token plain and shared: seconds (best of ``--repeats``) and the prompt tokens the
+  language model runs (padding included). Decoding the judge's words after the prompt
+  is the same work in both.
 
 Candidates come from ``--candidates`` (a file :func:`ur.construct.candidates.write_candidates`
 wrote) or are drawn here: a small synthetic world (``WorldSpec(...).manifest()``), its
@@ -67,6 +74,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -175,21 +183,22 @@ def reference_construct(judge, pool, max_new_tokens: int) -> dict:
 
 # -- measuring ------------------------------------------------------------------------------
 def timed_arms(judge, pools, repeats: int, max_new_tokens: int) -> dict:
-    """Both arms ``repeats`` times, alternating which goes first; the best time counts and
+    """Every arm ``repeats`` times, alternating the order; the best time counts and
     the first run's results are kept (greedy decoding: every run gives the same)."""
     from ur.construct.judged import build_pairs
 
     steps = _DecodeSteps(judge.model)
-    best = {"ur": float("inf"), "reference": float("inf")}
+    shared = replace(judge, share_prefix=True)
+    arms = {"ur": lambda: build_pairs(judge, pools, method="rank_sift"),
+            "shared": lambda: build_pairs(shared, pools, method="rank_sift"),
+            "reference": lambda: [reference_construct(judge, p, max_new_tokens) for p in pools]}
+    best = dict.fromkeys(arms, float("inf"))
     results, ur_steps = {}, 0
     for k in range(repeats):
-        for arm in (("ur", "reference") if k % 2 == 0 else ("reference", "ur")):
+        for arm in (list(arms) if k % 2 == 0 else list(arms)[::-1]):
             before = steps.count
             t0 = time.perf_counter()
-            if arm == "ur":
-                out = build_pairs(judge, pools, method="rank_sift")
-            else:
-                out = [reference_construct(judge, p, max_new_tokens) for p in pools]
+            out = arms[arm]()
             spent = time.perf_counter() - t0
             best[arm] = min(best[arm], spent)
             log(f"round {k + 1} {arm}: {spent:.2f} s")
@@ -198,8 +207,55 @@ def timed_arms(judge, pools, repeats: int, max_new_tokens: int) -> dict:
                 if arm == "ur":
                     ur_steps = steps.count - before
     steps.remove()
-    return {"seconds": best, "ur": results["ur"], "reference": results["reference"],
-            "ur_decode_steps": ur_steps}
+    return {"seconds": best, **results, "ur_decode_steps": ur_steps}
+
+
+class _PromptTokens:
+    """Tokens the language model runs in forward passes of more than one position (the
+    prompts before decoding; padding included, as it is computed too)."""
+
+    def __init__(self, model):
+        self.count = 0
+        self.hook = model.get_input_embeddings().register_forward_hook(self._seen)
+
+    def _seen(self, module, args, out):
+        if args[0].shape[-1] > 1:
+            self.count += args[0].numel()
+
+
+def prefill(judge, pools, repeats: int) -> dict:
+    """What sharing the prompt does before decoding: the questions ur asks (every pair,
+    then every usable candidate's points), in the judge's batches, each decoded for one
+    token, plain and shared; the best of ``repeats`` timings, and the prompt tokens run."""
+    from ur.construct.judged import fixed_pairs, pair_query, point_query
+
+    asked = []
+    for p in pools:
+        asked += [pair_query(p.task, p.prompt, p.media, p.candidates, a, b)
+                  for a, b in fixed_pairs(p.usable)]
+        asked += [point_query(p.task, p.prompt, p.media, p.candidates, i) for i in p.usable]
+    batches = [asked[i:i + judge.batch_size] for i in range(0, len(asked), judge.batch_size)]
+    inputs = [judge._inputs(b) for b in batches]
+    out = {}
+    for name, share in (("plain", False), ("shared", True)):
+        one = replace(judge, share_prefix=share, max_new_tokens=1)
+        tokens = _PromptTokens(judge.model)
+        best = float("inf")
+        for _ in range(repeats):
+            tokens.count = 0
+            t0 = time.perf_counter()
+            for b, x in zip(batches, inputs, strict=True):
+                one._greedy(b, x)
+            best = min(best, time.perf_counter() - t0)
+        tokens.hook.remove()
+        out[f"prefill_{name}_s"] = round(best, 3)
+        out[f"prefill_{name}_tokens"] = tokens.count
+    out["prefill_questions"] = len(asked)
+    out["prefill_shared_over_plain_speed"] = round(out["prefill_plain_s"] / out["prefill_shared_s"], 2)
+    out["prefill_tokens_plain_over_shared"] = round(
+        out["prefill_plain_tokens"] / out["prefill_shared_tokens"], 2)
+    log(f"prefill: plain {out['prefill_plain_s']} s, shared {out['prefill_shared_s']} s")
+    return out
 
 
 def rate(count: int, seconds: float) -> float:
@@ -229,6 +285,10 @@ def figures(judge, pools, measured: dict) -> dict:
     same_outcome = sum((b.chosen, b.rejected) == (r["chosen"], r["rejected"])
                        for b, r in zip(ur_out, ref_out, strict=True))
     ur_rate, ref_rate = rate(n_prompts, t_ur), rate(n_prompts, t_ref)
+    t_shared = measured["seconds"]["shared"]
+    shared_rate = rate(n_prompts, t_shared)
+    decisions = [(b.verdicts, b.scores, b.chosen, b.rejected) for b in ur_out]
+    shared_decisions = [(b.verdicts, b.scores, b.chosen, b.rejected) for b in measured["shared"]]
     return {
         "prompts": n_prompts,
         "candidates_count": sum(len(p.candidates) for p in pools),
@@ -242,6 +302,11 @@ def figures(judge, pools, measured: dict) -> dict:
         "reference_judgments_per_s": rate(ref_judgments, t_ref),
         "ur_over_reference_judgments": round(rate(ur_judgments, t_ur) / rate(ref_judgments, t_ref), 2),
         "ur_s": round(t_ur, 3), "reference_s": round(t_ref, 3),
+        "shared_prompts_per_s": shared_rate, "shared_s": round(t_shared, 3),
+        "shared_over_ur": round(shared_rate / ur_rate, 2),
+        "shared_over_reference": round(shared_rate / ref_rate, 2),
+        "shared_same_decisions": sum(_close(a, b) for a, b in zip(decisions, shared_decisions,
+                                                                  strict=True)),
         "ur_decode_steps": measured["ur_decode_steps"],
         "ur_tokens_per_judgment": _mean([len(judge._ids(t)) for b in ur_out
                                          for t in [*b.texts, *b.score_texts.values()]]),
@@ -268,6 +333,14 @@ def figures(judge, pools, measured: dict) -> dict:
         "ur_dropped": _counts(b.dropped for b in ur_out),
         "reference_dropped": _counts(r["dropped"] for r in ref_out),
     }
+
+
+def _close(a, b) -> bool:
+    """One prompt's verdicts, scores and pair alike in two arms (scores to 1e-3)."""
+    (va, sa, *pa), (vb, sb, *pb) = a, b
+    return (va == vb and pa == pb and sa.keys() == sb.keys()
+            and all((sa[k] is None) == (sb[k] is None) and (sa[k] is None or abs(sa[k] - sb[k]) < 1e-3)
+                    for k in sa))
 
 
 def _mean(values) -> float | None:
@@ -356,11 +429,12 @@ def main(argv=None) -> dict:
                "ur_max_new_tokens": judge.max_new_tokens,
                "reference_max_new_tokens": args.reference_max_new_tokens,
                "pretrain_steps": args.pretrain_steps if base is not None else None,
-               "shared_prefix_reuse": "not done: every judgment of a prompt encodes its "
-                                      "prompt and media again, in both arms",
+               "shared_prefix_reuse": "arms ur and reference encode a question's prompt and "
+                                      "media once per judgment; arm shared once per batch",
                "reference_verdict_rule": "'<noun> 2 is better' in text -> second, else first",
                "reference_score_rule": "number after 'Final Score:', else 0"}
         out.update(figures(judge, pools, measured))
+        out.update(prefill(judge, pools, args.repeats))
         out["wall_s"] = round(time.perf_counter() - t0, 1)
         out["loadavg_1m_start_end"] = [load_start, round(os.getloadavg()[0], 2)]
         out["tiny_linear_us_start_end"] = [probe_start, linear_us()]
