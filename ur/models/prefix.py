@@ -127,8 +127,8 @@ def _cache_keyword(model) -> str:
 @torch.no_grad()
 def greedy_from_prefixes(model, prefixes: dict, owner: torch.Tensor, suffix_ids: torch.Tensor,
                          suffix_mask: torch.Tensor, *, full_ids: torch.Tensor, max_new_tokens: int,
-                         processors, stop, eos_ids=(), pad_id: int = 0
-                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                         processors, stop, eos_ids=(), pad_id: int = 0,
+                         keep_logits: bool = True) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Greedy decoding of rows that continue shared prompts, each prompt run once.
 
     ``prefixes`` holds ``G`` prompts (left-padded, with their media tensors);
@@ -142,7 +142,7 @@ def greedy_from_prefixes(model, prefixes: dict, owner: torch.Tensor, suffix_ids:
     and are padded with ``pad_id`` after; decoding ends when every row has finished or
     after ``max_new_tokens``. Returns the new tokens ``(R, T)`` and the raw logits of
     each step (one ``(R, vocab)`` tensor per new token), as ``generate`` returns them
-    with ``output_logits=True``."""
+    with ``output_logits=True`` (none unless ``keep_logits``)."""
     from transformers import DynamicCache
 
     positions = prompt_positions(model, prefixes)
@@ -161,7 +161,8 @@ def greedy_from_prefixes(model, prefixes: dict, owner: torch.Tensor, suffix_ids:
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     new, raw = [], []
     for step in range(max_new_tokens):
-        raw.append(logits)
+        if keep_logits:
+            raw.append(logits)
         token = processors(ids, logits.clone()).argmax(-1)
         token = token.masked_fill(done, pad_id)
         new.append(token)

@@ -278,7 +278,7 @@ class Judge:
     def _generate(self, queries) -> list[Judgment]:
         inputs = self._inputs(queries)
         width = inputs["input_ids"].shape[1]
-        seqs = self._greedy(queries, inputs).sequences
+        seqs = self._greedy(queries, inputs, logits=False).sequences
         out = []
         for r, seq in zip(queries, seqs, strict=True):
             text = self._decode(seq[width:])
@@ -289,17 +289,18 @@ class Judge:
                                     text=text))
         return out
 
-    def _greedy(self, queries, inputs, stop=None):
-        """Greedy decoding of the batch: ``.sequences`` (prompt and new tokens) and
-        ``.logits`` (one ``(batch, vocab)`` tensor per new token), by ``generate`` or,
-        with ``share_prefix``, from prompts each run once (:meth:`_shared_greedy`)."""
+    def _greedy(self, queries, inputs, stop=None, logits: bool = True):
+        """Greedy decoding of the batch: ``.sequences`` (prompt and new tokens) and, with
+        ``logits``, ``.logits`` (one ``(batch, vocab)`` tensor per new token), by
+        ``generate`` or, with ``share_prefix``, from prompts each run once
+        (:meth:`_shared_greedy`)."""
         if self.share_prefix:
-            return self._shared_greedy(queries, inputs, stop)
+            return self._shared_greedy(queries, inputs, stop, logits)
         extra = {} if stop is None else {"stopping_criteria": [stop]}
         return self.model.generate(**inputs, **self._decoding(), return_dict_in_generate=True,
-                                   output_logits=True, **extra)
+                                   output_logits=logits, **extra)
 
-    def _shared_greedy(self, queries, inputs, stop=None):
+    def _shared_greedy(self, queries, inputs, stop=None, logits: bool = True):
         """Greedy decoding where queries about the same media (the ten answers to one
         image and question) run their common start, media included, once.
 
@@ -340,13 +341,13 @@ class Judge:
         config = self.model.generation_config
         eos = config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        new, logits = greedy_from_prefixes(
+        new, steps = greedy_from_prefixes(
             self.model, prefixes, torch.tensor(owner, device=ids.device),
             suffix["input_ids"], suffix["attention_mask"], full_ids=ids,
             max_new_tokens=self.max_new_tokens, processors=self._processors(),
             stop=stop or (lambda x, _: torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)),
-            eos_ids=eos, pad_id=self._pad_id())
-        return _Decoded(torch.cat([ids, new], dim=1), logits)
+            eos_ids=eos, pad_id=self._pad_id(), keep_logits=logits)
+        return _Decoded(torch.cat([ids, new], dim=1), steps if logits else None)
 
     def _processors(self):
         """The logits processors ``generate`` applies in greedy decoding with this
