@@ -1,0 +1,98 @@
+"""Probe: an alignment loop's pairs and gains per kind of question.
+
+For each loop folder given (``ur loop understanding --out LOOP``) and each of its arms
+with pairs from the judge: the pairs per seed and their oracle agreement per kind of
+question (colour, shape, place, motion, describe: read from the question's wording),
+then, for every arm, the aligned policy's gain over the base on the test questions of
+each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
+questions of the pointwise records are one group of their own), mean ± std over the
+loop's seeds. Results are in docs/alignment.md.
+
+    python docs/probes/loop_kinds.py LOOP... [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+from ur.data.synthetic.world import difference_kind
+
+WORDS = (("colour", "colour"), ("shape", "shape"), ("place", "where"), ("motion", "mov"),
+         ("describe", "describ"))
+
+
+def asked(prompt: str) -> str:
+    """The kind of question its wording asks."""
+    prompt = prompt.lower()
+    return next((k for k, w in WORDS if w in prompt), "other")
+
+
+@cache
+def test_kind(item_id: str) -> str:
+    return difference_kind(item_id) or item_id.split("-")[1]
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pair_kinds(folder: Path) -> dict[str, list[bool]]:
+    """Per kind of question, whether the oracle scores each pair's chosen answer above
+    its rejected one."""
+    prompts = {r["id"]: r["prompt"] for name in ("image_pairs.jsonl", "video_pairs.jsonl")
+               for r in rows(folder / name)}
+    out = defaultdict(list)
+    for r in rows(folder / "pairs_meta.jsonl"):
+        scores = r["oracle_scores"]
+        out[asked(prompts[r["id"]])].append(scores[r["chosen_index"]] > scores[r["rejected_index"]])
+    return out
+
+
+def accuracy(path: Path) -> dict[str, float]:
+    per = defaultdict(list)
+    for r in rows(path):
+        per[test_kind(r["id"])].append(r["oracle_score"])
+    return {k: statistics.fmean(v) for k, v in per.items()}
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):+.3f} ± {sd:.3f}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("loops", nargs="+", type=Path)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = ap.parse_args(argv)
+    for loop in args.loops:
+        base = accuracy(loop / "base" / "test_answers.jsonl")
+        print(f"## {loop}\n")
+        seed0 = loop / "round1" / f"seed{args.seeds[0]}"
+        arms = sorted(p.name[len("dpo_"):] for p in seed0.glob("dpo_*"))
+        for arm in arms:
+            folders = [loop / "round1" / f"seed{s}" / f"pairs_{arm}" for s in args.seeds]
+            if all((f / "pairs_meta.jsonl").is_file() for f in folders):
+                kinds = defaultdict(list)
+                for f in folders:
+                    for k, v in pair_kinds(f).items():
+                        kinds[k].extend(v)
+                print(f"{arm} pairs per seed, oracle agreement: " + ", ".join(
+                    f"{k} {len(v) / len(folders):.0f} {statistics.fmean(v):.2f}"
+                    for k, v in sorted(kinds.items())))
+            gains = defaultdict(list)
+            for s in args.seeds:
+                for k, v in accuracy(loop / "round1" / f"seed{s}" / f"dpo_{arm}" /
+                                     "test_answers.jsonl").items():
+                    gains[k].append(v - base[k])
+            print(f"{arm} test gain: " + ", ".join(f"{k} {mean_sd(v)}" for k, v in sorted(gains.items())))
+        print()
+
+
+if __name__ == "__main__":
+    main()
