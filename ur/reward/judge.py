@@ -505,15 +505,9 @@ class Judge:
             seqs.append(p + ev + self._verdict_prefix(r, " " if ev else ""))
             reads.append(len(p) + len(ev))
         width = max(len(s) for s in seqs)
-        pad = self._pad_id()
-        new_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        new_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            new_ids[i, width - len(s):] = torch.tensor(s)
-            new_mask[i, width - len(s):] = 1
-        fwd = dict(inputs, input_ids=new_ids.to(ids.device), attention_mask=new_mask.to(ids.device))
+        fwd = dict(inputs, **_left_padded(seqs, self._pad_id(), ids.device))
         if "mm_token_type_ids" in inputs:
-            types = torch.zeros_like(new_ids)
+            types = torch.zeros((len(seqs), width), dtype=torch.long)
             for i, (row, m) in enumerate(zip(inputs["mm_token_type_ids"], mask, strict=True)):
                 t = row[m.bool()].cpu()
                 types[i, width - len(seqs[i]):width - len(seqs[i]) + len(t)] = t
