@@ -2,7 +2,7 @@
 
 For each loop folder given (``ur loop understanding --out LOOP``) and each of its arms
 with pairs from the judge: the pairs per seed and their oracle agreement per kind of
-question (colour, shape, place, motion, describe: read from the question's wording),
+question (colour, shape, place, motion, describe: :func:`ur.data.synthetic.scene.parse_question`),
 then, for every arm, the aligned policy's gain over the base on the test questions of
 each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
 questions of the pointwise records are one group of their own), mean ± std over the
@@ -20,16 +20,8 @@ from collections import defaultdict
 from functools import cache
 from pathlib import Path
 
+from ur.data.synthetic.scene import parse_question
 from ur.data.synthetic.world import difference_kind
-
-WORDS = (("colour", "colour"), ("shape", "shape"), ("place", "where"), ("motion", "mov"),
-         ("describe", "describ"))
-
-
-def asked(prompt: str) -> str:
-    """The kind of question its wording asks."""
-    prompt = prompt.lower()
-    return next((k for k, w in WORDS if w in prompt), "other")
 
 
 @cache
@@ -49,7 +41,8 @@ def pair_kinds(folder: Path) -> dict[str, list[bool]]:
     out = defaultdict(list)
     for r in rows(folder / "pairs_meta.jsonl"):
         scores = r["oracle_scores"]
-        out[asked(prompts[r["id"]])].append(scores[r["chosen_index"]] > scores[r["rejected_index"]])
+        kind = parse_question(prompts[r["id"]]).asks
+        out[kind].append(scores[r["chosen_index"]] > scores[r["rejected_index"]])
     return out
 
 

@@ -28,10 +28,9 @@ from dataclasses import replace
 import torch
 
 from ur.data.datamodule import WorldSpec, load_records
+from ur.data.synthetic.scene import SHAPES
 from ur.data.synthetic.world import difference_kind
 from ur.reward.judge import Judge
-
-SHAPES = ("circle", "square", "triangle", "diamond")
 
 
 def shape_in(text: str) -> str | None:

@@ -163,7 +163,8 @@ def greedy_from_prefixes(model, prefixes: dict, owner: torch.Tensor, suffix_ids:
     for step in range(max_new_tokens):
         if keep_logits:
             raw.append(logits)
-        token = processors(ids, logits.clone()).argmax(-1)
+        # The processors must not touch the raw logits handed back.
+        token = processors(ids, logits.clone() if keep_logits else logits).argmax(-1)
         token = token.masked_fill(done, pad_id)
         new.append(token)
         ids = torch.cat([ids, token[:, None]], dim=1)

@@ -80,7 +80,7 @@ from ur.data.answers import (
     parse_pairwise,
     parse_score,
 )
-from ur.data.collate import JudgeCollator
+from ur.data.collate import JudgeCollator, pad_rows
 from ur.data.records import JudgeQuery, Media, PreferenceRecord, is_generation
 from ur.data.templates import PromptTemplates
 
@@ -689,14 +689,9 @@ def _common_prefix(rows: list[list[int]]) -> int:
 
 
 def _left_padded(rows: list[list[int]], pad: int, device) -> dict:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    """Rows padded on the left, with their attention mask, on ``device``."""
+    return {"input_ids": pad_rows(rows, pad, left=True).to(device),
+            "attention_mask": pad_rows([[1] * len(r) for r in rows], 0, left=True).to(device)}
 
 
 class _VerdictStop:
