@@ -187,6 +187,11 @@ class ConstructModule(LightningModule):
         share_prefix: Run the start that a batch's judgments of one question share (the
             template, the image or clip, the question) once, not once per judgment; the
             judgments are the same to float rounding (:class:`ur.reward.judge.Judge`).
+        describe_first: Tasks whose questions are judged from descriptions: each image or
+            clip described on its own first, then the question asked with the
+            descriptions as text (:class:`ur.reward.judge.Judge`).
+        describer: The checkpoint that writes those descriptions (default: each judge
+            itself), e.g. the base the judge was trained from.
         scale: Pointwise scale (default: the scale the judge learned the task on).
         n: Candidates per prompt (UnifiedReward: 10).
         temperature: Sampling temperature of the policy.
@@ -206,7 +211,8 @@ class ConstructModule(LightningModule):
                  method: str = "rank_sift", both_orders: bool = False, margin: float = 0.0,
                  pair_from: str = "verdict",
                  judge_mode: str = "fast", judge_batch_size: int = 32,
-                 share_prefix: bool = False,
+                 share_prefix: bool = False, describe_first: list[str] | None = None,
+                 describer: str | None = None,
                  scale: tuple[float, float] | None = None, n: int = 10,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  max_new_tokens: int = 48, sample_batch_size: int = 16, num_frames: int = 4,
@@ -220,15 +226,25 @@ class ConstructModule(LightningModule):
         paths = [judge] if isinstance(judge, str) else list(judge)
         if not paths:
             raise ValueError("model.init_args.judge: give a judge's checkpoint, or a list")
+        describing = None
+        if describer is not None:
+            model, processor = load_vlm(describer, dtype=dtype,
+                                        trust_remote_code=trust_remote_code)
+            describing = Judge(model=model.eval().requires_grad_(False), processor=processor,
+                               mode="generate", max_new_tokens=48,
+                               batch_size=judge_batch_size, num_frames=num_frames)
         judges = []
         for path in paths:
             model, processor = load_vlm(path, dtype=dtype, trust_remote_code=trust_remote_code)
             judges.append(Judge(model=model.eval().requires_grad_(False), processor=processor,
                                 mode=judge_mode, batch_size=judge_batch_size,
                                 both_orders=both_orders, pair_from=pair_from,
-                                num_frames=num_frames, share_prefix=share_prefix))
+                                num_frames=num_frames, share_prefix=share_prefix,
+                                describe_first=tuple(describe_first or ()),
+                                describer=describing))
         # Registered as submodules, so Lightning moves them to the device.
-        self.judge_models = torch.nn.ModuleList(j.model for j in judges)
+        self.judge_models = torch.nn.ModuleList(
+            [j.model for j in judges] + ([describing.model] if describing else []))
         self.judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
         self.policy = self.policy_processor = None
         if policy is not None:

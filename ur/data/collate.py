@@ -71,7 +71,8 @@ class Conversation:
            templates: PromptTemplates) -> Conversation:
         if isinstance(record, TextView):
             r = record.record
-            return cls((), templates.text_view_instruction(r), templates.target(r), r)
+            target = "" if isinstance(r, JudgeQuery) else templates.target(r)
+            return cls((), templates.text_view_instruction(r), target, r)
         target = "" if isinstance(record, JudgeQuery) else templates.target(record)
         return cls(record.media, templates.instruction(record), target, record)
 
@@ -83,9 +84,10 @@ class TextView:
     views of understanding records teach the comparison behind understanding verdicts (an
     answer's claims against the evidence) far more cheaply than images do
     (docs/tiny_base.md, "Text views"); ``PreferenceDataModule(text_views=...)`` adds
-    them to training batches."""
+    them to training batches. A judge that describes first (``Judge(describe_first=...)``)
+    asks its questions as text views of queries whose evidence is its own descriptions."""
 
-    record: PreferenceRecord
+    record: PreferenceRecord | JudgeQuery
 
 
 def size_key(conversation: Conversation) -> tuple[int, int, int]:

@@ -108,7 +108,14 @@ class PromptTemplates:
 
     text_view: str = "Text: {evidence}.\n"
     """What a text view's user turn starts with, before the instruction, in place of the
-    media (``PreferenceDataModule(text_views=...)``). Placeholder: {evidence}."""
+    media (``PreferenceDataModule(text_views=...)``, and the judge's ``describe_first``).
+    Placeholder: {evidence}."""
+
+    describe_image: str = "Describe the image."
+    """What a judge with ``describe_first`` asks about each image on its own, before it
+    sees the caption, question or answers (:class:`ur.reward.judge.Judge`)."""
+    describe_video: str = "Describe the video."
+    """The same for each video."""
 
     def __post_init__(self):
         if self.answer_style not in ("evidence", "bare"):
@@ -146,7 +153,16 @@ class PromptTemplates:
             raise RecordError("a text view needs the record's evidence (the synthetic "
                               "world's records carry it)", row=record.id,
                               field="evidence")
-        return self.text_view.format(evidence="; ".join(record.evidence)) + self.instruction(record)
+        return self.described_instruction(record.evidence, record)
+
+    def described_instruction(self, descriptions, record) -> str:
+        """The user turn of a record shown as text: what each image or clip shows
+        (``descriptions``), then the record's own instruction."""
+        return self.text_view.format(evidence="; ".join(descriptions)) + self.instruction(record)
+
+    def describe(self, kind: str) -> str:
+        """The instruction that asks for one image's (``kind`` image) or clip's description."""
+        return self.describe_image if kind == "image" else self.describe_video
 
     def evidence_text(self, record: PreferenceRecord) -> str:
         """The sentences stating what each image or clip shows, or "" without evidence."""
@@ -286,6 +302,17 @@ def answer_mark(score: float) -> str:
     if score >= 1.0:
         return "Right."
     return "Wrong." if score <= 0.0 else "Partly right."
+
+
+_DESCRIPTION_LEAD = re.compile(r"^(?:the|this) (?:image|video|clip|picture) shows\s+", re.I)
+
+
+def description(text: str) -> str:
+    """What a described image or clip shows, as text views write it: the model's first
+    sentence without its lead ("The image shows a red circle on the left. ..." -> "a red
+    circle on the left")."""
+    first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].rstrip(".!? ")
+    return _DESCRIPTION_LEAD.sub("", first)
 
 
 def as_sentence(text: str) -> str:

@@ -45,6 +45,16 @@ those of ``generate`` on the whole rows, to float rounding. It supports the gree
 settings judging uses (suppressed tokens, the checkpoint's repetition penalty) and
 refuses a generation config that asks for others.
 
+``describe_first`` (a list of tasks) judges those tasks' questions in two steps. Each
+image or clip is first described on its own, greedily, with nothing but the media and
+``templates.describe_image`` / ``describe_video`` in view (by ``describer``, another
+judge, when given, else by this one); then the question is asked as a text view, the
+descriptions written in place of the media (``templates.text_view``). A judge that sees
+the caption or the answers while it describes copies them into its evidence; a
+description written first cannot (docs/judge_quality.md, "Describe first"). The judge
+must have learned text views of those tasks (``PreferenceDataModule(text_views=...,
+text_view_tasks=...)``).
+
 ``pair_from`` says where a pairwise decision comes from:
 
 ``verdict``
@@ -80,9 +90,9 @@ from ur.data.answers import (
     parse_pairwise,
     parse_score,
 )
-from ur.data.collate import JudgeCollator, pad_rows
-from ur.data.records import JudgeQuery, Media, PreferenceRecord, is_generation
-from ur.data.templates import PromptTemplates
+from ur.data.collate import JudgeCollator, TextView, pad_rows
+from ur.data.records import TASKS, JudgeQuery, Media, PreferenceRecord, is_generation
+from ur.data.templates import PromptTemplates, description
 
 PAIR_FROM: tuple[str, ...] = ("verdict", "points", "both")
 POINT_SCALES: dict[str, tuple[float, float]] = {
@@ -140,6 +150,8 @@ class Judge:
     pair_from: str = "verdict"
     point_scales: dict = field(default_factory=lambda: dict(POINT_SCALES))
     share_prefix: bool = False
+    describe_first: tuple[str, ...] = ()
+    describer: Judge | None = None
 
     def __post_init__(self):
         if self.mode not in ("fast", "generate"):
@@ -147,6 +159,14 @@ class Judge:
         if self.pair_from not in PAIR_FROM:
             raise ValueError(f"pair_from must be one of {', '.join(PAIR_FROM)}, "
                              f"got {self.pair_from!r}")
+        self.describe_first = tuple(self.describe_first)
+        unknown = set(self.describe_first) - set(TASKS)
+        if unknown:
+            raise ValueError(f"describe_first: unknown tasks {sorted(unknown)}; choose from "
+                             f"{', '.join(TASKS)}")
+        if self.describe_first and self.share_prefix:
+            raise ValueError("share_prefix and describe_first cannot be combined: a text "
+                             "view has no media to share")
         self.collator = JudgeCollator(self.processor, templates=self.templates,
                                       num_frames=self.num_frames, with_targets=False,
                                       processor_kwargs=self.processor_kwargs)
@@ -232,11 +252,17 @@ class Judge:
         keys = [_memo_key(q) for q in work]
         judged = {k: memo[k] for k in keys if k in memo}
         fresh = [(k, q) for k, q in zip(keys, work, strict=True) if k not in judged]
-        for start in range(0, len(fresh), self.batch_size):
-            chunk = fresh[start:start + self.batch_size]
-            done = [q for _, q in chunk]
-            done = self._fast(done) if self.mode == "fast" else self._generate(done)
-            judged.update(zip((k for k, _ in chunk), done, strict=True))
+        # Questions read as text views (describe_first) are batched apart from the rest.
+        fresh.sort(key=lambda kq: self._reads_text(kq[1]))
+        texts = sum(self._reads_text(q) for _, q in fresh)
+        descriptions = self._descriptions([q for _, q in fresh[len(fresh) - texts:]], memo)
+        for part in (fresh[:len(fresh) - texts], fresh[len(fresh) - texts:]):
+            for start in range(0, len(part), self.batch_size):
+                chunk = part[start:start + self.batch_size]
+                done = [replace(q, evidence=tuple(descriptions[m] for m in q.media))
+                        if self._reads_text(q) else q for _, q in chunk]
+                done = self._fast(done) if self.mode == "fast" else self._generate(done)
+                judged.update(zip((k for k, _ in chunk), done, strict=True))
         memo.update((k, j) for k, j in judged.items() if not _is_local(k))
         out = [judged[k] for k in keys]
         results = []
@@ -250,6 +276,27 @@ class Judge:
                 verdict = from_points if verdict is None else _with_points(verdict, from_points)
             results.append(verdict)
         return results
+
+    def _reads_text(self, q: JudgeQuery) -> bool:
+        return q.task in self.describe_first
+
+    def _descriptions(self, queries: list[JudgeQuery], memo: dict) -> dict[Media, str]:
+        """What each image or clip of ``queries`` shows, described on its own (greedy,
+        the first sentence, :func:`ur.data.templates.description`); kept in ``memo``."""
+        known = memo.setdefault(("descriptions",), {})
+        todo = list(dict.fromkeys(m for q in queries for m in q.media if m not in known))
+        describer = self.describer or replace(self, describe_first=())
+        for start in range(0, len(todo), describer.batch_size):
+            chunk = todo[start:start + describer.batch_size]
+            asks = [JudgeQuery(task="image_generation" if m.kind == "image"
+                               else "video_generation", form="pointwise", prompt="describe",
+                               media=(m,), scale=(0.0, 1.0),
+                               instruction=self.templates.describe(
+                                   "image" if m.kind == "image" else "video"))
+                    for m in chunk]
+            for m, j in zip(chunk, describer._generate(asks), strict=True):
+                known[m] = description(j.text)
+        return known
 
     def _combine(self, a: Judgment, b: Judgment) -> Judgment:
         back = _FLIP[b.label]
@@ -268,7 +315,7 @@ class Judge:
         return next(self.model.parameters()).device
 
     def _inputs(self, queries):
-        batch = self.collator(queries)
+        batch = self.collator([TextView(q) if self._reads_text(q) else q for q in queries])
         batch.pop("records")
         return {k: v.to(self._device()) for k, v in batch.items()}
 

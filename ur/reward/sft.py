@@ -21,7 +21,7 @@ judge's).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
@@ -58,6 +58,13 @@ class JudgeSpec:
     point_scales: dict[str, tuple[float, float]] | None = None
     """Per task, the scale candidates are scored on for ``pair_from`` points or both
     (default: ur.reward.judge.POINT_SCALES, the scales the world's sources use)."""
+    describe_first: list[str] = field(default_factory=list)
+    """Tasks judged in two steps: each image or clip described on its own, then the
+    question asked with the descriptions as text (ur.reward.judge; the judge must have
+    learned text views of these tasks)."""
+    describer: str | None = None
+    """The checkpoint that writes those descriptions (default: the judge itself), e.g. the
+    base the judge was trained from. Loaded without remote code."""
 
 
 class RewardSFTModule(VLMTrainingMixin, LightningModule):
@@ -162,8 +169,18 @@ class RewardSFTModule(VLMTrainingMixin, LightningModule):
                                 both_orders=spec.both_orders, max_new_tokens=spec.max_new_tokens,
                                 batch_size=spec.batch_size, pair_from=spec.pair_from,
                                 **({"point_scales": spec.point_scales} if spec.point_scales
-                                   else {}), **kwargs)
+                                   else {}), describe_first=tuple(spec.describe_first),
+                                describer=self._describer(), **kwargs)
         return self._judge
+
+    def _describer(self) -> Judge | None:
+        path = self.judge_spec.describer
+        if path is None:
+            return None
+        describer = Judge.from_pretrained(path, mode="generate", max_new_tokens=48,
+                                          batch_size=self.judge_spec.batch_size)
+        describer.model.to(self.device)
+        return describer
 
     def _eval_step(self, batch, stage: str):
         """The teacher-forced loss and the judge's verdicts on the batch's records, into
