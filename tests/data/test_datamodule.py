@@ -211,6 +211,41 @@ def test_text_views_of_generation_records_show_each_pictures_evidence(world, pro
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_describe_views_follow_the_text_views(world, processor):
+    """``describe_views`` adds single images or clips of the training records after the
+    text views, each with the instruction to describe it alone and its evidence as the
+    target; the records and text views drawn are those of the run without them."""
+    from ur.data.collate import DescribeView, TextView
+
+    templates = PromptTemplates(answer_checks=True)
+    viewed = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3)
+    described = PreferenceDataModule(world=world, batch_size=4, templates=templates,
+                                     text_views=3, describe_views=2)
+    for dm in (viewed, described):
+        dm.processor = processor
+        dm.setup("fit")
+    data = described.datasets["train"]
+    batches = list(described.train_dataloader().batch_sampler)
+    assert [b[:-2] for b in batches] == list(viewed.train_dataloader().batch_sampler)
+    views = [data[i] for b in batches for i in b[-2:]]
+    assert all(isinstance(v, DescribeView) for v in views)
+    assert {v.record.task for v in views} == {
+        "image_generation", "video_generation", "image_understanding", "video_understanding"}
+    assert all(isinstance(data[i], TextView) for b in batches for i in b[-5:-2])
+    pair = next(v for v in views if v.record.task == "video_generation" and v.index == 1)
+    batch = described.collator()([data[0], pair])
+    row = batch["input_ids"][1][batch["attention_mask"][1].bool()]
+    labels = batch["labels"][1][batch["attention_mask"][1].bool()]
+    prompt = processor.tokenizer.decode(row[labels == IGNORE_INDEX])
+    assert "Describe the video." in prompt and pair.record.prompt not in prompt
+    target = processor.tokenizer.decode(row[labels != IGNORE_INDEX])
+    assert target == f"The video shows {pair.record.evidence[1]}.<|im_end|>"
+    assert batch["video_grid_thw"].shape[0] == len(data[0].media) * (
+        data[0].modality == "video") + 1
+    with pytest.raises(ValueError, match="describe_views"):
+        PreferenceDataModule(world=world, describe_views=-1)
+
+
 def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):
     """A training batch's text views are padded to their own longest row, not the
     records', and the training loss over both parts is the mean token loss of the same

@@ -67,12 +67,16 @@ class Conversation:
     record: PreferenceRecord | JudgeQuery | None = None
 
     @classmethod
-    def of(cls, record: PreferenceRecord | JudgeQuery | TextView,
+    def of(cls, record: PreferenceRecord | JudgeQuery | TextView | DescribeView,
            templates: PromptTemplates) -> Conversation:
         if isinstance(record, TextView):
             r = record.record
             target = "" if isinstance(r, JudgeQuery) else templates.target(r)
             return cls((), templates.text_view_instruction(r), target, r)
+        if isinstance(record, DescribeView):
+            r, i = record.record, record.index
+            return cls((r.media[i],), templates.describe(r.modality),
+                       templates.description_target(r.modality, r.evidence[i]), r)
         target = "" if isinstance(record, JudgeQuery) else templates.target(record)
         return cls(record.media, templates.instruction(record), target, record)
 
@@ -88,6 +92,18 @@ class TextView:
     asks its questions as text views of queries whose evidence is its own descriptions."""
 
     record: PreferenceRecord | JudgeQuery
+
+
+@dataclass(frozen=True)
+class DescribeView:
+    """One image or clip of a record (its ``index``-th) with the instruction to describe
+    it and nothing else in view, the target what it shows ("The image shows a red circle
+    on the left."). Describe views teach a judge to describe a picture before it reads
+    the caption or answers it judges (``Judge(describe_first=...)``);
+    ``PreferenceDataModule(describe_views=...)`` adds them to training batches."""
+
+    record: PreferenceRecord
+    index: int = 0
 
 
 def size_key(conversation: Conversation) -> tuple[int, int, int]:

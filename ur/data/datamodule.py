@@ -12,7 +12,9 @@ is shuffled with ``seed + epoch``. Pairwise records are put in a seeded random o
 list the preferred candidate first (VideoDPO, ShareGPTVideo) do not teach position.
 With ``text_views``, each training batch also carries that many records of the world
 (understanding records, or those of ``text_view_tasks``) shown as text (their evidence in the prompt, no media), drawn per batch
-and padded apart from the batch's records (``batch["text_views"]``).
+and padded apart from the batch's records (``batch["text_views"]``). With
+``describe_views``, each also carries that many single images or clips of its records
+with the instruction to describe them and the evidence as the target.
 
 Bad input: strict by default (any unusable record stops setup with every problem
 listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``. Setup also decodes
@@ -36,7 +38,14 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from ur.data.collate import Conversation, JudgeCollator, TextView, load_record_media, size_key
+from ur.data.collate import (
+    Conversation,
+    DescribeView,
+    JudgeCollator,
+    TextView,
+    load_record_media,
+    size_key,
+)
 from ur.data.records import FORMS, TASKS, PreferenceRecord, RecordError, is_generation
 from ur.data.sampling import (
     EpochLoader,
@@ -202,10 +211,13 @@ def randomize_order(record: PreferenceRecord, seed: int) -> PreferenceRecord:
 
 class RecordDataset(Dataset):
     """The records of a split; index ``len(records) + k`` is the text view of the
-    ``k``-th of ``views`` (record indices), for :class:`TextViewBatches`."""
+    ``k``-th of ``views`` (record indices), and after those, index
+    ``len(records) + len(views) + k`` the describe view of the ``k``-th of ``described``
+    (record index, media index), for :class:`TextViewBatches`."""
 
-    def __init__(self, records: list[PreferenceRecord], views: Sequence[int] = ()):
-        self.records, self.views = records, list(views)
+    def __init__(self, records: list[PreferenceRecord], views: Sequence[int] = (),
+                 described: Sequence[tuple[int, int]] = ()):
+        self.records, self.views, self.described = records, list(views), list(described)
 
     def __len__(self):
         return len(self.records)
@@ -213,7 +225,11 @@ class RecordDataset(Dataset):
     def __getitem__(self, i):
         if i < len(self.records):
             return self.records[i]
-        return TextView(self.records[self.views[i - len(self.records)]])
+        k = i - len(self.records)
+        if k < len(self.views):
+            return TextView(self.records[self.views[k]])
+        r, m = self.described[k - len(self.views)]
+        return DescribeView(self.records[r], m)
 
 
 class ProcessorFromPath:
@@ -293,6 +309,12 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             picture's evidence in the prompt ("Text: a red circle on the left, blurry;
             a red square on the left."), which teaches the comparison behind their
             verdicts (with ``templates.generation_checks``) the same way.
+        describe_views: Add this many describe views to every training batch: one
+            image or clip of a training record with evidence, the instruction to
+            describe it and nothing else, the target what it shows
+            (:class:`ur.data.collate.DescribeView`). They teach the judge to describe a
+            picture on its own, which a judge that describes first
+            (``judge.describe_first``, with no ``describer``) relies on.
     """
 
     def __init__(
@@ -323,6 +345,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         length_grouping: int = 8,
         text_views: int = 0,
         text_view_tasks: list[str] | None = None,
+        describe_views: int = 0,
     ):
         super().__init__()
         for name, values, allowed in (("tasks", tasks, TASKS), ("train_tasks", train_tasks, TASKS),
@@ -357,6 +380,9 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             raise ValueError(f"unknown text_view_tasks {sorted(unknown)}; choose from {list(TASKS)}")
         self.text_view_tasks = (list(text_view_tasks) if text_view_tasks
                                 else [t for t in TASKS if not is_generation(t)])
+        if describe_views < 0:
+            raise ValueError(f"describe_views must be >= 0, got {describe_views}")
+        self.describe_views = describe_views
         self.datasets: dict[str, RecordDataset] = {}
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
@@ -416,7 +442,15 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
                 if not viewable:  # e.g. a generation-only arm of a task ablation
                     log.info("text_views: the training split (tasks=%s) has no records of "
                              "%s to view; none added", tasks, ", ".join(self.text_view_tasks))
-            self.datasets[split] = RecordDataset(records, views)
+            described = ()
+            if split == "train" and self.describe_views:
+                described = [(i, m) for i, r in enumerate(records) if r.evidence
+                             and len(r.evidence) == len(r.media) for m in range(len(r.media))]
+                if not described:
+                    raise ValueError(f"describe_views={self.describe_views} needs training "
+                                     "records with evidence for each image or clip (the "
+                                     "synthetic world's); these sources have none")
+            self.datasets[split] = RecordDataset(records, views, described)
 
     def difference_kinds(self, records: Sequence[PreferenceRecord]) -> list[str | None]:
         """Per record, what tells its two candidates apart
@@ -478,14 +512,16 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         common = dict(collate_fn=self.collator(), num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0,
                       generator=torch.Generator().manual_seed(self.seed))
-        if not (shuffle and dataset.views):
+        if not (shuffle and (dataset.views or dataset.described)):
             loader = EpochLoader if shuffle else DataLoader
             return loader(dataset, sampler=sampler,
                           batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           **common)
         batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
                                   views=len(dataset.views), count=self.text_views,
-                                  seed=self.seed)
+                                  seed=self.seed,
+                                  more=[(len(dataset) + len(dataset.views),
+                                         len(dataset.described), self.describe_views)])
         return EpochLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):

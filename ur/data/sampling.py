@@ -86,31 +86,40 @@ class MixtureSampler(Sampler[int]):
 
 class TextViewBatches(BatchSampler):
     """A sampler's indices cut into batches of ``batch_size``, each followed by ``count``
-    text views (dataset indices ``first_view + k`` for ``k < views``), drawn without
+    views (dataset indices ``first_view + k`` for ``k < views``), drawn without
     replacement within a batch (with replacement only when ``count`` exceeds ``views``),
-    seeded by ``seed``, the sampler's epoch and (under DDP) the rank.
+    seeded by ``seed``, the sampler's epoch and (under DDP) the rank. ``more`` adds other
+    kinds of views the same way, each a ``(first_view, views, count)``, drawn after.
 
     A ``BatchSampler`` whose ``sampler`` argument Lightning can replace: under DDP it is
     rebuilt around a distributed sampler that hands each rank its share of the records,
     and each rank adds its own views."""
 
     def __init__(self, sampler: Sampler[int], batch_size: int, *, first_view: int,
-                 views: int, count: int, seed: int = 0):
-        if views < 1:
-            raise ValueError("text views need at least one record to view")
+                 views: int, count: int, seed: int = 0,
+                 more: Sequence[tuple[int, int, int]] = ()):
         super().__init__(sampler, batch_size, drop_last=False)
-        self.first_view, self.views, self.count, self.seed = first_view, views, count, seed
+        self.groups = [g for g in [(first_view, views, count), *more] if g[2] > 0]
+        if any(n < 1 for _, n, _ in self.groups):
+            raise ValueError("views need at least one record to view")
+        self.seed = seed
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         rank = getattr(self.sampler, "rank", 0)
-        rng = np.random.default_rng([self.seed, self.sampler.epoch, 1, *([rank] if rank else [])])
+        # One stream per kind of view, so adding a kind leaves the others' draws as they were.
+        rngs = [np.random.default_rng([self.seed, self.sampler.epoch, 1 if g == 0 else 100 + g,
+                                       *([rank] if rank else [])])
+                for g in range(len(self.groups))]
         order = list(self.sampler)
         for start in range(0, len(order), self.batch_size):
-            drawn = rng.choice(self.views, self.count, replace=self.count > self.views)
-            yield order[start:start + self.batch_size] + [self.first_view + int(k) for k in drawn]
+            batch = order[start:start + self.batch_size]
+            for rng, (first, views, count) in zip(rngs, self.groups, strict=True):
+                drawn = rng.choice(views, count, replace=count > views)
+                batch += [first + int(k) for k in drawn]
+            yield batch
 
     def __len__(self):
         return -(-len(self.sampler) // self.batch_size)

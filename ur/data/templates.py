@@ -160,6 +160,11 @@ class PromptTemplates:
         (``descriptions``), then the record's own instruction."""
         return self.text_view.format(evidence="; ".join(descriptions)) + self.instruction(record)
 
+    def description_target(self, kind: str, evidence: str) -> str:
+        """What a picture described on its own shows, as a judge is trained to write it:
+        the first sentence of its evidence ("The image shows a red circle on the left.")."""
+        return f"The {kind} shows {evidence}."
+
     def describe(self, kind: str) -> str:
         """The instruction that asks for one image's (``kind`` image) or clip's description."""
         return self.describe_image if kind == "image" else self.describe_video
