@@ -153,12 +153,7 @@ class PromptTemplates:
             raise RecordError("a text view needs the record's evidence (the synthetic "
                               "world's records carry it)", row=record.id,
                               field="evidence")
-        return self.described_instruction(record.evidence, record)
-
-    def described_instruction(self, descriptions, record) -> str:
-        """The user turn of a record shown as text: what each image or clip shows
-        (``descriptions``), then the record's own instruction."""
-        return self.text_view.format(evidence="; ".join(descriptions)) + self.instruction(record)
+        return self.text_view.format(evidence="; ".join(record.evidence)) + self.instruction(record)
 
     def description_target(self, kind: str, evidence: str) -> str:
         """What a picture described on its own shows, as a judge is trained to write it:
@@ -177,14 +172,15 @@ class PromptTemplates:
             noun = candidate_noun(record.task)
             checked = self.checked_candidates(record)
             if len(record.evidence) == 1:
-                text = f"The {noun.lower()} shows {record.evidence[0]}. "
+                text = self.description_target(noun.lower(), record.evidence[0]) + " "
                 return text + (self.generation_check(record, noun, 0) if checked else "")
             # Each picture's check follows its own description, so the values it compares
             # are a few words back, not behind the other picture's description.
             return "".join(f"{noun} {i} shows {ev}. "
                            + (self.generation_check(record, f"{noun} {i}", i - 1) if checked else "")
                            for i, ev in enumerate(record.evidence, start=1))
-        return f"The {record.modality} shows {record.evidence[0]}. " + self.checks_text(record)
+        return (self.description_target(record.modality, record.evidence[0]) + " "
+                + self.checks_text(record))
 
     def generation_check(self, record: PreferenceRecord, name: str, i: int) -> str:
         """Picture ``i`` of a generation record checked against the caption ("Image 1:
@@ -262,7 +258,7 @@ class PromptTemplates:
         if not (self.answer_checks and not is_generation(record.task) and record.evidence
                 and record.target is not None and self._embeds_answer(record)):
             return None
-        lead = f"The {record.modality} shows {record.evidence[0]}. "
+        lead = self.description_target(record.modality, record.evidence[0]) + " "
         question, answer = embedded_answer(record.instruction or record.prompt)
         claims = answer_claims(question, answer, record.evidence[0])
         if not claims or not record.target.startswith(lead):

@@ -89,10 +89,6 @@ class DensePretrainModule(VLMTrainingMixin, LightningModule):
 
 
 
-def describe_instruction(kind: str) -> str:
-    return f"Describe the {kind}."
-
-
 def check_instruction(question: str, answer: str) -> str:
     return f"Question: {question}\nAnswer: {answer}\nCheck the answer."
 
@@ -114,7 +110,8 @@ def dense_conversations(records: list[PreferenceRecord], *, answers: bool = True
                 continue
             seen.add(key)
             kind = "image" if m.kind == "image" else "video"
-            out.append(Conversation((m,), describe_instruction(kind), f"The {kind} shows {ev}.", r))
+            out.append(Conversation((m,), templates.describe(kind),
+                                    templates.description_target(kind, ev), r))
         if not r.task.endswith("understanding") or r.form != "pairwise":
             continue
         if answers and r.label != "tie":
@@ -138,11 +135,12 @@ def tokenizer_texts(records: list[PreferenceRecord], templates: PromptTemplates)
         texts.append(templates.instruction(r))
         texts.append(templates.target(r))
         texts.extend(r.responses)
-        texts.extend(f"The {k} shows {ev}." for ev in r.evidence or () for k in ("image", "video"))
+        texts.extend(templates.description_target(k, ev) for ev in r.evidence or ()
+                     for k in ("image", "video"))
     for scale in {r.scale for r in records if r.scale}:
         lo, hi = scale
         texts.extend(f"Final Score: {format_score(v)}" for v in range(int(lo), int(hi) + 1))
-    texts += [describe_instruction("image"), describe_instruction("video"),
+    texts += [templates.describe("image"), templates.describe("video"),
               check_instruction("What is shown?", "It is.")]
     return texts
 
@@ -198,7 +196,7 @@ def perception(model, processor, records: list[PreferenceRecord], *, per_kind: i
         for conv, seq in zip(chunk, out, strict=True):
             said = processor.tokenizer.decode(seq[width:], skip_special_tokens=True)
             kind = "image" if conv.media[0].kind == "image" else "video"
-            if conv.instruction == describe_instruction(kind):
+            if conv.instruction == PromptTemplates().describe(kind):
                 for name, hit in attribute_hits(said, conv.target, kind).items():
                     hits[f"{kind}/{name}"].append(hit)
             else:

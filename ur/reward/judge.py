@@ -253,10 +253,10 @@ class Judge:
         judged = {k: memo[k] for k in keys if k in memo}
         fresh = [(k, q) for k, q in zip(keys, work, strict=True) if k not in judged]
         # Questions read as text views (describe_first) are batched apart from the rest.
-        fresh.sort(key=lambda kq: self._reads_text(kq[1]))
-        texts = sum(self._reads_text(q) for _, q in fresh)
-        descriptions = self._descriptions([q for _, q in fresh[len(fresh) - texts:]], memo)
-        for part in (fresh[:len(fresh) - texts], fresh[len(fresh) - texts:]):
+        viewed = [(k, q) for k, q in fresh if self._reads_text(q)]
+        direct = [(k, q) for k, q in fresh if not self._reads_text(q)]
+        descriptions = self._descriptions([q for _, q in viewed], memo) if viewed else {}
+        for part in (direct, viewed):
             for start in range(0, len(part), self.batch_size):
                 chunk = part[start:start + self.batch_size]
                 done = [replace(q, evidence=tuple(descriptions[m] for m in q.media))
@@ -288,12 +288,11 @@ class Judge:
         describer = self.describer or replace(self, describe_first=())
         for start in range(0, len(todo), describer.batch_size):
             chunk = todo[start:start + describer.batch_size]
-            asks = [JudgeQuery(task="image_generation" if m.kind == "image"
-                               else "video_generation", form="pointwise", prompt="describe",
+            kinds = ["image" if m.kind == "image" else "video" for m in chunk]
+            asks = [JudgeQuery(task=f"{kind}_generation", form="pointwise", prompt="describe",
                                media=(m,), scale=(0.0, 1.0),
-                               instruction=self.templates.describe(
-                                   "image" if m.kind == "image" else "video"))
-                    for m in chunk]
+                               instruction=self.templates.describe(kind))
+                    for m, kind in zip(chunk, kinds, strict=True)]
             for m, j in zip(chunk, describer._generate(asks), strict=True):
                 known[m] = description(j.text)
         return known
