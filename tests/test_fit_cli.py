@@ -154,11 +154,12 @@ DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2")
 def test_ddp_fit_makes_one_run_folder(mini, tmp_path):
     """Two CPU processes (gloo): one run folder, one W&B run, one metrics.json with the
     test metrics, and no hang in the metrics' sync where a rank saw no record of a task.
-    Training batches carry describe views, and the test judges image generation by
-    describing first, so both run under DDP too."""
+    Training batches carry describe views and malformed records, and the test judges
+    image generation by describing first, so these run under DDP too."""
     run = ur("fit", "--config", str(QUICKSTART), "--config", str(overlay(tmp_path, mini)),
              "--run.name", "ddp",
              "--data.init_args.num_workers", "0", "--data.init_args.describe_views", "2",
+             "--data.init_args.malformed_views", "1",
              "--model.init_args.judge.describe_first", "[image_generation]",
              *DDP, cwd=tmp_path, timeout=600)
     run_dirs = list((tmp_path / "checkpoints" / "ddp").iterdir())

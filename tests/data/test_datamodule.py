@@ -7,6 +7,7 @@ from PIL import Image
 
 from ur.data.collate import IGNORE_INDEX, JudgeCollator
 from ur.data.datamodule import CorpusError, PreferenceDataModule, SourceSpec, WorldSpec
+from ur.data.records import PreferenceRecord
 from ur.data.templates import PromptTemplates
 from ur.models.tiny import build_tiny_vlm
 
@@ -244,6 +245,50 @@ def test_describe_views_follow_the_text_views(world, processor):
         data[0].modality == "video") + 1
     with pytest.raises(ValueError, match="describe_views"):
         PreferenceDataModule(world=world, describe_views=-1)
+
+
+def test_malformed_views_follow_the_other_views(world, processor):
+    """``malformed_views`` adds garbled understanding records after the text and describe
+    views: the records and views drawn are those of the run without them, each garbled
+    record is one of the training split's with an answer changed, and its target checks
+    that answer against the evidence."""
+    templates = PromptTemplates(answer_checks=True)
+    plain = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3,
+                                 describe_views=2)
+    garbled = PreferenceDataModule(world=world, batch_size=4, templates=templates,
+                                   text_views=3, describe_views=2, malformed_views=2)
+    for dm in (plain, garbled):
+        dm.processor = processor
+        dm.setup("fit")
+    data = garbled.datasets["train"]
+    batches = list(garbled.train_dataloader().batch_sampler)
+    assert [b[:-2] for b in batches] == list(plain.train_dataloader().batch_sampler)
+    drawn = [data[i] for b in batches for i in b[-2:]]
+    originals = {r.id: r for r in data.records}
+    assert all(isinstance(m, PreferenceRecord) and m.id.endswith("-malformed") for m in drawn)
+    assert {m.task for m in drawn} == {"image_understanding", "video_understanding"}
+    for m in drawn:
+        r = originals[m.id.removesuffix("-malformed")]
+        assert m.media == r.media and m.evidence == r.evidence
+        assert (m.responses, m.instruction) != (r.responses, r.instruction)
+    pair = next(m for m in data.malformed if m.form == "pairwise" and m.label != "tie")
+    target = templates.target(pair)
+    assert target.endswith(("Answer 1 is better", "Answer 2 is better"))
+    assert ("Wrong." in target or "Partly right." in target) and "Right." in target
+    batch = garbled.collator()([data[i] for i in batches[0]])
+    assert len(batch["records"]) == 4 + 2 + 2 and batch["text_views"]["input_ids"].shape[0] == 3
+    # fixed by the seed: the same garbled copies in another run of the same seed
+    again = PreferenceDataModule(world=world, batch_size=4, malformed_views=1)
+    again.setup("fit")
+    assert again.datasets["train"].malformed == data.malformed
+    with pytest.raises(ValueError, match="malformed_views must be >= 0"):
+        PreferenceDataModule(world=world, malformed_views=-1)
+
+
+def test_malformed_views_need_evidence(broken_source):
+    dm = PreferenceDataModule(train=[broken_source], skip_bad=True, malformed_views=2)
+    with pytest.raises(ValueError, match="malformed_views=2 needs understanding records"):
+        dm.setup("fit")
 
 
 def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):

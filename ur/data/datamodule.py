@@ -14,7 +14,9 @@ With ``text_views``, each training batch also carries that many records of the w
 (understanding records, or those of ``text_view_tasks``) shown as text (their evidence in the prompt, no media), drawn per batch
 and padded apart from the batch's records (``batch["text_views"]``). With
 ``describe_views``, each also carries that many single images or clips of its records
-with the instruction to describe them and the evidence as the target.
+with the instruction to describe them and the evidence as the target. With
+``malformed_views``, each also carries that many understanding records with one answer
+garbled and labelled by the world's oracle (:mod:`ur.data.synthetic.malformed`).
 
 Bad input: strict by default (any unusable record stops setup with every problem
 listed); ``skip_bad=True`` skips and counts them, up to ``max_bad``. Setup also decodes
@@ -203,6 +205,12 @@ def stable_coin(seed: int, key: str) -> bool:
     return digest[0] & 1 == 1
 
 
+def stable_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator that depends only on (seed, key)."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+
 def randomize_order(record: PreferenceRecord, seed: int) -> PreferenceRecord:
     if record.form != "pairwise" or record.instruction is not None:
         return record
@@ -211,13 +219,15 @@ def randomize_order(record: PreferenceRecord, seed: int) -> PreferenceRecord:
 
 class RecordDataset(Dataset):
     """The records of a split; index ``len(records) + k`` is the text view of the
-    ``k``-th of ``views`` (record indices), and after those, index
-    ``len(records) + len(views) + k`` the describe view of the ``k``-th of ``described``
-    (record index, media index), for :class:`TextViewBatches`."""
+    ``k``-th of ``views`` (record indices); after those, the describe views of
+    ``described`` (record index, media index), then the records of ``malformed``, for
+    :class:`TextViewBatches`."""
 
     def __init__(self, records: list[PreferenceRecord], views: Sequence[int] = (),
-                 described: Sequence[tuple[int, int]] = ()):
+                 described: Sequence[tuple[int, int]] = (),
+                 malformed: Sequence[PreferenceRecord] = ()):
         self.records, self.views, self.described = records, list(views), list(described)
+        self.malformed = list(malformed)
 
     def __len__(self):
         return len(self.records)
@@ -228,8 +238,11 @@ class RecordDataset(Dataset):
         k = i - len(self.records)
         if k < len(self.views):
             return TextView(self.records[self.views[k]])
-        r, m = self.described[k - len(self.views)]
-        return DescribeView(self.records[r], m)
+        k -= len(self.views)
+        if k < len(self.described):
+            r, m = self.described[k]
+            return DescribeView(self.records[r], m)
+        return self.malformed[k - len(self.described)]
 
 
 class ProcessorFromPath:
@@ -315,6 +328,14 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             (:class:`ur.data.collate.DescribeView`). They teach the judge to describe a
             picture on its own, which a judge that describes first
             (``judge.describe_first``, with no ``describer``) relies on.
+        malformed_views: Add this many malformed records to every training batch: an
+            understanding record of the training split (with evidence: the synthetic
+            world's) with an answer garbled, a stray word, a fragment, words run
+            together or left out, and labelled by the oracle reading it against the
+            evidence (a pair: the better answer against its garbled copy; a single
+            answer: garbled). The world's wrong answers are all well-formed; these
+            teach a judge what a policy's malformed samples are worth. Each training
+            record has one garbled copy, fixed by ``seed``.
     """
 
     def __init__(
@@ -346,6 +367,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         text_views: int = 0,
         text_view_tasks: list[str] | None = None,
         describe_views: int = 0,
+        malformed_views: int = 0,
     ):
         super().__init__()
         for name, values, allowed in (("tasks", tasks, TASKS), ("train_tasks", train_tasks, TASKS),
@@ -383,6 +405,9 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         if describe_views < 0:
             raise ValueError(f"describe_views must be >= 0, got {describe_views}")
         self.describe_views = describe_views
+        if malformed_views < 0:
+            raise ValueError(f"malformed_views must be >= 0, got {malformed_views}")
+        self.malformed_views = malformed_views
         self.datasets: dict[str, RecordDataset] = {}
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
@@ -450,7 +475,23 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
                     raise ValueError(f"describe_views={self.describe_views} needs training "
                                      "records with evidence for each image or clip (the "
                                      "synthetic world's); these sources have none")
-            self.datasets[split] = RecordDataset(records, views, described)
+            malformed = ()
+            if split == "train" and self.malformed_views:
+                malformed = self._malformed(records)
+            self.datasets[split] = RecordDataset(records, views, described, malformed)
+
+    def _malformed(self, records: list[PreferenceRecord]) -> list[PreferenceRecord]:
+        """One garbled copy of each understanding record with evidence, seeded per record."""
+        from ur.data.synthetic.malformed import malformed_record, vocabulary
+
+        usable = [r for r in records if not is_generation(r.task) and r.evidence]
+        words = vocabulary(usable)
+        out = [m for r in usable if (m := malformed_record(r, stable_rng(self.seed, r.id), words))]
+        if not out:
+            raise ValueError(f"malformed_views={self.malformed_views} needs understanding "
+                             "records with evidence in the training split (the synthetic "
+                             "world's); these sources have none")
+        return out
 
     def difference_kinds(self, records: Sequence[PreferenceRecord]) -> list[str | None]:
         """Per record, what tells its two candidates apart
@@ -512,7 +553,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         common = dict(collate_fn=self.collator(), num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0,
                       generator=torch.Generator().manual_seed(self.seed))
-        if not (shuffle and (dataset.views or dataset.described)):
+        if not (shuffle and (dataset.views or dataset.described or dataset.malformed)):
             loader = EpochLoader if shuffle else DataLoader
             return loader(dataset, sampler=sampler,
                           batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -521,7 +562,10 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
                                   views=len(dataset.views), count=self.text_views,
                                   seed=self.seed,
                                   more=[(len(dataset) + len(dataset.views),
-                                         len(dataset.described), self.describe_views)])
+                                         len(dataset.described), self.describe_views),
+                                        (len(dataset) + len(dataset.views)
+                                         + len(dataset.described),
+                                         len(dataset.malformed), self.malformed_views)])
         return EpochLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):

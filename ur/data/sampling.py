@@ -99,8 +99,11 @@ class TextViewBatches(BatchSampler):
                  views: int, count: int, seed: int = 0,
                  more: Sequence[tuple[int, int, int]] = ()):
         super().__init__(sampler, batch_size, drop_last=False)
-        self.groups = [g for g in [(first_view, views, count), *more] if g[2] > 0]
-        if any(n < 1 for _, n, _ in self.groups):
+        # (stream, first, views, count): a kind's stream is its place in the list given,
+        # so adding a kind leaves the others' draws as they were.
+        self.groups = [(k, *g) for k, g in enumerate([(first_view, views, count), *more])
+                       if g[2] > 0]
+        if any(n < 1 for _, _, n, _ in self.groups):
             raise ValueError("views need at least one record to view")
         self.seed = seed
 
@@ -109,14 +112,13 @@ class TextViewBatches(BatchSampler):
 
     def __iter__(self):
         rank = getattr(self.sampler, "rank", 0)
-        # One stream per kind of view, so adding a kind leaves the others' draws as they were.
-        rngs = [np.random.default_rng([self.seed, self.sampler.epoch, 1 if g == 0 else 100 + g,
+        rngs = [np.random.default_rng([self.seed, self.sampler.epoch, 1 if k == 0 else 100 + k,
                                        *([rank] if rank else [])])
-                for g in range(len(self.groups))]
+                for k, *_ in self.groups]
         order = list(self.sampler)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            for rng, (first, views, count) in zip(rngs, self.groups, strict=True):
+            for rng, (_, first, views, count) in zip(rngs, self.groups, strict=True):
                 drawn = rng.choice(views, count, replace=count > views)
                 batch += [first + int(k) for k in drawn]
             yield batch

@@ -253,18 +253,24 @@ class PromptTemplates:
 
     def _checked_verbatim(self, record: PreferenceRecord) -> str | None:
         """A verbatim pointwise target ("The image shows X. Final Score: 3") with its
-        embedded answer checked after the evidence, when checks are on and the answer's
-        claims can be read; else None. How right the answer is comes from its claims."""
+        embedded answer checked after the evidence, when checks are on and the target
+        starts with the evidence; else None. How right the answer is comes from its
+        claims; an answer whose claims cannot be read ("It is equally.") is restated and
+        marked by the record's score."""
         if not (self.answer_checks and not is_generation(record.task) and record.evidence
                 and record.target is not None and self._embeds_answer(record)):
             return None
         lead = self.description_target(record.modality, record.evidence[0]) + " "
+        if not record.target.startswith(lead):
+            return None
         question, answer = embedded_answer(record.instruction or record.prompt)
         claims = answer_claims(question, answer, record.evidence[0])
-        if not claims or not record.target.startswith(lead):
-            return None
-        held = sum(c == t for c, t in claims) / len(claims)
-        return lead + claims_check("Answer", claims, held) + " " + record.target[len(lead):]
+        if claims:
+            check = claims_check("Answer", claims, sum(c == t for c, t in claims) / len(claims))
+        else:
+            lo, hi = record.scale
+            check = answer_check("Answer", answer, (record.score - lo) / (hi - lo))
+        return lead + check + " " + record.target[len(lead):]
 
 
 _EMBEDDED = re.compile(r"^Question: (?P<q>[^\n]+)\nAnswer: (?P<a>[^\n]+)\n")

@@ -152,6 +152,12 @@ def to_scale(score01: float, scale: tuple[int, int], step: int = 1) -> int:
     return int(lo + step * round(float(np.clip(score01, 0, 1)) * steps))
 
 
+def understanding_points(task: str, score01: float, scale: tuple[int, int] | None = None) -> int:
+    """An understanding answer's oracle score as a pointwise record of ``task`` states it:
+    on ``scale`` (default the task's), image understanding in steps of 25."""
+    return to_scale(score01, tuple(scale or SCALES[task]), 25 if task == "image_understanding" else 1)
+
+
 # --------------------------------------------------------------------------- generation
 
 def _errors_for(scene: Scene, rng, count: int, exclude=(), pool=None) -> list[str]:
@@ -330,7 +336,7 @@ def _understanding_item(task, form, index, rng, difficulty, image_size, num_fram
         item.kind = "tie" if intended == "tie" else asks
     else:
         item.scale = SCALES[task]
-        item.score = to_scale(scores[0], item.scale, 25 if task == "image_understanding" else 1)
+        item.score = understanding_points(task, scores[0])
     return item
 
 
