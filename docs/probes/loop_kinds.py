@@ -3,6 +3,8 @@
 For each loop folder given (``ur loop understanding --out LOOP``) and each of its arms
 with pairs from the judge: the pairs per seed and their oracle agreement per kind of
 question (colour, shape, place, motion, describe: :func:`ur.data.synthetic.scene.parse_question`),
+and the share of pairs whose chosen (and rejected) answer makes no claim the world's
+grammar can read ("It is equally.": :func:`ur.data.synthetic.language.answer_claims`);
 then, for every arm, the aligned policy's gain over the base on the test questions of
 each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
 questions of the pointwise records are one group of their own), mean ± std over the
@@ -20,6 +22,7 @@ from collections import defaultdict
 from functools import cache
 from pathlib import Path
 
+from ur.data.synthetic.language import answer_claims
 from ur.data.synthetic.scene import parse_question
 from ur.data.synthetic.world import difference_kind
 
@@ -33,17 +36,22 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def pair_kinds(folder: Path) -> dict[str, list[bool]]:
+def pair_kinds(folder: Path) -> tuple[dict[str, list[bool]], list[tuple[bool, bool]]]:
     """Per kind of question, whether the oracle scores each pair's chosen answer above
-    its rejected one."""
-    prompts = {r["id"]: r["prompt"] for name in ("image_pairs.jsonl", "video_pairs.jsonl")
-               for r in rows(folder / name)}
-    out = defaultdict(list)
+    its rejected one; and per pair, whether its chosen and its rejected answer are
+    unreadable."""
+    pairs = {r["id"]: r for name in ("image_pairs.jsonl", "video_pairs.jsonl")
+             for r in rows(folder / name)}
+    out, unreadable = defaultdict(list), []
     for r in rows(folder / "pairs_meta.jsonl"):
         scores = r["oracle_scores"]
-        kind = parse_question(prompts[r["id"]]).asks
+        pair = pairs[r["id"]]
+        kind = parse_question(pair["prompt"]).asks
         out[kind].append(scores[r["chosen_index"]] > scores[r["rejected_index"]])
-    return out
+        unreadable.append(tuple(
+            answer_claims(pair["prompt"], pair[side], pair["ur_evidence"][0]) is None
+            for side in ("chosen", "rejected")))
+    return out, unreadable
 
 
 def accuracy(path: Path) -> dict[str, float]:
@@ -71,13 +79,18 @@ def main(argv=None) -> None:
         for arm in arms:
             folders = [loop / "round1" / f"seed{s}" / f"pairs_{arm}" for s in args.seeds]
             if all((f / "pairs_meta.jsonl").is_file() for f in folders):
-                kinds = defaultdict(list)
+                kinds, unreadable = defaultdict(list), []
                 for f in folders:
-                    for k, v in pair_kinds(f).items():
+                    per_kind, marks = pair_kinds(f)
+                    unreadable += marks
+                    for k, v in per_kind.items():
                         kinds[k].extend(v)
                 print(f"{arm} pairs per seed, oracle agreement: " + ", ".join(
                     f"{k} {len(v) / len(folders):.0f} {statistics.fmean(v):.2f}"
                     for k, v in sorted(kinds.items())))
+                print(f"{arm} unreadable answers: chosen "
+                      f"{statistics.fmean(c for c, _ in unreadable):.3f}, rejected "
+                      f"{statistics.fmean(r for _, r in unreadable):.3f}")
             gains = defaultdict(list)
             for s in args.seeds:
                 for k, v in accuracy(loop / "round1" / f"seed{s}" / f"dpo_{arm}" /

@@ -285,10 +285,13 @@ def test_malformed_views_follow_the_other_views(world, processor):
         PreferenceDataModule(world=world, malformed_views=-1)
 
 
-def test_malformed_views_need_evidence(broken_source):
+def test_malformed_views_need_evidence(broken_source, world):
     dm = PreferenceDataModule(train=[broken_source], skip_bad=True, malformed_views=2)
     with pytest.raises(ValueError, match="malformed_views=2 needs understanding records"):
         dm.setup("fit")
+    arm = PreferenceDataModule(world=world, train_tasks=["video_generation"], malformed_views=2)
+    arm.setup("fit")  # a generation-only arm: nothing to garble, plain batches
+    assert arm.datasets["train"].malformed == []
 
 
 def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):

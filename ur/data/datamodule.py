@@ -335,7 +335,8 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             evidence (a pair: the better answer against its garbled copy; a single
             answer: garbled). The world's wrong answers are all well-formed; these
             teach a judge what a policy's malformed samples are worth. Each training
-            record has one garbled copy, fixed by ``seed``.
+            record has one garbled copy, fixed by ``seed``. A training split without
+            understanding records (a generation-only arm) gets none.
     """
 
     def __init__(
@@ -484,7 +485,12 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         """One garbled copy of each understanding record with evidence, seeded per record."""
         from ur.data.synthetic.malformed import malformed_record, vocabulary
 
-        usable = [r for r in records if not is_generation(r.task) and r.evidence]
+        understanding = [r for r in records if not is_generation(r.task)]
+        if not understanding:  # e.g. a generation-only arm of a task ablation
+            log.info("malformed_views: the training split has no understanding records; "
+                     "none added")
+            return []
+        usable = [r for r in understanding if r.evidence]
         words = vocabulary(usable)
         out = [m for r in usable if (m := malformed_record(r, stable_rng(self.seed, r.id), words))]
         if not out:
