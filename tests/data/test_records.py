@@ -237,8 +237,14 @@ def test_a_verbatim_pointwise_target_gets_its_embedded_answer_checked():
     assert PromptTemplates(answer_checks=True, check_style="restate").target(r) == r.target
     other = replace(r, target="Final Score: 0")  # not led by the evidence: left as it is
     assert t.target(other) == "Final Score: 0" and t.checked_answers(other) == 0
-    unread = replace(r, instruction=instruction.replace("It is blue.", "No idea."))
-    assert t.target(unread) == r.target and t.checked_answers(unread) == 0
+    # an answer whose claims cannot be read is restated, marked by the record's score
+    unread = replace(r, instruction=instruction.replace("It is blue.", "It is equally."))
+    assert t.target(unread) == ("The image shows a red circle on the left. Answer: It is "
+                                "equally. Wrong. Final Score: 0")
+    assert t.checked_answers(unread) == 1
+    assert "Answer: It is equally. Partly right. Final Score: 50" in t.target(
+        replace(unread, score=50, target="The image shows a red circle on the left. "
+                                         "Final Score: 50"))
     assert t.checked_answers(replace(r, evidence=None)) == 1  # at inference: the judge checks
     pair = replace(r, form="pairwise", score=None, scale=None, label="first",
                    responses=("It is blue.", "It is red."), target="Answer 2 is better")
