@@ -46,9 +46,10 @@ def vocabulary(records: Iterable[PreferenceRecord]) -> list[str]:
 
 
 def garble(text: str, rng: np.random.Generator, words: Sequence[str]) -> str:
-    """``text`` with one or two of its words (never the first) garbled: replaced by a
-    word from ``words``, cut to a fragment of one, run into the word before it, or left
-    out with the word after it. The result differs from ``text`` whenever it can."""
+    """``text`` with one or two of its words after the first garbled: replaced by a word
+    from ``words``, cut to a fragment of one, run into the word before it ("It isue."),
+    or left out with the word after it. The result differs from ``text`` whenever it
+    can."""
     if not words:
         raise ValueError("garble needs words to draw stray words and fragments from")
     body, end = (text[:-1], ".") if text.endswith(".") else (text, "")
