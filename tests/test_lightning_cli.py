@@ -116,3 +116,18 @@ def test_bad_data_stops_a_stage_with_its_message_not_a_traceback(tmp_path):
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
     assert "ur fit:" in run.stderr and "pairs.jsonl, row 7, field 'image'" in run.stderr
+
+
+def test_wandb_run_ids_read_back_from_a_config_as_strings(tmp_path):
+    """The run's W&B id goes into its saved config.yaml, which replaying the run reads
+    back: an id must not read as a number there ("7082e844" reads as inf)."""
+    from jsonargparse._loaders_dumpers import yaml_load
+
+    from ur.runs import wandb_run_id
+
+    for i in range(400):
+        run_dir = tmp_path / str(i)
+        run_dir.mkdir()
+        run_id = wandb_run_id(run_dir)
+        assert yaml_load(f"id: {run_id}") == {"id": run_id}
+        assert wandb_run_id(run_dir) == run_id  # stored, and reused

@@ -67,7 +67,9 @@ def wandb_run_id(run_dir: Path) -> str:
     path = run_dir / "wandb_id"
     if path.exists():
         return path.read_text().strip()
-    run_id = secrets.token_hex(4)
+    # A letter first: an id of hex digits alone can read back from a config file as a
+    # number ("7082e844" as inf, "12345678" as an int), which W&B's id refuses.
+    run_id = "r" + secrets.token_hex(4)
     write_text_atomic(path, run_id + "\n")
     return run_id
 
