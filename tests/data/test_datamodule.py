@@ -36,6 +36,14 @@ def processor(tiny):
     return AutoProcessor.from_pretrained(tiny)
 
 
+def fitted(world, processor, **kwargs) -> PreferenceDataModule:
+    """A data module of 4-record batches on ``world``, set up for fitting."""
+    dm = PreferenceDataModule(world=world, batch_size=4, **kwargs)
+    dm.processor = processor
+    dm.setup("fit")
+    return dm
+
+
 def test_labels_cover_exactly_the_assistant_answer(world, processor):
     dm = PreferenceDataModule(world=world, processor=None)
     dm.processor = processor
@@ -219,12 +227,8 @@ def test_describe_views_follow_the_text_views(world, processor):
     from ur.data.collate import DescribeView, TextView
 
     templates = PromptTemplates(answer_checks=True)
-    viewed = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3)
-    described = PreferenceDataModule(world=world, batch_size=4, templates=templates,
-                                     text_views=3, describe_views=2)
-    for dm in (viewed, described):
-        dm.processor = processor
-        dm.setup("fit")
+    viewed = fitted(world, processor, templates=templates, text_views=3)
+    described = fitted(world, processor, templates=templates, text_views=3, describe_views=2)
     data = described.datasets["train"]
     batches = list(described.train_dataloader().batch_sampler)
     assert [b[:-2] for b in batches] == list(viewed.train_dataloader().batch_sampler)
@@ -253,13 +257,9 @@ def test_malformed_views_follow_the_other_views(world, processor):
     record is one of the training split's with an answer changed, and its target checks
     that answer against the evidence."""
     templates = PromptTemplates(answer_checks=True)
-    plain = PreferenceDataModule(world=world, batch_size=4, templates=templates, text_views=3,
-                                 describe_views=2)
-    garbled = PreferenceDataModule(world=world, batch_size=4, templates=templates,
-                                   text_views=3, describe_views=2, malformed_views=2)
-    for dm in (plain, garbled):
-        dm.processor = processor
-        dm.setup("fit")
+    plain = fitted(world, processor, templates=templates, text_views=3, describe_views=2)
+    garbled = fitted(world, processor, templates=templates, text_views=3, describe_views=2,
+                     malformed_views=2)
     data = garbled.datasets["train"]
     batches = list(garbled.train_dataloader().batch_sampler)
     assert [b[:-2] for b in batches] == list(plain.train_dataloader().batch_sampler)
@@ -337,10 +337,7 @@ def test_text_views_need_evidence(broken_source, world, processor):
 
 
 def train_loader(world, processor, **kwargs):
-    dm = PreferenceDataModule(world=world, batch_size=4, **kwargs)
-    dm.processor = processor
-    dm.setup("fit")
-    return dm.train_dataloader()
+    return fitted(world, processor, **kwargs).train_dataloader()
 
 
 @pytest.mark.parametrize("text_views", [0, 3])

@@ -28,6 +28,7 @@ step N; what still fails inside a batch is counted by :class:`ur.callbacks.Skipp
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -199,16 +200,18 @@ def without_bad_media(per_source: list[list[PreferenceRecord]], num_frames: int,
     return [[r for r in recs if id(r) not in bad] for recs in per_source], problems
 
 
+def _digest(seed: int, key: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+
+
 def stable_coin(seed: int, key: str) -> bool:
     """A fair coin that depends only on (seed, key): the same on every worker and run."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return digest[0] & 1 == 1
+    return _digest(seed, key)[0] & 1 == 1
 
 
 def stable_rng(seed: int, key: str) -> np.random.Generator:
     """A generator that depends only on (seed, key)."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+    return np.random.default_rng([seed, int.from_bytes(_digest(seed, key), "little")])
 
 
 def randomize_order(record: PreferenceRecord, seed: int) -> PreferenceRecord:
@@ -228,21 +231,28 @@ class RecordDataset(Dataset):
                  malformed: Sequence[PreferenceRecord] = ()):
         self.records, self.views, self.described = records, list(views), list(described)
         self.malformed = list(malformed)
+        sizes = [len(self.views), len(self.described), len(self.malformed)]
+        starts = itertools.accumulate([len(records), *sizes[:-1]])
+        self._ranges = list(zip(starts, sizes, strict=True))
 
     def __len__(self):
         return len(self.records)
 
+    def view_ranges(self) -> list[tuple[int, int]]:
+        """(first index, count) of the text views, the describe views and the malformed
+        records, in that order."""
+        return list(self._ranges)
+
     def __getitem__(self, i):
         if i < len(self.records):
             return self.records[i]
-        k = i - len(self.records)
-        if k < len(self.views):
-            return TextView(self.records[self.views[k]])
-        k -= len(self.views)
-        if k < len(self.described):
-            r, m = self.described[k]
+        (views, _), (described, _), (malformed, _) = self._ranges
+        if i < described:
+            return TextView(self.records[self.views[i - views]])
+        if i < malformed:
+            r, m = self.described[i - described]
             return DescribeView(self.records[r], m)
-        return self.malformed[k - len(self.described)]
+        return self.malformed[i - malformed]
 
 
 class ProcessorFromPath:
@@ -559,19 +569,17 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         common = dict(collate_fn=self.collator(), num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0,
                       generator=torch.Generator().manual_seed(self.seed))
-        if not (shuffle and (dataset.views or dataset.described or dataset.malformed)):
+        ranges = dataset.view_ranges()
+        if not (shuffle and any(n for _, n in ranges)):
             loader = EpochLoader if shuffle else DataLoader
             return loader(dataset, sampler=sampler,
                           batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           **common)
-        batches = TextViewBatches(sampler, self.batch_size, first_view=len(dataset),
-                                  views=len(dataset.views), count=self.text_views,
-                                  seed=self.seed,
-                                  more=[(len(dataset) + len(dataset.views),
-                                         len(dataset.described), self.describe_views),
-                                        (len(dataset) + len(dataset.views)
-                                         + len(dataset.described),
-                                         len(dataset.malformed), self.malformed_views)])
+        counts = (self.text_views, self.describe_views, self.malformed_views)
+        (first, views, count), *more = [(first, n, c) for (first, n), c
+                                        in zip(ranges, counts, strict=True)]
+        batches = TextViewBatches(sampler, self.batch_size, first_view=first, views=views,
+                                  count=count, seed=self.seed, more=more)
         return EpochLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self):

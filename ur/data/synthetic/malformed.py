@@ -11,7 +11,7 @@ shape, and can rank them first. :func:`malformed_record` makes records that hold
 - a single answer: the record's answer garbled.
 
 Each is labelled as the world labels every answer: the oracle reads the garbled text
-against the scene the record's evidence describes (:func:`ur.data.synthetic.oracle.scene_of`),
+against the scene the record's evidence describes (:func:`ur.data.synthetic.oracle.evidence_scene`),
 so a garbled answer that still names the right value is still right, a stray word in a
 description costs that attribute only, and an answer with no value in it scores 0.
 """
@@ -25,9 +25,9 @@ from dataclasses import replace
 import numpy as np
 
 from ur.data.answers import pointwise_verdict
-from ur.data.records import PreferenceRecord, is_generation, task_modality
+from ur.data.records import PreferenceRecord, is_generation
 from ur.data.synthetic.language import DEFECT_WORDS
-from ur.data.synthetic.oracle import scene_of, score_answer
+from ur.data.synthetic.oracle import evidence_scene, score_answer
 from ur.data.synthetic.world import pair_label, understanding_points
 from ur.data.templates import embedded_answer
 
@@ -87,8 +87,7 @@ def malformed_record(record: PreferenceRecord, rng: np.random.Generator,
     ending the target is the oracle's."""
     if is_generation(record.task) or not record.evidence:
         return None
-    kind = "image" if task_modality(record.task) == "image" else "clip"
-    scene = scene_of(record.evidence[0], kind)
+    scene = evidence_scene(record)
     rid = f"{record.id}-malformed"
     if record.form == "pointwise":
         return _malformed_single(record, scene, rng, words, rid)
