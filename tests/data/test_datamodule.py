@@ -294,6 +294,32 @@ def test_malformed_views_need_evidence(broken_source, world):
     assert arm.datasets["train"].malformed == []
 
 
+def test_restyle_answers_rewords_a_share_of_the_training_descriptions(world, processor):
+    """``restyle_answers`` rewords the description answers of a seeded share of the
+    training records in place: the same records in the same order, validation untouched,
+    and the same share of records in another run of the same seed."""
+    plain = fitted(world, processor)
+    half = fitted(world, processor, restyle_answers=0.5)
+    every = fitted(world, processor, restyle_answers=1.0)
+    before = plain.datasets["train"].records
+
+    def changed(dm):
+        return [i for i, (a, b) in enumerate(zip(before, dm.datasets["train"].records,
+                                                 strict=True)) if a != b]
+
+    assert [r.id for r in every.datasets["train"].records] == [r.id for r in before]
+    assert every.datasets["val"].records == plain.datasets["val"].records
+    assert all("Describe the" in before[i].prompt for i in changed(every))
+    assert 0 < len(changed(half)) < len(changed(every))
+    # a record drawn into the share is reworded as in a run that rewords them all
+    assert all(half.datasets["train"].records[i] == every.datasets["train"].records[i]
+               for i in changed(half))
+    again = fitted(world, processor, restyle_answers=0.5)
+    assert again.datasets["train"].records == half.datasets["train"].records
+    with pytest.raises(ValueError, match="restyle_answers must be between 0 and 1"):
+        PreferenceDataModule(world=world, restyle_answers=1.5)
+
+
 def test_text_views_padded_apart_give_the_loss_of_one_padded_batch(world, tiny):
     """A training batch's text views are padded to their own longest row, not the
     records', and the training loss over both parts is the mean token loss of the same

@@ -347,6 +347,14 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             teach a judge what a policy's malformed samples are worth. Each training
             record has one garbled copy, fixed by ``seed``. A training split without
             understanding records (a generation-only arm) gets none.
+        restyle_answers: Reword the description answers of this share of the training
+            split's understanding records with evidence (0 to 1, chosen per record by
+            ``seed``): each answer opened another way ("The image shows a red circle on
+            the left." for "A red circle on the left."), its claims and label unchanged
+            (:mod:`ur.data.synthetic.restyle`). The world words every description as a
+            noun phrase; a policy pretrained on captions writes sentences that open like
+            the judge's own evidence, which a judge that has never read one misjudges.
+            Text views and malformed views are made from the reworded records.
     """
 
     def __init__(
@@ -379,6 +387,7 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         text_view_tasks: list[str] | None = None,
         describe_views: int = 0,
         malformed_views: int = 0,
+        restyle_answers: float = 0.0,
     ):
         super().__init__()
         for name, values, allowed in (("tasks", tasks, TASKS), ("train_tasks", train_tasks, TASKS),
@@ -419,6 +428,9 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
         if malformed_views < 0:
             raise ValueError(f"malformed_views must be >= 0, got {malformed_views}")
         self.malformed_views = malformed_views
+        if not 0 <= restyle_answers <= 1:
+            raise ValueError(f"restyle_answers must be between 0 and 1, got {restyle_answers}")
+        self.restyle_answers = restyle_answers
         self.datasets: dict[str, RecordDataset] = {}
         self.sizes: dict[str, list[int]] = {}
         self.skipped: dict[str, int] = {}
@@ -465,6 +477,8 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
                 log.warning("%s: skipped %d unusable record(s)", split, len(problems))
             self.skipped[split] = len(problems)
             records = [randomize_order(r, seed) for recs in per_source for r in recs]
+            if split == "train" and self.restyle_answers:
+                records = self._restyled(records)
             self.sizes[split] = [len(r) for r in per_source]
             views = ()
             if split == "train" and self.text_views:
@@ -490,6 +504,19 @@ class PreferenceDataModule(ProcessorFromPath, ResumableTrainLoader, LightningDat
             if split == "train" and self.malformed_views:
                 malformed = self._malformed(records)
             self.datasets[split] = RecordDataset(records, views, described, malformed)
+
+    def _restyled(self, records: list[PreferenceRecord]) -> list[PreferenceRecord]:
+        """``records`` with the description answers of a seeded share reworded."""
+        from ur.data.synthetic.restyle import restyled_record
+
+        out, changed = [], 0
+        for r in records:
+            rng = stable_rng(self.seed, f"restyle/{r.source}/{r.id}")
+            new = restyled_record(r, rng) if rng.random() < self.restyle_answers else None
+            changed += new is not None and new != r
+            out.append(new or r)
+        log.info("restyle_answers: %d of %d training records reworded", changed, len(records))
+        return out
 
     def _malformed(self, records: list[PreferenceRecord]) -> list[PreferenceRecord]:
         """One garbled copy of each understanding record with evidence, seeded per record."""
