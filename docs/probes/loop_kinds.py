@@ -5,7 +5,9 @@ with pairs from the judge: the pairs per seed and their oracle agreement per kin
 question (colour, shape, place, motion, describe: :func:`ur.data.synthetic.scene.parse_question`),
 and the share of pairs whose chosen (and rejected) answer makes no claim the world's
 grammar can read ("It is equally.": :func:`ur.data.synthetic.language.answer_claims`);
-then, for every arm, the aligned policy's gain over the base on the test questions of
+how right the judge's own evidence is where it scores a description ("The image shows
+..." before its checks, read by the oracle as a description of the picture), apart for
+answers that open the same way and for the others; then, for every arm, the aligned policy's gain over the base on the test questions of
 each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
 questions of the pointwise records are one group of their own), mean ± std over the
 loop's seeds. Results are in docs/alignment.md.
@@ -23,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from ur.data.synthetic.language import answer_claims
+from ur.data.synthetic.oracle import scene_of, score_answer
 from ur.data.synthetic.scene import parse_question
 from ur.data.synthetic.world import difference_kind
 
@@ -52,6 +55,25 @@ def pair_kinds(folder: Path) -> tuple[dict[str, list[bool]], list[tuple[bool, bo
             answer_claims(pair["prompt"], pair[side], pair["ur_evidence"][0]) is None
             for side in ("chosen", "rejected")))
     return out, unreadable
+
+
+def evidence_scores(folder: Path) -> dict[str, list[float]]:
+    """The oracle's score of the judge's evidence (what it wrote the picture shows) where
+    it scored an answer to a description question, keyed by whether the answer opens as
+    the evidence does ("The image shows", "The video shows") or not."""
+    questions = {q["id"]: q for q in rows(folder.parent / "candidates" / "candidates.jsonl")}
+    out = defaultdict(list)
+    for r in rows(folder / "pairs_meta.jsonl"):
+        q = questions[r["question_id"]]
+        if parse_question(q["prompt"]).asks != "describe":
+            continue
+        kind = "image" if q["task"] == "image_understanding" else "clip"
+        scene = scene_of(q["evidence"][0], kind)
+        for k, text in r["judge"]["score_texts"].items():
+            opens = q["answers"][int(k)].startswith(("The image shows", "The video shows"))
+            said = text.split(" Answer:")[0]
+            out["opens alike" if opens else "other"].append(score_answer(scene, q["prompt"], said))
+    return out
 
 
 def accuracy(path: Path) -> dict[str, float]:
@@ -88,6 +110,15 @@ def main(argv=None) -> None:
                 print(f"{arm} pairs per seed, oracle agreement: " + ", ".join(
                     f"{k} {len(v) / len(folders):.0f} {statistics.fmean(v):.2f}"
                     for k, v in sorted(kinds.items())))
+                evidence = defaultdict(list)
+                for f in folders:
+                    for k, v in evidence_scores(f).items():
+                        evidence[k].extend(v)
+                if evidence:
+                    print(f"{arm} judge's evidence on descriptions, oracle score: " + ", ".join(
+                        f"answers that open alike {statistics.fmean(v):.3f} ({len(v)})"
+                        if k == "opens alike" else f"others {statistics.fmean(v):.3f} ({len(v)})"
+                        for k, v in sorted(evidence.items())))
                 print(f"{arm} unreadable answers: chosen "
                       f"{statistics.fmean(c for c, _ in unreadable):.3f}, rejected "
                       f"{statistics.fmean(r for _, r in unreadable):.3f}")
