@@ -75,6 +75,26 @@ def test_a_margin_keeps_only_pairs_scored_further_apart():
             check_method(method, margin)
 
 
+def test_a_typical_rejection_takes_the_first_answer_scored_below_the_middle():
+    """``reject="typical"``: of the rejected side, the first in sampling order scoring
+    below the middle of the scale, not the worst; the worst when none is below it."""
+    scores = {0: 95.0, 1: 30.0, 2: 2.0, 3: 40.0, 4: 70.0}
+    assert best_and_worst([0, 4], [1, 2, 3], scores) == (0, 2)
+    assert best_and_worst([0, 4], [3, 2, 1], scores, below=50.0) == (0, 1)
+    assert best_and_worst([0], [4, 3], scores, below=50.0) == (0, 3)
+    assert best_and_worst([0], [4], scores, below=50.0) == (0, 4)  # none below: the worst
+    built = settle(Built("sift", scores=dict(scores)), list(scores), list(scores), below=50.0)
+    assert (built.chosen, built.rejected) == (0, 1)
+    # the margin still applies to the answer rejected
+    assert settle(Built("sift", scores=dict(scores)), [0], [1, 2], least=70.0,
+                  below=50.0).dropped == "small_margin"
+    for method in ("rank", "random"):
+        with pytest.raises(ValueError, match="reject applies"):
+            check_method(method, reject="typical")
+    with pytest.raises(ValueError, match="unknown reject"):
+        check_method("sift", reject="random")
+
+
 def test_ranking_only_takes_the_pair_the_judge_is_surest_of():
     decided = [((0, 1), {"first": 0.6, "second": 0.3, "tie": 0.1}),
                ((3, 2), {"first": 0.05, "second": 0.9, "tie": 0.05})]

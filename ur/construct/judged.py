@@ -12,7 +12,12 @@ UnifiedReward's construction (FACTS.md section 2), with its defects left out:
 2. **Point sifting.** Every member of both groups is scored pointwise on the task's
    scale; chosen is the best-scoring winner, rejected the worst-scoring loser (the first
    of equals in sampling order). Scores are numbers; a score that does not parse leaves
-   its candidate out (counted).
+   its candidate out (counted). With ``reject="typical"``, rejected is instead the first
+   loser in sampling order that scores below the middle of the scale (the worst when
+   none does): a wrong answer as the policy writes it, where the worst-scoring one is
+   the most obviously wrong, often an answer the policy seldom gives ("green" for an
+   orange shape it mostly calls red). The oracle's own pairs reject that way: every
+   wrong answer scores 0 there, and the first of them is taken.
 3. The prompt is dropped, with its reason, when chosen does not score above rejected,
    or (``margin``, a share of the scale's range; 0 by default, as the paper) not by
    more than ``margin``: a judge's wide gaps are its surer pairs, so a margin trades
@@ -41,6 +46,7 @@ from ur.reward.judge import POINT_SCALES
 
 METHODS: tuple[str, ...] = ("rank_sift", "rank", "sift", "random")
 DROP_REASONS: tuple[str, ...] = ("too_few", "undecided", "unscored", "no_margin", "small_margin")
+REJECTS: tuple[str, ...] = ("worst", "typical")
 
 
 @dataclass
@@ -125,20 +131,26 @@ def surest(decided: list[tuple[tuple[int, int], dict | None]]) -> tuple[int, int
 
 
 def best_and_worst(chosen_side: Sequence[int], rejected_side: Sequence[int],
-                   scores: dict[int, float | None]) -> tuple[int | None, int | None]:
+                   scores: dict[int, float | None],
+                   below: float | None = None) -> tuple[int | None, int | None]:
     """The best-scoring of ``chosen_side`` and the worst-scoring of ``rejected_side``,
-    candidates without a score left out (the first of equals in sampling order)."""
+    candidates without a score left out (the first of equals in sampling order). With
+    ``below``, the rejected one is the first of ``rejected_side`` in sampling order that
+    scores below it, if any."""
     up = [i for i in chosen_side if scores.get(i) is not None]
     down = [i for i in rejected_side if scores.get(i) is not None]
     best = max(up, key=lambda i: (scores[i], -i)) if up else None
-    worst = min(down, key=lambda i: (scores[i], i)) if down else None
+    wrong = [i for i in down if below is not None and scores[i] < below]
+    worst = min(wrong) if wrong else min(down, key=lambda i: (scores[i], i)) if down else None
     return best, worst
 
 
-def settle(built: Built, up: Sequence[int], down: Sequence[int], least: float = 0.0) -> Built:
+def settle(built: Built, up: Sequence[int], down: Sequence[int], least: float = 0.0,
+           below: float | None = None) -> Built:
     """Chosen and rejected by the scores, or the reason the prompt is dropped: chosen
-    must score above rejected by more than ``least`` (in the scale's units)."""
-    best, worst = best_and_worst(up, down, built.scores)
+    must score above rejected by more than ``least`` (in the scale's units). ``below``:
+    reject the first candidate scoring below it (:func:`best_and_worst`)."""
+    best, worst = best_and_worst(up, down, built.scores, below)
     if best is None or worst is None:
         built.dropped = "unscored"
     elif built.scores[best] <= built.scores[worst] or best == worst:
@@ -191,25 +203,30 @@ def _on_disk(media) -> bool:
     return Path(media.path).exists()
 
 
-def check_method(method: str, margin: float = 0.0) -> None:
-    """A clear error for an unknown method, or a margin it cannot use."""
+def check_method(method: str, margin: float = 0.0, reject: str = "worst") -> None:
+    """A clear error for an unknown method, or a margin or rejection rule it cannot use."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin is a share of the score scale, in [0, 1); got {margin}")
     if margin and method not in ("rank_sift", "sift"):
         raise ValueError(f"margin applies to the scored methods (rank_sift, sift), not {method!r}")
+    if reject not in REJECTS:
+        raise ValueError(f"unknown reject {reject!r}; choose from {list(REJECTS)}")
+    if reject != "worst" and method not in ("rank_sift", "sift"):
+        raise ValueError(f"reject applies to the scored methods (rank_sift, sift), not {method!r}")
 
 
 def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
                 scale: tuple[float, float] | None = None, seed: int = 0,
-                margin: float = 0.0) -> list[Built]:
+                margin: float = 0.0, reject: str = "worst") -> list[Built]:
     """One :class:`Built` per pool, in order: every pairwise judgment of the batch in one
     batched judge call, then every pointwise one in another. ``seed`` seeds the
     ``random`` arm (per pool, by its id, so a resumed run draws the same). ``margin``
     (``rank_sift`` and ``sift``): the share of the scale's range by which chosen must
-    score above rejected."""
-    check_method(method, margin)
+    score above rejected. ``reject``: ``worst`` (the paper's) or ``typical`` (the first
+    candidate of the rejected side scoring below the middle of the scale)."""
+    check_method(method, margin, reject)
     built = [Built(method) for _ in pools]
     # A candidate the ranking call scored (``pair_from: points | both``) is not scored
     # again by point sifting, and equal answers of one prompt are judged once.
@@ -257,5 +274,6 @@ def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",
             built[k].score_texts[i] = j.text
     for k, (up, down) in sides.items():
         lo, hi = scale or POINT_SCALES[pools[k].task]
-        settle(built[k], up, down, margin * (hi - lo))
+        settle(built[k], up, down, margin * (hi - lo),
+               (lo + hi) / 2 if reject == "typical" else None)
     return built

@@ -180,6 +180,10 @@ class ConstructModule(LightningModule):
         margin: Drop a prompt unless chosen scores above rejected by more than this
             share of the scale's range (``rank_sift`` and ``sift``; 0: the paper's
             rule, above at all). Wider gaps are the judge's surer pairs.
+        reject: Which scored loser is rejected (``rank_sift`` and ``sift``): ``worst``
+            (the paper's) or ``typical``, the first in sampling order scoring below the
+            middle of the scale, a wrong answer as the policy writes it
+            (:mod:`ur.construct.judged`).
         pair_from: Where pair ranking's decisions come from: ``verdict``, ``points``
             (two pointwise scores) or ``both`` (:class:`ur.reward.judge.Judge`).
         judge_mode: ``fast`` or ``generate`` (:class:`ur.reward.judge.Judge`).
@@ -209,7 +213,7 @@ class ConstructModule(LightningModule):
     def __init__(self, judge: str | list[str] = "checkpoints/quickstart-judge",
                  policy: str | None = None,
                  method: str = "rank_sift", both_orders: bool = False, margin: float = 0.0,
-                 pair_from: str = "verdict",
+                 reject: str = "worst", pair_from: str = "verdict",
                  judge_mode: str = "fast", judge_batch_size: int = 32,
                  share_prefix: bool = False, describe_first: list[str] | None = None,
                  describer: str | None = None,
@@ -218,7 +222,7 @@ class ConstructModule(LightningModule):
                  max_new_tokens: int = 48, sample_batch_size: int = 16, num_frames: int = 4,
                  seed: int = 0, dtype: str | None = None, trust_remote_code: bool = False):
         super().__init__()
-        check_method(method, margin)
+        check_method(method, margin, reject)
         self.save_hyperparameters()
         from ur.models.loading import load_vlm
         from ur.reward.judge import Judge, JudgeEnsemble
@@ -283,7 +287,8 @@ class ConstructModule(LightningModule):
         drawn = self.candidates(batch)
         built = build_pairs(self.judge, [pool_of(c) for c in drawn],
                             method=self.hparams.method, scale=self.hparams.scale,
-                            seed=self.hparams.seed, margin=self.hparams.margin)
+                            seed=self.hparams.seed, margin=self.hparams.margin,
+                            reject=self.hparams.reject)
         return [prompt_row(c, b) for c, b in zip(drawn, built, strict=True)]
 
     def configure_callbacks(self):
