@@ -83,6 +83,9 @@ def test_a_typical_rejection_takes_the_first_answer_scored_below_the_middle():
     assert best_and_worst([0, 4], [3, 2, 1], scores, below=50.0) == (0, 1)
     assert best_and_worst([0], [4, 3], scores, below=50.0) == (0, 3)
     assert best_and_worst([0], [4], scores, below=50.0) == (0, 4)  # none below: the worst
+    # every answer judged wrong: the best is not rejected against itself
+    low = {0: 20.0, 1: 20.0, 2: 5.0, 3: 20.0}
+    assert best_and_worst(list(low), list(low), low, below=50.0) == (0, 1)
     built = settle(Built("sift", scores=dict(scores)), list(scores), list(scores), below=50.0)
     assert (built.chosen, built.rejected) == (0, 1)
     # the margin still applies to the answer rejected

@@ -13,8 +13,8 @@ UnifiedReward's construction (FACTS.md section 2), with its defects left out:
    scale; chosen is the best-scoring winner, rejected the worst-scoring loser (the first
    of equals in sampling order). Scores are numbers; a score that does not parse leaves
    its candidate out (counted). With ``reject="typical"``, rejected is instead the first
-   loser in sampling order that scores below the middle of the scale (the worst when
-   none does): a wrong answer as the policy writes it, where the worst-scoring one is
+   loser in sampling order, chosen aside, that scores below the middle of the scale (the
+   worst when none does): a wrong answer as the policy writes it, where the worst-scoring one is
    the most obviously wrong, often an answer the policy seldom gives ("green" for an
    orange shape it mostly calls red). The oracle's own pairs reject that way: every
    wrong answer scores 0 there, and the first of them is taken.
@@ -135,12 +135,12 @@ def best_and_worst(chosen_side: Sequence[int], rejected_side: Sequence[int],
                    below: float | None = None) -> tuple[int | None, int | None]:
     """The best-scoring of ``chosen_side`` and the worst-scoring of ``rejected_side``,
     candidates without a score left out (the first of equals in sampling order). With
-    ``below``, the rejected one is the first of ``rejected_side`` in sampling order that
-    scores below it, if any."""
+    ``below``, the rejected one is the first of ``rejected_side`` in sampling order,
+    other than the best, that scores below it, if any."""
     up = [i for i in chosen_side if scores.get(i) is not None]
     down = [i for i in rejected_side if scores.get(i) is not None]
     best = max(up, key=lambda i: (scores[i], -i)) if up else None
-    wrong = [i for i in down if below is not None and scores[i] < below]
+    wrong = [i for i in down if below is not None and scores[i] < below and i != best]
     worst = min(wrong) if wrong else min(down, key=lambda i: (scores[i], i)) if down else None
     return best, worst
 
