@@ -7,8 +7,8 @@ and the share of pairs whose chosen (and rejected) answer makes no claim the wor
 grammar can read ("It is equally.": :func:`ur.data.synthetic.language.answer_claims`);
 how right the judge's own evidence is where it scores a description ("The image shows
 ..." before its checks, read by the oracle as a description of the picture), apart for
-answers that open the same way and for the others; then, for every arm, the aligned policy's gain over the base on the test questions of
-each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
+answers that open the same way and for the others; then, for every arm, the aligned
+policy's gain over the base on the test questions of each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
 questions of the pointwise records are one group of their own), mean ± std over the
 loop's seeds. Results are in docs/alignment.md.
 
@@ -55,6 +55,9 @@ def pair_kinds(folder: Path) -> tuple[dict[str, list[bool]], list[tuple[bool, bo
             answer_claims(pair["prompt"], pair[side], pair["ur_evidence"][0]) is None
             for side in ("chosen", "rejected")))
     return out, unreadable
+
+
+EVIDENCE_LABELS = {"opens alike": "answers that open alike", "other": "others"}
 
 
 def evidence_scores(folder: Path) -> dict[str, list[float]]:
@@ -116,8 +119,7 @@ def main(argv=None) -> None:
                         evidence[k].extend(v)
                 if evidence:
                     print(f"{arm} judge's evidence on descriptions, oracle score: " + ", ".join(
-                        f"answers that open alike {statistics.fmean(v):.3f} ({len(v)})"
-                        if k == "opens alike" else f"others {statistics.fmean(v):.3f} ({len(v)})"
+                        f"{EVIDENCE_LABELS[k]} {statistics.fmean(v):.3f} ({len(v)})"
                         for k, v in sorted(evidence.items())))
                 print(f"{arm} unreadable answers: chosen "
                       f"{statistics.fmean(c for c, _ in unreadable):.3f}, rejected "

@@ -14,9 +14,9 @@ UnifiedReward's construction (FACTS.md section 2), with its defects left out:
    of equals in sampling order). Scores are numbers; a score that does not parse leaves
    its candidate out (counted). With ``reject="typical"``, rejected is instead the first
    loser in sampling order, chosen aside, that scores below the middle of the scale (the
-   worst when none does): a wrong answer as the policy writes it, where the worst-scoring one is
-   the most obviously wrong, often an answer the policy seldom gives ("green" for an
-   orange shape it mostly calls red). The oracle's own pairs reject that way: every
+   worst when none does): a wrong answer as the policy writes it, where the worst-scoring
+   one is the most obviously wrong, often an answer the policy seldom gives ("green" for
+   an orange shape it mostly calls red). The oracle's own pairs reject that way: every
    wrong answer scores 0 there, and the first of them is taken.
 3. The prompt is dropped, with its reason, when chosen does not score above rejected,
    or (``margin``, a share of the scale's range; 0 by default, as the paper) not by
@@ -140,9 +140,10 @@ def best_and_worst(chosen_side: Sequence[int], rejected_side: Sequence[int],
     up = [i for i in chosen_side if scores.get(i) is not None]
     down = [i for i in rejected_side if scores.get(i) is not None]
     best = max(up, key=lambda i: (scores[i], -i)) if up else None
-    wrong = [i for i in down if below is not None and scores[i] < below and i != best]
-    worst = min(wrong) if wrong else min(down, key=lambda i: (scores[i], i)) if down else None
-    return best, worst
+    wrong = [] if below is None else [i for i in down if scores[i] < below and i != best]
+    if wrong:
+        return best, min(wrong)
+    return best, min(down, key=lambda i: (scores[i], i)) if down else None
 
 
 def settle(built: Built, up: Sequence[int], down: Sequence[int], least: float = 0.0,

@@ -28,7 +28,7 @@ them (``data.init_args.templates.image_generation_pairwise: ...``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ur.data.answers import candidate_noun, format_score, pairwise_verdict, pointwise_verdict
 from ur.data.records import PreferenceRecord, RecordError, is_generation
@@ -281,6 +281,15 @@ def embedded_answer(instruction: str) -> tuple[str, str] | None:
     template ("Question: ...\nAnswer: ...\n..."), or None."""
     m = _EMBEDDED.match(instruction)
     return (m["q"], m["a"]) if m else None
+
+
+def with_embedded_answer(record: PreferenceRecord, old: str, new: str) -> PreferenceRecord:
+    """``record`` with the answer its verbatim instruction embeds (``old``, as
+    :func:`embedded_answer` reads it) replaced by ``new``, in the prompt too when the
+    prompt is the instruction."""
+    instruction = record.instruction.replace(f"\nAnswer: {old}\n", f"\nAnswer: {new}\n", 1)
+    return replace(record, instruction=instruction,
+                   prompt=instruction if record.prompt == record.instruction else record.prompt)
 
 
 def answer_check(name: str, text: str, score: float) -> str:

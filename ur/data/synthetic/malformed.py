@@ -29,7 +29,7 @@ from ur.data.records import PreferenceRecord, is_generation
 from ur.data.synthetic.language import DEFECT_WORDS
 from ur.data.synthetic.oracle import evidence_scene, score_answer
 from ur.data.synthetic.world import pair_label, understanding_points
-from ur.data.templates import embedded_answer
+from ur.data.templates import embedded_answer, with_embedded_answer
 
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -119,9 +119,5 @@ def _malformed_single(record, scene, rng, words, rid) -> PreferenceRecord | None
     old_verdict = pointwise_verdict(record.score)
     if not record.target.endswith(old_verdict):
         return None
-    line = f"\nAnswer: {answer}\n"
-    instruction = record.instruction.replace(line, f"\nAnswer: {garbled}\n", 1)
-    return replace(record, id=rid, score=points,
-                   prompt=instruction if record.prompt == record.instruction else record.prompt,
-                   instruction=instruction,
+    return replace(with_embedded_answer(record, answer, garbled), id=rid, score=points,
                    target=record.target[:-len(old_verdict)] + pointwise_verdict(points))

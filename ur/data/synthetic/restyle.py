@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ur.data.records import PreferenceRecord, is_generation
+from ur.data.records import PreferenceRecord, is_generation, task_modality
 from ur.data.synthetic.oracle import evidence_scene, score_answer
 from ur.data.synthetic.scene import parse_question
-from ur.data.templates import embedded_answer
+from ur.data.templates import embedded_answer, with_embedded_answer
 
 OPENERS: tuple[str, ...] = ("{}", "The {medium} shows {}", "There is {}", "It shows {}",
                             "I see {}")
@@ -51,7 +51,7 @@ def restyled_record(record: PreferenceRecord,
     oracle would score differently once reworded is kept as it was."""
     if is_generation(record.task) or not record.evidence:
         return None
-    medium = "video" if record.task == "video_understanding" else "image"
+    medium = task_modality(record.task)
     scene = evidence_scene(record)
 
     def reworded(question: str, answer: str) -> str:
@@ -68,7 +68,4 @@ def restyled_record(record: PreferenceRecord,
     if not embedded or not _describes(embedded[0]):
         return None
     question, answer = embedded
-    line = f"\nAnswer: {answer}\n"
-    instruction = record.instruction.replace(line, f"\nAnswer: {reworded(question, answer)}\n", 1)
-    return replace(record, instruction=instruction,
-                   prompt=instruction if record.prompt == record.instruction else record.prompt)
+    return with_embedded_answer(record, answer, reworded(question, answer))
