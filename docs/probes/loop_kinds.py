@@ -63,8 +63,11 @@ EVIDENCE_LABELS = {"opens alike": "answers that open alike", "other": "others"}
 def evidence_scores(folder: Path) -> dict[str, list[float]]:
     """The oracle's score of the judge's evidence (what it wrote the picture shows) where
     it scored an answer to a description question, keyed by whether the answer opens as
-    the evidence does ("The image shows", "The video shows") or not."""
-    questions = {q["id"]: q for q in rows(folder.parent / "candidates" / "candidates.jsonl")}
+    the evidence does ("The image shows", "The video shows") or not. The answers are the
+    round's own: shared in round 1, each arm's in later rounds."""
+    own = folder.parent / f"candidates_{folder.name.removeprefix('pairs_')}"
+    answers = own if own.is_dir() else folder.parent / "candidates"
+    questions = {q["id"]: q for q in rows(answers / "candidates.jsonl")}
     out = defaultdict(list)
     for r in rows(folder / "pairs_meta.jsonl"):
         q = questions[r["question_id"]]
@@ -95,14 +98,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("loops", nargs="+", type=Path)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--round", type=int, default=1,
+                    help="the loop's round to read (gains are over the base either way)")
     args = ap.parse_args(argv)
     for loop in args.loops:
         base = accuracy(loop / "base" / "test_answers.jsonl")
         print(f"## {loop}\n")
-        seed0 = loop / "round1" / f"seed{args.seeds[0]}"
+        rnd = loop / f"round{args.round}"
+        seed0 = rnd / f"seed{args.seeds[0]}"
         arms = sorted(p.name[len("dpo_"):] for p in seed0.glob("dpo_*"))
         for arm in arms:
-            folders = [loop / "round1" / f"seed{s}" / f"pairs_{arm}" for s in args.seeds]
+            folders = [rnd / f"seed{s}" / f"pairs_{arm}" for s in args.seeds]
             if all((f / "pairs_meta.jsonl").is_file() for f in folders):
                 kinds, unreadable = defaultdict(list), []
                 for f in folders:
@@ -126,7 +132,7 @@ def main(argv=None) -> None:
                       f"{statistics.fmean(r for _, r in unreadable):.3f}")
             gains = defaultdict(list)
             for s in args.seeds:
-                for k, v in accuracy(loop / "round1" / f"seed{s}" / f"dpo_{arm}" /
+                for k, v in accuracy(rnd / f"seed{s}" / f"dpo_{arm}" /
                                      "test_answers.jsonl").items():
                     gains[k].append(v - base[k])
             print(f"{arm} test gain: " + ", ".join(f"{k} {mean_sd(v)}" for k, v in sorted(gains.items())))
