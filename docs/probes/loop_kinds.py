@@ -7,7 +7,8 @@ and the share of pairs whose chosen (and rejected) answer makes no claim the wor
 grammar can read ("It is equally.": :func:`ur.data.synthetic.language.answer_claims`);
 how right the judge's own evidence is where it scores a description ("The image shows
 ..." before its checks, read by the oracle as a description of the picture), apart for
-answers that open the same way and for the others; then, for every arm, the aligned
+answers that open the same way and for the others; how many of the claim checks it
+wrote ("purple vs green yes") contradict the two words' equality; then, for every arm, the aligned
 policy's gain over the base on the test questions of each kind (the kind from :func:`ur.data.synthetic.world.difference_kind`; the test
 questions of the pointwise records are one group of their own), mean ± std over the
 loop's seeds. Results are in docs/alignment.md.
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import cache
 from pathlib import Path
 
@@ -55,6 +57,23 @@ def pair_kinds(folder: Path) -> tuple[dict[str, list[bool]], list[tuple[bool, bo
             answer_claims(pair["prompt"], pair[side], pair["ur_evidence"][0]) is None
             for side in ("chosen", "rejected")))
     return out, unreadable
+
+
+CHECK = re.compile(r"(\w+) vs (\w+) (yes|no)")
+
+
+def contradicted_checks(folder: Path) -> tuple[int, Counter]:
+    """The claim checks the judge wrote where it scored answers (``claims_check`` of
+    :mod:`ur.data.templates`: "purple vs green yes"): how many there are, and those whose
+    yes or no contradicts the two words' equality, by check."""
+    total, wrong = 0, Counter()
+    for r in rows(folder / "pairs_meta.jsonl"):
+        for text in r["judge"]["score_texts"].values():
+            for said, truth, mark in CHECK.findall(text.partition(" Answer:")[2]):
+                total += 1
+                if (said == truth) != (mark == "yes"):
+                    wrong[f"{said} vs {truth} {mark}"] += 1
+    return total, wrong
 
 
 EVIDENCE_LABELS = {"opens alike": "answers that open alike", "other": "others"}
@@ -127,6 +146,12 @@ def main(argv=None) -> None:
                     print(f"{arm} judge's evidence on descriptions, oracle score: " + ", ".join(
                         f"{EVIDENCE_LABELS[k]} {statistics.fmean(v):.3f} ({len(v)})"
                         for k, v in sorted(evidence.items())))
+                checks = [contradicted_checks(f) for f in folders]
+                wrong = sum((w for _, w in checks), Counter())
+                print(f"{arm} claim checks contradicting word equality, per seed: "
+                      f"{sum(wrong.values()) / len(folders):.0f} of "
+                      f"{sum(t for t, _ in checks) / len(folders):.0f}; most common: " + ", ".join(
+                          f'"{k}" {v / len(folders):.0f}' for k, v in wrong.most_common(3)))
                 print(f"{arm} unreadable answers: chosen "
                       f"{statistics.fmean(c for c, _ in unreadable):.3f}, rejected "
                       f"{statistics.fmean(r for _, r in unreadable):.3f}")
