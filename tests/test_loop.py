@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from minirun import REPO, run_ur
 
 from ur.cli import main
+from ur.construct.judged import check_method
 from ur.data.questions import world_questions
 from ur.loop import (
     GenerationLoop,
@@ -70,6 +72,24 @@ def test_the_plan_shares_round_one_answers_and_samples_each_aligned_policy_after
     assert dpo[dpo.index("--model.init_args.checkpoint") + 1] == str(
         out / "round1" / "seed1" / "dpo_oracle" / "policy")
     assert dpo[dpo.index("--seed_everything") + 1] == "1"
+
+
+def test_one_construction_config_serves_every_arm(folders, capsys):
+    """``reject`` and ``margin`` are sifting options, which ``check_method`` refuses for
+    the other arms: the loop builds those without them, so a config that sets them
+    (experiments/construct/typical_reject.yaml) does not stop the rank and random arms."""
+    typical = REPO / "experiments" / "construct" / "typical_reject.yaml"
+    stages = Loop(spec(folders, arms=("sift", "rank", "random"), seeds=(0,),
+                       construct_config=(str(CONSTRUCT), str(typical)))).plan()
+    resolved = {}
+    for st in stages:
+        if st.name.startswith("pairs"):
+            with pytest.raises(SystemExit):
+                main([*st.args, "--print_config"])
+            model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+            check_method(model["method"], model["margin"], model["reject"])
+            resolved[model["method"]] = model["reject"]
+    assert resolved == {"sift": "typical", "rank": "worst", "random": "worst"}
 
 
 def test_several_judges_build_the_pairs_together(folders, tmp_path):

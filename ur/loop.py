@@ -299,11 +299,22 @@ class Loop:
             "--model.init_args.judge", s.judge if isinstance(s.judge, str)
             else "[" + ", ".join(s.judge) + "]", "--model.init_args.policy", "null",
             "--model.init_args.method", arm, "--model.init_args.pair_from", s.pair_from,
-            "--model.init_args.seed", str(seed),
+            "--model.init_args.seed", str(seed), *self.unscored_args(arm),
             "--data.init_args.candidates", str(candidates / "candidates.jsonl"),
             *self.media_root_args(), "--data.init_args.out", str(where),
             "--run.name", f"loop_pairs_{arm}"],
             where / "summary.json")
+
+    @staticmethod
+    def unscored_args(arm: str) -> list[str]:
+        """A construction config's sifting options (``margin``, ``reject``) are for the
+        arms that pair by scores; the other arms are built without them, so one config
+        serves every arm of a loop."""
+        from ur.construct.judged import SCORED_METHODS
+
+        if arm in SCORED_METHODS:
+            return []
+        return ["--model.init_args.margin", "0.0", "--model.init_args.reject", "worst"]
 
     def media_root_args(self) -> list[str]:
         """The construction's media root: the prompt world, where the questions' media lie."""

@@ -47,6 +47,8 @@ from ur.reward.judge import POINT_SCALES
 METHODS: tuple[str, ...] = ("rank_sift", "rank", "sift", "random")
 DROP_REASONS: tuple[str, ...] = ("too_few", "undecided", "unscored", "no_margin", "small_margin")
 REJECTS: tuple[str, ...] = ("worst", "typical")
+SCORED_METHODS: tuple[str, ...] = ("rank_sift", "sift")
+"""The methods that pair by the answers' scores, where ``margin`` and ``reject`` apply."""
 
 
 @dataclass
@@ -210,11 +212,11 @@ def check_method(method: str, margin: float = 0.0, reject: str = "worst") -> Non
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin is a share of the score scale, in [0, 1); got {margin}")
-    if margin and method not in ("rank_sift", "sift"):
+    if margin and method not in SCORED_METHODS:
         raise ValueError(f"margin applies to the scored methods (rank_sift, sift), not {method!r}")
     if reject not in REJECTS:
         raise ValueError(f"unknown reject {reject!r}; choose from {list(REJECTS)}")
-    if reject != "worst" and method not in ("rank_sift", "sift"):
+    if reject != "worst" and method not in SCORED_METHODS:
         raise ValueError(f"reject applies to the scored methods (rank_sift, sift), not {method!r}")
 
 
