@@ -223,3 +223,46 @@ def test_two_processes_judge_every_caption_once(oracle_samples, mini_fit, tmp_pa
     recorded = json.loads((run_dir / "metrics.json").read_text())["predict"]
     assert recorded["construct/prompts"] == CAPTIONS
     assert recorded["construct/pairs"] == summary["pairs"]
+
+
+def test_every_sample_is_a_pointwise_record_with_the_oracles_points(oracle_samples):
+    """image_pointwise.json: each sample once, read by the EvalMuse adapter a judge trains
+    through, its file the sample's and its points the oracle's score on the 1-5 scale."""
+    from ur.data.sources.evalmuse import read
+    from ur.data.synthetic.world import to_scale
+
+    pools = read_candidates(oracle_samples / "candidates.jsonl")
+    stored = {Path(m.path).resolve(): s for p in pools
+              for m, s in zip(p.samples, p.oracle_scores, strict=True)}
+    records = list(read(oracle_samples / "image_pointwise.json"))
+    assert len(records) == CAPTIONS * N
+    assert {Path(r.media[0].path).resolve() for r in records} == set(stored)
+    for r in records:
+        assert r.score == to_scale(stored[Path(r.media[0].path).resolve()], (1, 5))
+        assert 1 <= r.score <= 5
+
+
+def test_construction_shows_a_small_sample_at_the_size_the_judge_learned(oracle_samples,
+                                                                           mini_fit, tmp_path):
+    """The generation config's processor keywords reach the judge: a 16-pixel sample is
+    encoded as the processor encodes the same picture at 84 pixels, where without them
+    the tiny processor makes it a single token."""
+    import yaml
+
+    from ur.construct.judged import point_query
+    from ur.construct.predict import ConstructModule
+
+    kwargs = yaml.safe_load(GENERATION.read_text())["model"]["init_args"]["processor_kwargs"]
+    pool = pool_of(read_candidates(oracle_samples / "candidates.jsonl")[0])
+    big = tmp_path / "sample_at_84.png"
+    Image.open(pool.candidates[0].path).convert("RGB").resize((84, 84)).save(big)
+
+    def grid(module, media):
+        query = point_query("image_generation", pool.prompt, (), (media,), 0)
+        return module.judge.collator([query])["image_grid_thw"].tolist()
+
+    shown = ConstructModule(judge=str(mini_fit / "export"), processor_kwargs=kwargs)
+    plain = ConstructModule(judge=str(mini_fit / "export"))
+    at_84 = grid(plain, Media(kind="image", path=str(big)))
+    assert grid(shown, pool.candidates[0]) == at_84
+    assert grid(plain, pool.candidates[0]) != at_84

@@ -10,7 +10,10 @@ dropped, and counted, when its best and worst differ by less than ``min_gap`` (a
 the oracle cannot tell apart teaches noise). The pairs are written in the public
 schemas Diffusion-DPO reads: Pick-a-Pic v2 (``image_pairs.parquet``, images inline)
 or VideoDPO (``video_pairs.jsonl``), with both candidates' scores in ``ur_scores``;
-``summary.json`` says what was built.
+``summary.json`` says what was built. For images, ``image_pointwise.json`` (the EvalMuse
+schema) holds every sample with the oracle's score on the judge's 1-5 scale: with the
+pairs, the records a judge trains on to see this generator's samples as the oracle does
+(``experiments/probes/generator_samples.yaml``).
 
 Every candidate is kept on disk (``candidates/``: a PNG per image, a folder of PNG
 frames per clip, lossless, so the files show exactly what the oracle scored) and listed
@@ -35,6 +38,7 @@ from ur.data.synthetic.oracle import score_image, score_video
 
 SOURCE = "oracle_generation_pairs"
 PAIR_FILES = {"image": "image_pairs.parquet", "video": "video_pairs.jsonl"}
+POINTWISE_FILE = "image_pointwise.json"
 MIN_GAP = 0.1
 """The oracle's score gap below which two samples make no pair: clean samples that meet
 the same caption checks still differ by a few thousandths (the measured noise and
@@ -117,6 +121,8 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
     else:
         videodpo.write_pairs(path, pairs, media_root=out)
     write_candidates(out / "candidates.jsonl", pools)
+    if kind == "image":
+        write_json_atomic(out / POINTWISE_FILE, pointwise_rows(pools, out))
     summary = {"generator": str(generator), "kind": kind, "prompts": len(captions),
                "candidates_per_prompt": n, "pairs": len(pairs), "dropped_small_gap": small,
                "mean_candidate_score": float(np.mean(all_scores)),
@@ -124,9 +130,23 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                "settings": {"seed": seed, "min_gap": min_gap, "sample_steps": sample_steps,
                             "guidance": guidance, "num_frames": num_frames,
                             "held_out_seed": held_out_seed},
-               "file": path.name, "candidates": "candidates.jsonl"}
+               "file": path.name, "candidates": "candidates.jsonl",
+               "pointwise": POINTWISE_FILE if kind == "image" else None}
     write_json_atomic(out / "summary.json", summary)
     return out
+
+
+def pointwise_rows(pools, root: Path) -> list[dict]:
+    """Every sample of ``pools`` (:class:`ur.construct.candidates.Samples` of images) as an
+    EvalMuse row: its path relative to ``root`` and the oracle's score on the 1-5 scale
+    the judge learns image generation on."""
+    from ur.data.synthetic.world import to_scale
+
+    return [{"id": f"{s.id}_{j}", "prompt": s.prompt,
+             "img_path": str(Path(m.path).relative_to(root.resolve())),
+             "total_score": [to_scale(score, (1, 5))], "ur_scores": [score]}
+            for s in pools for j, (m, score) in enumerate(zip(s.samples, s.oracle_scores,
+                                                               strict=True))]
 
 
 def _write_sample(stem: Path, sample: np.ndarray, kind: str) -> Media:

@@ -196,6 +196,12 @@ class ConstructModule(LightningModule):
             descriptions as text (:class:`ur.reward.judge.Judge`).
         describer: The checkpoint that writes those descriptions (default: each judge
             itself), e.g. the base the judge was trained from.
+        processor_kwargs: Extra keywords for the judges' processor call, as the judge
+            was trained with (``data.init_args.processor_kwargs``). A Qwen2-VL processor
+            resizes a picture into its pixel bounds; the tiny base's lower bound is
+            28 x 28, a single visual token, so a 32-pixel generated sample is judged at
+            the world's 84 x 84 with ``{images_kwargs: {size: {shortest_edge: 7056,
+            longest_edge: 7056}}}`` (experiments/construct/generation.yaml).
         scale: Pointwise scale (default: the scale the judge learned the task on).
         n: Candidates per prompt (UnifiedReward: 10).
         temperature: Sampling temperature of the policy.
@@ -216,7 +222,7 @@ class ConstructModule(LightningModule):
                  reject: str = "worst", pair_from: str = "verdict",
                  judge_mode: str = "fast", judge_batch_size: int = 32,
                  share_prefix: bool = False, describe_first: list[str] | None = None,
-                 describer: str | None = None,
+                 describer: str | None = None, processor_kwargs: dict | None = None,
                  scale: tuple[float, float] | None = None, n: int = 10,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  max_new_tokens: int = 48, sample_batch_size: int = 16, num_frames: int = 4,
@@ -236,7 +242,8 @@ class ConstructModule(LightningModule):
                                         trust_remote_code=trust_remote_code)
             describing = Judge(model=model.eval().requires_grad_(False), processor=processor,
                                mode="generate", max_new_tokens=48,
-                               batch_size=judge_batch_size, num_frames=num_frames)
+                               batch_size=judge_batch_size, num_frames=num_frames,
+                               processor_kwargs=dict(processor_kwargs or {}))
         judges = []
         for path in paths:
             model, processor = load_vlm(path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -245,7 +252,8 @@ class ConstructModule(LightningModule):
                                 both_orders=both_orders, pair_from=pair_from,
                                 num_frames=num_frames, share_prefix=share_prefix,
                                 describe_first=tuple(describe_first or ()),
-                                describer=describing))
+                                describer=describing,
+                                processor_kwargs=dict(processor_kwargs or {})))
         # Registered as submodules, so Lightning moves them to the device.
         self.judge_models = torch.nn.ModuleList(
             [j.model for j in judges] + ([describing.model] if describing else []))
