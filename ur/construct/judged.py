@@ -213,11 +213,13 @@ def check_method(method: str, margin: float = 0.0, reject: str = "worst") -> Non
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin is a share of the score scale, in [0, 1); got {margin}")
     if margin and method not in SCORED_METHODS:
-        raise ValueError(f"margin applies to the scored methods (rank_sift, sift), not {method!r}")
+        raise ValueError(f"margin applies to the scored methods ({', '.join(SCORED_METHODS)}), "
+                         f"not {method!r}")
     if reject not in REJECTS:
         raise ValueError(f"unknown reject {reject!r}; choose from {list(REJECTS)}")
     if reject != "worst" and method not in SCORED_METHODS:
-        raise ValueError(f"reject applies to the scored methods (rank_sift, sift), not {method!r}")
+        raise ValueError(f"reject applies to the scored methods ({', '.join(SCORED_METHODS)}), "
+                         f"not {method!r}")
 
 
 def build_pairs(judge, pools: Sequence[Pool], *, method: str = "rank_sift",

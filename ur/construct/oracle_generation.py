@@ -142,8 +142,9 @@ def pointwise_rows(pools, root: Path) -> list[dict]:
     the judge learns image generation on."""
     from ur.data.synthetic.world import to_scale
 
+    root = root.resolve()
     return [{"id": f"{s.id}_{j}", "prompt": s.prompt,
-             "img_path": str(Path(m.path).relative_to(root.resolve())),
+             "img_path": str(Path(m.path).relative_to(root)),
              "total_score": [to_scale(score, (1, 5))], "ur_scores": [score]}
             for s in pools for j, (m, score) in enumerate(zip(s.samples, s.oracle_scores,
                                                                strict=True))]

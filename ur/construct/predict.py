@@ -237,13 +237,14 @@ class ConstructModule(LightningModule):
         if not paths:
             raise ValueError("model.init_args.judge: give a judge's checkpoint, or a list")
         describing = None
+        processor_kwargs = dict(processor_kwargs or {})
         if describer is not None:
             model, processor = load_vlm(describer, dtype=dtype,
                                         trust_remote_code=trust_remote_code)
             describing = Judge(model=model.eval().requires_grad_(False), processor=processor,
                                mode="generate", max_new_tokens=48,
                                batch_size=judge_batch_size, num_frames=num_frames,
-                               processor_kwargs=dict(processor_kwargs or {}))
+                               processor_kwargs=processor_kwargs)
         judges = []
         for path in paths:
             model, processor = load_vlm(path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -253,7 +254,7 @@ class ConstructModule(LightningModule):
                                 num_frames=num_frames, share_prefix=share_prefix,
                                 describe_first=tuple(describe_first or ()),
                                 describer=describing,
-                                processor_kwargs=dict(processor_kwargs or {})))
+                                processor_kwargs=processor_kwargs))
         # Registered as submodules, so Lightning moves them to the device.
         self.judge_models = torch.nn.ModuleList(
             [j.model for j in judges] + ([describing.model] if describing else []))
