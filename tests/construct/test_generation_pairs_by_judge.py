@@ -266,3 +266,19 @@ def test_construction_shows_a_small_sample_at_the_size_the_judge_learned(oracle_
     at_84 = grid(plain, Media(kind="image", path=str(big)))
     assert grid(shown, pool.candidates[0]) == at_84
     assert grid(plain, pool.candidates[0]) != at_84
+
+
+def test_the_summary_splits_the_score_spread_within_and_across_captions(oracle_samples):
+    """Two captions scored (0.2, 0.4) and (0.6, 0.6): within a caption the standard
+    deviations are 0.1 and 0, mean 0.05; the captions' means 0.3 and 0.6 spread by 0.15;
+    the variance 0.0275 holds 0.005 within a caption. The summary reports the same for
+    the samples it scored."""
+    from ur.construct.oracle_generation import score_spread
+
+    assert score_spread([[0.2, 0.4], [0.6, 0.6]]) == pytest.approx(
+        {"within_caption": 0.05, "across_captions": 0.15, "within_share": 0.005 / 0.0275})
+    assert score_spread([[0.5, 0.5], [0.5, 0.5]])["within_share"] == 0.0
+    pools = read_candidates(oracle_samples / "candidates.jsonl")
+    summary = json.loads((oracle_samples / "summary.json").read_text())
+    assert summary["score_spread"] == pytest.approx(
+        score_spread([p.oracle_scores for p in pools]))

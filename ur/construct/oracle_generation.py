@@ -127,6 +127,7 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                "candidates_per_prompt": n, "pairs": len(pairs), "dropped_small_gap": small,
                "mean_candidate_score": float(np.mean(all_scores)),
                "mean_gap": float(np.mean(gaps)) if gaps else 0.0,
+               "score_spread": score_spread([p.oracle_scores for p in pools]),
                "settings": {"seed": seed, "min_gap": min_gap, "sample_steps": sample_steps,
                             "guidance": guidance, "num_frames": num_frames,
                             "held_out_seed": held_out_seed},
@@ -134,6 +135,20 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
                "pointwise": POINTWISE_FILE if kind == "image" else None}
     write_json_atomic(out / "summary.json", summary)
     return out
+
+
+def score_spread(scores: list[list[float]]) -> dict[str, float]:
+    """How far the oracle's scores of one caption's samples spread, against how far the
+    captions' mean scores do: ``within_caption`` is the mean over captions of the standard
+    deviation of their samples' scores, ``across_captions`` the standard deviation of the
+    captions' means, ``within_share`` the part of the scores' variance that lies within a
+    caption. A pair chooses between samples of one caption, so the within-caption part is
+    all that pairs (the oracle's or a judge's) can teach."""
+    s = np.asarray(scores, dtype=np.float64)
+    total = float(s.var())
+    return {"within_caption": float(s.std(axis=1).mean()),
+            "across_captions": float(s.mean(axis=1).std()),
+            "within_share": float(s.var(axis=1).mean() / total) if total > 0 else 0.0}
 
 
 def pointwise_rows(pools, root: Path) -> list[dict]:
@@ -168,7 +183,10 @@ def _write_sample(stem: Path, sample: np.ndarray, kind: str) -> Media:
 
 def summary_line(out: str | Path) -> str:
     s = json.loads((Path(out) / "summary.json").read_text())
+    spread = s["score_spread"]
     return (f"{s['pairs']} pairs from {s['prompts']} captions x {s['candidates_per_prompt']} "
             f"samples ({s['dropped_small_gap']} dropped: gap below "
             f"{s['settings']['min_gap']}); mean candidate score "
-            f"{s['mean_candidate_score']:.3f}, mean pair gap {s['mean_gap']:.3f}")
+            f"{s['mean_candidate_score']:.3f}, mean pair gap {s['mean_gap']:.3f}; score "
+            f"spread within a caption {spread['within_caption']:.3f}, across captions "
+            f"{spread['across_captions']:.3f}")
