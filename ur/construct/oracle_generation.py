@@ -94,10 +94,9 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
     score = score_image if kind == "image" else score_video
     out.mkdir(parents=True, exist_ok=True)
     settings = {"sample_steps": sample_steps, "guidance": guidance, "num_frames": num_frames}
-    pairs, gaps, all_scores, small, pools = [], [], [], 0, []
+    pairs, gaps, small, pools = [], [], 0, []
     for i, (caption, cands) in enumerate(zip(captions, samples, strict=True)):
         scores = [score(c, caption).score for c in cands]
-        all_scores += scores
         rid = f"{kind}-s{seed}-{i:05d}"
         kept = tuple(_write_sample(out / "candidates" / f"{rid}_{j}", c, kind)
                      for j, c in enumerate(cands))
@@ -123,11 +122,12 @@ def construct_oracle_generation_pairs(generator: str | Path, out: str | Path, *,
     write_candidates(out / "candidates.jsonl", pools)
     if kind == "image":
         write_json_atomic(out / POINTWISE_FILE, pointwise_rows(pools, out))
+    per_caption = [p.oracle_scores for p in pools]
     summary = {"generator": str(generator), "kind": kind, "prompts": len(captions),
                "candidates_per_prompt": n, "pairs": len(pairs), "dropped_small_gap": small,
-               "mean_candidate_score": float(np.mean(all_scores)),
+               "mean_candidate_score": float(np.mean(per_caption)),
                "mean_gap": float(np.mean(gaps)) if gaps else 0.0,
-               "score_spread": score_spread([p.oracle_scores for p in pools]),
+               "score_spread": score_spread(per_caption),
                "settings": {"seed": seed, "min_gap": min_gap, "sample_steps": sample_steps,
                             "guidance": guidance, "num_frames": num_frames,
                             "held_out_seed": held_out_seed},
