@@ -268,6 +268,35 @@ def test_construction_shows_a_small_sample_at_the_size_the_judge_learned(oracle_
     assert grid(plain, pool.candidates[0]) != at_84
 
 
+def test_construction_shows_a_small_clip_at_the_size_the_judge_learned(mini_fit, tmp_path):
+    """The same for clips: a clip of 16-pixel frames is encoded as the same frames at 84
+    pixels, where without the config's keywords each frame is shrunk to one patch."""
+    import yaml
+
+    from ur.construct.judged import point_query
+    from ur.construct.predict import ConstructModule
+
+    kwargs = yaml.safe_load(GENERATION.read_text())["model"]["init_args"]["processor_kwargs"]
+    small, big = tmp_path / "clip_16", tmp_path / "clip_84"
+    small.mkdir(), big.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        frame = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+        frame.save(small / f"{i:02d}.png")
+        frame.resize((84, 84)).save(big / f"{i:02d}.png")
+
+    def grid(module, folder):
+        query = point_query("video_generation", "a red circle moving left", (),
+                            (Media(kind="frames", path=str(folder)),), 0)
+        return module.judge.collator([query])["video_grid_thw"].tolist()
+
+    shown = ConstructModule(judge=str(mini_fit / "export"), processor_kwargs=kwargs)
+    plain = ConstructModule(judge=str(mini_fit / "export"))
+    at_84 = grid(plain, big)
+    assert grid(shown, small) == at_84
+    assert grid(plain, small) != at_84
+
+
 def test_the_summary_splits_the_score_spread_within_and_across_captions(oracle_samples):
     """Two captions scored (0.2, 0.4) and (0.6, 0.6): within a caption the standard
     deviations are 0.1 and 0, mean 0.05; the captions' means 0.3 and 0.6 spread by 0.15;
