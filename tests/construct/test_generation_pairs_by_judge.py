@@ -127,6 +127,20 @@ def test_the_samples_on_disk_are_what_the_oracle_scored(oracle_samples):
         assert pair.media[0].data == files[best]
 
 
+def test_sampling_reports_its_first_and_last_batch_in_a_log(oracle_samples, capsys):
+    """Written to a log (not a terminal), progress names the first batch and the last, so
+    a run's log shows it finished sampling however few batches it had."""
+    from ur.construct.oracle_generation import sample_candidates
+    from ur.models.generators import denoising_of, load_generator
+
+    denoising = denoising_of(load_generator(oracle_samples.parent / "generator"))
+    samples = sample_candidates(denoising, ["a red circle", "a blue square"], 2, batch_size=1,
+                                num_inference_steps=1)
+    assert samples.shape[:2] == (2, 2)
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sampled")]
+    assert said[0] == "sampled 1/4 candidates" and said[-1] == "sampled 4/4 candidates"
+
+
 def test_clips_are_kept_as_frame_folders_the_video_pairs_point_to(tmp_path):
     from ur.construct.oracle_generation import construct_oracle_generation_pairs
     from ur.data.media import load_media

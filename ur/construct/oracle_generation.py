@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,14 +52,18 @@ def sample_candidates(denoising, captions: list[str], n: int, *, seed: int = 0,
     ``seed * 1_000_003 + i * n + j``, so a rerun draws the same candidates."""
     jobs = [(i, j) for i in range(len(captions)) for j in range(n)]
     out = []
+    said = time.monotonic()
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         out.append(denoising.sample([captions[i] for i, _ in chunk],
                                     [seed * 1_000_003 + i * n + j for i, j in chunk],
                                     **sample_kwargs))
-        if sys.stderr.isatty() or (start // batch_size) % 10 == 0:
-            print(f"sampled {min(start + batch_size, len(jobs))}/{len(jobs)} candidates",
-                  file=sys.stderr, flush=True)
+        # A line a batch on a terminal; in a log the first, the last and at most one a
+        # half minute between, however long a batch takes.
+        done = min(start + batch_size, len(jobs))
+        if sys.stderr.isatty() or start == 0 or time.monotonic() - said >= 30 or done == len(jobs):
+            said = time.monotonic()
+            print(f"sampled {done}/{len(jobs)} candidates", file=sys.stderr, flush=True)
     samples = np.concatenate(out)
     return samples.reshape(len(captions), n, *samples.shape[1:])
 
