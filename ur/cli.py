@@ -561,8 +561,9 @@ def _add_models(sub) -> None:
                     "captions as it trains (pretrain_run/metrics.json, samples.png). Cached: "
                     "a folder built from the same settings is reused.")
     p.add_argument("--kind", choices=("image", "video"), default="image")
-    p.add_argument("--prediction", choices=("flow", "epsilon", "v"), default=None,
-                   help="the denoiser's target (default: flow for image, epsilon for video)")
+    p.add_argument("--prediction", choices=("flow", "epsilon", "v"), default="flow",
+                   help="the denoiser's target (default: flow; an epsilon clip generator "
+                        "samples noise, docs/generators.md)")
     p.add_argument("--out", type=Path, help="default: checkpoints/tiny/t2i-world or t2v-world")
     p.add_argument("--steps", type=int, default=1500, help="pretraining steps (default: 1500)")
     p.add_argument("--batch-size", type=int, help="default: 32 for image, 8 for video")
@@ -587,7 +588,7 @@ def _models_generator(args) -> int:
 
     video = args.kind == "video"
     spec = TinyGeneratorSpec(kind=args.kind,
-                             prediction=args.prediction or ("epsilon" if video else "flow"),
+                             prediction=args.prediction,
                              steps=args.steps, batch_size=args.batch_size or (8 if video else 32),
                              seed=args.seed)
     out = args.out or Path("checkpoints/tiny") / ("t2v-world" if video else "t2i-world")
